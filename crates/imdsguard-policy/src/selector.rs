@@ -1,0 +1,249 @@
+//! Endpoint selectors with Cilium's exact matching semantics (spec §2.3).
+
+use crate::identity::NAMESPACE_LABEL;
+use crate::labels::{LabelKey, LabelSet, LabelSource};
+use ipnet::IpNet;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Operator {
+    pub fn parse(s: &str) -> Option<Operator> {
+        Some(match s {
+            "In" => Operator::In,
+            "NotIn" => Operator::NotIn,
+            "Exists" => Operator::Exists,
+            "DoesNotExist" => Operator::DoesNotExist,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operator::In => "In",
+            Operator::NotIn => "NotIn",
+            Operator::Exists => "Exists",
+            Operator::DoesNotExist => "DoesNotExist",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Requirement {
+    pub key: LabelKey,
+    pub op: Operator,
+    /// Sorted and deduplicated, so equal selectors compare equal.
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    pub fn new(key: LabelKey, op: Operator, mut values: Vec<String>) -> Requirement {
+        values.sort();
+        values.dedup();
+        Requirement { key, op, values }
+    }
+
+    pub fn exists(key: LabelKey) -> Requirement {
+        Requirement::new(key, Operator::Exists, Vec::new())
+    }
+
+    pub fn equals(key: LabelKey, value: &str) -> Requirement {
+        Requirement::new(key, Operator::In, vec![value.to_owned()])
+    }
+
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        match self.op {
+            Operator::Exists => self.value_of(labels).is_some(),
+            Operator::DoesNotExist => self.value_of(labels).is_none(),
+            Operator::In => self
+                .value_of(labels)
+                .is_some_and(|v| self.values.iter().any(|x| x == v)),
+            // Absent keys match NotIn: this is why NotIn selectors also pick world, host and CIDR
+            // identities (spec §2.3 gotcha).
+            Operator::NotIn => self
+                .value_of(labels)
+                .is_none_or(|v| !self.values.iter().any(|x| x == v)),
+        }
+    }
+
+    /// The value of the first label this requirement's key finds.
+    fn value_of<'a>(&self, labels: &'a LabelSet) -> Option<&'a str> {
+        match &self.key.source {
+            LabelSource::Any => labels.by_key(&self.key.key).first().map(|l| &*l.value),
+            LabelSource::Cidr => {
+                // A `cidr.P` key finds a `cidr:Q` label when Q lies inside P.
+                let outer = parse_cidr_label_key(&self.key.key)?;
+                labels
+                    .iter()
+                    .filter(|l| l.source == LabelSource::Cidr)
+                    .find(|l| {
+                        parse_cidr_label_key(&l.key).is_some_and(|inner| contains(&outer, &inner))
+                    })
+                    .map(|l| &*l.value)
+            }
+            source => labels.get(source, &self.key.key),
+        }
+    }
+}
+
+/// `10.0.0.0/8`, or an IPv6 prefix written with `-` for `:` (`cidr:0--0/0`).
+pub fn parse_cidr_label_key(key: &str) -> Option<IpNet> {
+    if let Ok(net) = key.parse::<IpNet>() {
+        return Some(net);
+    }
+    key.replace('-', ":").parse().ok()
+}
+
+fn contains(outer: &IpNet, inner: &IpNet) -> bool {
+    outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
+}
+
+/// A label selector: every requirement must hold. The empty selector matches every identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Selector {
+    requirements: Vec<Requirement>,
+}
+
+impl Selector {
+    pub fn new(mut requirements: Vec<Requirement>) -> Selector {
+        requirements.sort();
+        requirements.dedup();
+        Selector { requirements }
+    }
+
+    pub fn wildcard() -> Selector {
+        Selector::default()
+    }
+
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    pub fn with(&self, extra: Requirement) -> Selector {
+        let mut reqs = self.requirements.clone();
+        reqs.push(extra);
+        Selector::new(reqs)
+    }
+
+    /// Replaces every requirement on `key` by `extra`.
+    pub fn replacing(&self, key: &LabelKey, extra: Requirement) -> Selector {
+        let mut reqs: Vec<_> = self
+            .requirements
+            .iter()
+            .filter(|r| &r.key != key)
+            .cloned()
+            .collect();
+        reqs.push(extra);
+        Selector::new(reqs)
+    }
+
+    /// Whether any requirement uses this key (source-exact).
+    pub fn has_key(&self, source: &LabelSource, key: &str) -> bool {
+        self.requirements
+            .iter()
+            .any(|r| &r.key.source == source && &*r.key.key == key)
+    }
+
+    pub fn has_key_with_prefix(&self, extended_prefix: &str) -> bool {
+        self.requirements
+            .iter()
+            .any(|r| r.key.extended().starts_with(extended_prefix))
+    }
+
+    /// If the selector can only match pods of some namespaces, those namespaces. Lets resolution
+    /// skip identities of other namespaces without evaluating the selector.
+    pub fn namespaces(&self) -> Option<&[String]> {
+        self.requirements
+            .iter()
+            .find(|r| {
+                r.op == Operator::In
+                    && &*r.key.key == NAMESPACE_LABEL
+                    && matches!(r.key.source, LabelSource::K8s | LabelSource::Any)
+            })
+            .map(|r| r.values.as_slice())
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.requirements.is_empty() {
+            return f.write_str("{}");
+        }
+        for (i, r) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match r.op {
+                Operator::In if r.values.len() == 1 => write!(f, "{}={}", r.key, r.values[0])?,
+                Operator::Exists => write!(f, "{}", r.key)?,
+                Operator::DoesNotExist => write!(f, "!{}", r.key)?,
+                op => write!(f, "{} {} ({})", r.key, op.as_str(), r.values.join(","))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Label;
+
+    fn set(labels: &[&str]) -> LabelSet {
+        LabelSet::new(labels.iter().map(|l| Label::parse(l)).collect())
+    }
+
+    fn req(key: &str, op: Operator, values: &[&str]) -> Requirement {
+        Requirement::new(
+            LabelKey::from_selector_key(key),
+            op,
+            values.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn any_source_matches_every_source_but_not_the_reverse() {
+        let k8s = set(&["k8s:foo=bar"]);
+        let any = set(&["any:foo=bar"]);
+        assert!(Selector::new(vec![req("foo", Operator::In, &["bar"])]).matches(&k8s));
+        assert!(!Selector::new(vec![req("k8s:foo", Operator::In, &["bar"])]).matches(&any));
+    }
+
+    #[test]
+    fn not_in_matches_missing_keys() {
+        let world = set(&["reserved:world"]);
+        let sel = Selector::new(vec![req(
+            "io.kubernetes.pod.namespace",
+            Operator::NotIn,
+            &["kube-system"],
+        )]);
+        assert!(sel.matches(&world));
+        assert!(!sel.matches(&set(&["k8s:io.kubernetes.pod.namespace=kube-system"])));
+    }
+
+    #[test]
+    fn cidr_keys_match_by_containment() {
+        let id = set(&["cidr:10.1.2.0/24", "reserved:world"]);
+        assert!(Selector::new(vec![req("cidr:10.0.0.0/8", Operator::Exists, &[])]).matches(&id));
+        assert!(!Selector::new(vec![req("cidr:10.1.2.0/25", Operator::Exists, &[])]).matches(&id));
+        assert!(
+            Selector::new(vec![req("cidr:10.1.3.0/24", Operator::DoesNotExist, &[])]).matches(&id)
+        );
+        let v6 = set(&["cidr:2001-db8--/32"]);
+        assert!(Selector::new(vec![req("cidr:0--0/0", Operator::Exists, &[])]).matches(&v6));
+    }
+}

@@ -1,0 +1,340 @@
+//! Verdicts for one flow: the source's egress, then the destination's ingress (Cilium's
+//! `LookupFlow`), with drop reasons, match types, proxy redirects and the HTTP decision.
+
+use crate::api::{Direction, PolicyRef, Protocol};
+use crate::identity::Identity;
+use crate::l7::HttpRequest;
+use crate::mapstate::{MatchType, Origin};
+use crate::repository::{EndpointPolicy, Repository};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// One side of a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// An endpoint by `namespace/name`.
+    Endpoint(String),
+    Identity(Identity),
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowQuery {
+    pub from: Peer,
+    pub to: Peer,
+    pub protocol: Protocol,
+    /// Destination port, or ICMP type.
+    pub port: u16,
+    pub http: Option<HttpRequest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Verdict {
+    #[serde(rename = "ALLOWED")]
+    Allowed,
+    #[serde(rename = "DENIED")]
+    Denied,
+    #[serde(rename = "AUDITED")]
+    Audited,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "ALLOWED",
+            Verdict::Denied => "DENIED",
+            Verdict::Audited => "AUDITED",
+        }
+    }
+}
+
+/// Cilium drop reasons for policy (spec §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DropReason {
+    #[serde(rename = "POLICY_DENIED")]
+    PolicyDenied,
+    #[serde(rename = "POLICY_DENY")]
+    PolicyDeny,
+    #[serde(rename = "AUTH_REQUIRED")]
+    AuthRequired,
+}
+
+impl DropReason {
+    pub fn code(self) -> u8 {
+        match self {
+            DropReason::PolicyDenied => 133,
+            DropReason::PolicyDeny => 181,
+            DropReason::AuthRequired => 189,
+        }
+    }
+
+    /// The flow enum name (`drop_reason_desc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::PolicyDenied => "POLICY_DENIED",
+            DropReason::PolicyDeny => "POLICY_DENY",
+            DropReason::AuthRequired => "AUTH_REQUIRED",
+        }
+    }
+
+    /// The monitor text Hubble prints.
+    pub fn text(self) -> &'static str {
+        match self {
+            DropReason::PolicyDenied => "Policy denied",
+            DropReason::PolicyDeny => "Policy denied by denylist",
+            DropReason::AuthRequired => "Authentication required",
+        }
+    }
+}
+
+/// The outcome in one direction.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DirectionVerdict {
+    pub direction: Direction,
+    pub enforced: bool,
+    pub verdict: Verdict,
+    /// The reason the packet was (or, in audit mode, would have been) dropped.
+    pub drop_reason: Option<DropReason>,
+    pub match_type: MatchType,
+    pub proxy: bool,
+    pub allowed_by: Vec<PolicyRef>,
+    pub denied_by: Vec<PolicyRef>,
+    pub policy_log: Vec<String>,
+    /// Plain-language notes on why (synthetic default allow, allow-localhost, resolution errors).
+    pub notes: Vec<String>,
+    /// The proxy's answer when the flow is redirected and an HTTP request was given.
+    pub http_allowed: Option<bool>,
+    pub http_allowed_by: Vec<PolicyRef>,
+}
+
+/// The verdict for a whole flow.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowVerdict {
+    pub source_identity: Identity,
+    pub destination_identity: Identity,
+    pub verdict: Verdict,
+    pub drop_reason: Option<DropReason>,
+    pub match_type: MatchType,
+    /// The direction whose result is reported above.
+    pub direction: Direction,
+    pub proxy: bool,
+    pub http_allowed: Option<bool>,
+    pub egress: Option<DirectionVerdict>,
+    pub ingress: Option<DirectionVerdict>,
+}
+
+impl FlowVerdict {
+    pub fn deciding(&self) -> Option<&DirectionVerdict> {
+        match self.direction {
+            Direction::Egress => self.egress.as_ref(),
+            Direction::Ingress => self.ingress.as_ref(),
+        }
+    }
+}
+
+/// Why a query could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("unknown endpoint {0:?}")]
+    UnknownEndpoint(String),
+    #[error("the policy of {0} has not been resolved; call Repository::resolve first")]
+    Unresolved(String),
+}
+
+impl Repository {
+    fn peer(&self, p: &Peer) -> Result<(Identity, Option<String>), QueryError> {
+        Ok(match p {
+            Peer::Endpoint(key) => {
+                let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+                let id = self
+                    .endpoint_identity(ns, name)
+                    .ok_or_else(|| QueryError::UnknownEndpoint(key.clone()))?;
+                (id, Some(format!("{ns}/{name}")))
+            }
+            Peer::Identity(id) => (*id, None),
+            Peer::Ip(ip) => match self.endpoint_by_ip(*ip) {
+                Some((key, id)) => (id, Some(key.to_owned())),
+                None => (self.identity_of_ip(*ip), None),
+            },
+        })
+    }
+
+    /// Evaluates a flow against the resolved tables.
+    pub fn evaluate(&self, q: &FlowQuery) -> Result<FlowVerdict, QueryError> {
+        let (src, src_ep) = self.peer(&q.from)?;
+        let (dst, dst_ep) = self.peer(&q.to)?;
+        let lookup = |ep: &Option<String>| -> Result<Option<&Arc<EndpointPolicy>>, QueryError> {
+            match ep {
+                Some(key) => self
+                    .endpoint_policy(key)
+                    .map(Some)
+                    .ok_or_else(|| QueryError::Unresolved(key.clone())),
+                None => Ok(None),
+            }
+        };
+        let egress = lookup(&src_ep)?.map(|p| self.direction_verdict(p, Direction::Egress, dst, q));
+        let ingress =
+            lookup(&dst_ep)?.map(|p| self.direction_verdict(p, Direction::Ingress, src, q));
+        let denied = |d: &Option<DirectionVerdict>| {
+            d.as_ref().is_some_and(|d| d.verdict != Verdict::Allowed)
+        };
+        let deciding = if denied(&egress) {
+            Direction::Egress
+        } else if denied(&ingress) {
+            Direction::Ingress
+        } else if egress.as_ref().is_some_and(|e| e.enforced)
+            || ingress.as_ref().is_none_or(|i| !i.enforced)
+        {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        let pick = match deciding {
+            Direction::Egress => egress.as_ref().or(ingress.as_ref()),
+            Direction::Ingress => ingress.as_ref(),
+        };
+        let sides = [egress.as_ref(), ingress.as_ref()];
+        let http_allowed = sides
+            .iter()
+            .flatten()
+            .filter_map(|d| d.http_allowed)
+            .reduce(|a, b| a && b);
+        let proxy = sides.iter().flatten().any(|d| d.proxy);
+        let (verdict, drop_reason, match_type) = match pick {
+            Some(d) => (
+                d.verdict,
+                if d.verdict == Verdict::Denied {
+                    d.drop_reason
+                } else {
+                    None
+                },
+                d.match_type,
+            ),
+            None => (Verdict::Allowed, None, MatchType::All),
+        };
+        Ok(FlowVerdict {
+            source_identity: src,
+            destination_identity: dst,
+            verdict,
+            drop_reason,
+            match_type,
+            direction: pick.map(|d| d.direction).unwrap_or(deciding),
+            proxy,
+            http_allowed,
+            egress,
+            ingress,
+        })
+    }
+
+    fn direction_verdict(
+        &self,
+        policy: &EndpointPolicy,
+        dir: Direction,
+        peer: Identity,
+        q: &FlowQuery,
+    ) -> DirectionVerdict {
+        let table = policy.direction(dir);
+        let mut v = DirectionVerdict {
+            direction: dir,
+            enforced: table.enforced,
+            verdict: Verdict::Allowed,
+            drop_reason: None,
+            match_type: MatchType::All,
+            proxy: false,
+            allowed_by: Vec::new(),
+            denied_by: Vec::new(),
+            policy_log: Vec::new(),
+            notes: Vec::new(),
+            http_allowed: None,
+            http_allowed_by: Vec::new(),
+        };
+        if let Some(e) = &policy.error {
+            v.notes.push(format!("policy could not be computed: {e}"));
+        }
+        if !table.enforced {
+            v.notes.push(format!(
+                "no policy selects this endpoint for {}: allowed",
+                dir.as_str().to_lowercase()
+            ));
+            return v;
+        }
+        // ICMP "port" is the type; ICMP and other non-port protocols never match port keys of TCP/UDP.
+        let hit = table.map.lookup(peer, q.protocol, q.port);
+        let reason = match hit {
+            None => {
+                v.match_type = MatchType::None;
+                Some(DropReason::PolicyDenied)
+            }
+            Some(h) => {
+                v.match_type = h.key.match_type();
+                let refs = policy_refs(&h.entry.origins);
+                for o in &h.entry.origins {
+                    match &**o {
+                        Origin::Rule { log: Some(l), .. } if !v.policy_log.iter().any(|x| **x == **l) => {
+                            v.policy_log.push(l.to_string())
+                        }
+                        Origin::DefaultAllow => {
+                            v.notes.push("allowed by the implicit allow-all: no rule selecting this endpoint enables default deny".into())
+                        }
+                        Origin::AllowLocalhost => v.notes.push("allowed by allow-localhost (host ingress)".into()),
+                        _ => {}
+                    }
+                }
+                if h.entry.deny {
+                    v.denied_by = refs;
+                    Some(DropReason::PolicyDeny)
+                } else if h.entry.auth_required {
+                    v.allowed_by = refs;
+                    Some(DropReason::AuthRequired)
+                } else {
+                    v.allowed_by = refs;
+                    v.proxy = h.entry.proxy_rank > 0;
+                    None
+                }
+            }
+        };
+        if let Some(r) = reason {
+            v.drop_reason = Some(r);
+            v.verdict = if self.options().audit_mode {
+                Verdict::Audited
+            } else {
+                Verdict::Denied
+            };
+            if v.verdict == Verdict::Denied {
+                return v;
+            }
+        }
+        // Audit mode forwards at L3/L4; a redirect entry still sends traffic to the proxy.
+        if hit.is_some_and(|h| !h.entry.deny && h.entry.proxy_rank > 0) {
+            v.proxy = true;
+        }
+        if v.proxy
+            && q.protocol == Protocol::Tcp
+            && let Some(req) = &q.http
+        {
+            let (ok, origins) = table.http_allows(peer, q.port, req);
+            v.http_allowed = Some(ok);
+            v.http_allowed_by = policy_refs(&origins);
+            if origins.iter().any(|o| **o == Origin::DefaultAllow) {
+                v.notes.push(
+                    "HTTP rules only add visibility here: no selecting rule enables default deny, so the implicit allow-all admits every request"
+                        .into(),
+                );
+            }
+        }
+        v
+    }
+}
+
+fn policy_refs(origins: &[Arc<Origin>]) -> Vec<PolicyRef> {
+    let mut out: Vec<PolicyRef> = Vec::new();
+    for o in origins {
+        if let Origin::Rule { policy, .. } = &**o
+            && !out.contains(policy)
+        {
+            out.push(policy.clone());
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,429 @@
+//! `imdsguard policy check|trace|test`.
+
+use crate::sources;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use imdsguard_manifest::Source;
+use imdsguard_policy::api::Subject;
+use imdsguard_policy::verdict::DirectionVerdict;
+use imdsguard_policy::{
+    DecodeOptions, Decoded, EngineOptions, FlowQuery, FlowVerdict, HttpRequest, Identity, Peer,
+    Protocol, Repository, decode_sources,
+};
+use imdsguard_scenario::PolicyInput;
+use serde_json::json;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate policies and CIDR groups; print every error with file, line, column and field.
+    Check(CheckArgs),
+    /// Show the verdict Cilium would give one flow, and why.
+    Trace(TraceArgs),
+    /// Run policy test scenarios (see docs/policy-testing.md).
+    Test(TestArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Policy files or directories (searched recursively for *.yaml, *.yml, *.json); `-` is stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Policy files or directories.
+    #[arg(long = "policies", required = true, num_args = 1..)]
+    policies: Vec<PathBuf>,
+    /// Source: an endpoint (NAME or NAMESPACE/NAME from --endpoints), an IP, or an entity (world, host …).
+    #[arg(long)]
+    from: String,
+    /// Destination: an endpoint, an IP, or an entity.
+    #[arg(long)]
+    to: String,
+    /// Destination port (ICMP: the type).
+    #[arg(long, default_value_t = 0)]
+    dport: u16,
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    #[arg(long)]
+    http_method: Option<String>,
+    #[arg(long)]
+    http_path: Option<String>,
+    #[arg(long)]
+    http_host: Option<String>,
+    /// Endpoints and namespaces, in the scenario format (a scenario file works too).
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+    /// Report L3/L4 denials as AUDITED instead of dropping (Cilium's --policy-audit-mode).
+    #[arg(long)]
+    policy_audit_mode: bool,
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// Scenario files or directories (searched recursively).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Also print passing cases.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check(a) => check(a),
+        PolicyCommand::Trace(a) => trace(a),
+        PolicyCommand::Test(a) => test(a),
+    }
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let srcs = sources::load(&args.paths)?;
+    let decoded = decode_sources(&srcs, &DecodeOptions::default());
+    let ok = decoded.errors.is_empty();
+    match args.output {
+        Output::Json => {
+            let objects: Vec<_> = decoded
+                .policies
+                .iter()
+                .map(|p| {
+                    json!({"file": &*p.file, "line": p.pos.line, "column": p.pos.col, "kind": p.id.kind.as_str(),
+                           "namespace": &*p.id.namespace, "name": &*p.id.name, "summary": policy_summary(p)})
+                })
+                .chain(decoded.groups.iter().map(|g| {
+                    json!({"file": &*g.file, "line": g.pos.line, "column": g.pos.col, "kind": "CiliumCIDRGroup",
+                           "name": &*g.name, "summary": format!("{} CIDR(s)", g.cidrs.len())})
+                }))
+                .collect();
+            let out =
+                json!({"valid": objects, "errors": decoded.errors, "warnings": decoded.warnings});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Output::Text => {
+            for w in &decoded.warnings {
+                eprintln!("{w}");
+            }
+            for e in &decoded.errors {
+                println!("{e}");
+            }
+            for p in &decoded.policies {
+                println!(
+                    "{}:{}: {}: valid: {}",
+                    p.file,
+                    p.pos,
+                    p.id,
+                    policy_summary(p)
+                );
+            }
+            for g in &decoded.groups {
+                let cidrs: Vec<String> = g.cidrs.iter().map(|c| c.to_string()).collect();
+                println!(
+                    "{}:{}: CiliumCIDRGroup {}: valid: {}",
+                    g.file,
+                    g.pos,
+                    g.name,
+                    cidrs.join(", ")
+                );
+            }
+            let valid = decoded.policies.len() + decoded.groups.len();
+            println!("{valid} valid, {} invalid", decoded.errors.len());
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn policy_summary(p: &imdsguard_policy::Policy) -> String {
+    let mut parts = Vec::new();
+    for r in &p.rules {
+        let subject = match &r.subject {
+            Subject::Endpoints(s) => format!("endpoints {s}"),
+            Subject::Nodes(s) => format!("nodes {s}"),
+        };
+        let sections: Vec<String> = r
+            .sections()
+            .map(|(s, items)| format!("{s:?} {}", items.len()))
+            .collect();
+        let dd = format!(
+            "default-deny ingress={} egress={}",
+            if r.has_direction(imdsguard_policy::Direction::Ingress) {
+                r.default_deny_ingress.to_string()
+            } else {
+                "-".into()
+            },
+            if r.has_direction(imdsguard_policy::Direction::Egress) {
+                r.default_deny_egress.to_string()
+            } else {
+                "-".into()
+            }
+        );
+        parts.push(format!("selects {subject}; {}; {dd}", sections.join(", ")));
+    }
+    parts.join(" | ")
+}
+
+/// Loads policies and reports invalid ones on stderr; the valid ones still count.
+fn load_policies(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Decoded> {
+    let srcs = sources::load(paths)?;
+    let decoded = decode_sources(&srcs, opts);
+    for e in &decoded.errors {
+        eprintln!("{e} (object ignored)");
+    }
+    Ok(decoded)
+}
+
+fn trace(args: TraceArgs) -> Result<ExitCode> {
+    let decoded = load_policies(&args.policies, &DecodeOptions::default())?;
+    let mut repo = Repository::new(EngineOptions {
+        audit_mode: args.policy_audit_mode,
+        ..Default::default()
+    });
+    let mut handles: Vec<(String, String)> = Vec::new();
+    if let Some(path) = &args.endpoints {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let scenario = imdsguard_scenario::parse(&Source::new(path.display().to_string(), text))?;
+        for (ns, labels) in &scenario.namespaces {
+            repo.set_namespace_labels(ns, labels.clone());
+        }
+        for ep in &scenario.endpoints {
+            handles.push((ep.handle.clone(), ep.spec.key()));
+            repo.upsert_endpoint(ep.spec.clone());
+        }
+    }
+    repo.load(&decoded);
+    repo.resolve();
+    let protocol = Protocol::parse(&args.protocol)
+        .filter(|p| *p != Protocol::Any)
+        .with_context(|| {
+            format!(
+                "unknown protocol {:?}: use TCP, UDP, SCTP, ICMP or ICMPv6",
+                args.protocol
+            )
+        })?;
+    let http = if args.http_method.is_some() || args.http_path.is_some() || args.http_host.is_some()
+    {
+        Some(HttpRequest {
+            method: args.http_method.clone().unwrap_or_else(|| "GET".into()),
+            path: args.http_path.clone().unwrap_or_else(|| "/".into()),
+            host: args.http_host.clone().unwrap_or_default(),
+            headers: Vec::new(),
+        })
+    } else {
+        None
+    };
+    let from = parse_peer(&args.from, &handles)?;
+    let to = parse_peer(&args.to, &handles)?;
+    let q = FlowQuery {
+        from,
+        to,
+        protocol,
+        port: args.dport,
+        http,
+    };
+    let v = repo.evaluate(&q)?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Text => print_trace(&args, &repo, &v),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_peer(s: &str, handles: &[(String, String)]) -> Result<Peer> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Peer::Ip(ip));
+    }
+    let entity = s.strip_prefix("reserved:").unwrap_or(s);
+    if let Some(id) = Identity::reserved_by_name(entity) {
+        return Ok(Peer::Identity(id));
+    }
+    if let Some((_, key)) = handles.iter().find(|(h, k)| h == s || k == s) {
+        return Ok(Peer::Endpoint(key.clone()));
+    }
+    let known: Vec<&str> = handles.iter().map(|(h, _)| h.as_str()).collect();
+    if known.is_empty() {
+        bail!(
+            "{s:?} is not an IP address or entity, and no --endpoints file was given to define endpoints"
+        );
+    }
+    bail!(
+        "{s:?} is not an IP address, an entity or a known endpoint (known: {})",
+        known.join(", ")
+    )
+}
+
+fn describe_identity(repo: &Repository, id: Identity) -> String {
+    let labels = repo
+        .identities()
+        .labels(id)
+        .map(|l| l.to_string())
+        .unwrap_or_default();
+    format!("({id}) {labels}")
+}
+
+fn print_direction(name: &str, d: &Option<DirectionVerdict>) {
+    let Some(d) = d else {
+        println!("{name}: not evaluated (that side is not an endpoint on this node)");
+        return;
+    };
+    if !d.enforced {
+        println!(
+            "{name}: not enforced (no policy selects the endpoint in this direction): allowed"
+        );
+        return;
+    }
+    let verdict = match d.verdict {
+        imdsguard_policy::Verdict::Allowed => "ALLOWED",
+        imdsguard_policy::Verdict::Denied => "DENIED",
+        imdsguard_policy::Verdict::Audited => "AUDITED",
+    };
+    println!(
+        "{name}: policy-verdict:{} {} {verdict}",
+        d.match_type.as_str(),
+        d.direction.as_str()
+    );
+    if let Some(r) = d.drop_reason {
+        println!("  drop reason: {} ({}, {})", r.text(), r.code(), r.as_str());
+    }
+    let dir = d.direction.as_str().to_lowercase();
+    for p in &d.allowed_by {
+        println!("  {dir}_allowed_by: {p}");
+    }
+    for p in &d.denied_by {
+        println!("  {dir}_denied_by: {p}");
+    }
+    if !d.policy_log.is_empty() {
+        println!("  policy_log: {}", d.policy_log.join(", "));
+    }
+    for n in &d.notes {
+        println!("  note: {n}");
+    }
+    if d.proxy {
+        println!("  redirected to the L7 proxy");
+    }
+    if let Some(ok) = d.http_allowed {
+        if ok {
+            let by: Vec<String> = d.http_allowed_by.iter().map(|p| p.to_string()).collect();
+            println!(
+                "  HTTP: allowed{}",
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", by.join(", "))
+                }
+            );
+        } else {
+            println!("  HTTP: denied (403 Forbidden, \"Access denied\")");
+        }
+    }
+}
+
+fn print_trace(args: &TraceArgs, repo: &Repository, v: &FlowVerdict) {
+    println!(
+        "From: {} {}",
+        args.from,
+        describe_identity(repo, v.source_identity)
+    );
+    println!(
+        "To:   {}:{}/{} {}",
+        args.to,
+        args.dport,
+        args.protocol.to_uppercase(),
+        describe_identity(repo, v.destination_identity)
+    );
+    print_direction("Egress (source)", &v.egress);
+    print_direction("Ingress (destination)", &v.ingress);
+    let reason = v
+        .drop_reason
+        .map(|r| format!(" ({})", r.text()))
+        .unwrap_or_default();
+    println!("Verdict: {}{reason}", v.verdict.as_str());
+    println!("Match type: {}", v.match_type.as_str());
+    println!("Proxy: {}", if v.proxy { "yes" } else { "no" });
+    match v.http_allowed {
+        Some(true) => println!("HTTP: ALLOWED"),
+        Some(false) => println!("HTTP: DENIED (403)"),
+        None => {}
+    }
+}
+
+fn test(args: TestArgs) -> Result<ExitCode> {
+    let files = sources::load(&args.paths)?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for src in files
+        .into_iter()
+        .filter(|s| !imdsguard_scenario::is_manifest(s))
+    {
+        let scenario = match imdsguard_scenario::parse(&src) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("FAIL {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        let base = Path::new(&*src.name)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut policy_sources = Vec::new();
+        let mut load_error = None;
+        for p in &scenario.policies {
+            match p {
+                PolicyInput::File(f) => match sources::load(&[base.join(f)]) {
+                    Ok(s) => policy_sources.extend(s),
+                    Err(e) => load_error = Some(format!("{e:#}")),
+                },
+                PolicyInput::Inline { name, text } => {
+                    policy_sources.push(Source::new(name.as_str(), text.as_str()))
+                }
+            }
+        }
+        if let Some(e) = load_error {
+            println!("FAIL {}: {}: {e}", src.name, scenario.name);
+            failed += 1;
+            continue;
+        }
+        let report = imdsguard_scenario::run(&scenario, &policy_sources);
+        for e in &report.errors {
+            println!("FAIL {}: {}: {e}", src.name, scenario.name);
+        }
+        for o in &report.outcomes {
+            let loc = if o.line > 0 {
+                format!("{}:{}", src.name, o.line)
+            } else {
+                src.name.to_string()
+            };
+            if !o.passed {
+                println!("FAIL {loc}: {o}");
+            } else if args.verbose {
+                println!("ok   {loc}: {}", o.case);
+            }
+        }
+        passed += report.passed();
+        failed += report.failed();
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,39 @@
+//! The `imdsguard` command: wires the crates together; no policy logic lives here.
+
+mod cmd;
+mod sources;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imdsguard",
+    version,
+    about = "Decides which Kubernetes workloads may reach the cloud instance metadata service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check, trace and test Cilium network policies offline.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(c) => cmd::policy::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

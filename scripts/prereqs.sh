@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what imdsguard needs on a fresh Debian 12 machine, and nothing that is already there.
+# Sourced by scripts/demo and scripts/test; safe to run again.
+set -euo pipefail
+
+APT_PACKAGES=(clang llvm libbpf-dev nftables iproute2 curl pkg-config ca-certificates)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "==> installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "cargo is missing: install Rust 1.95 with rustup (https://rustup.rs) and run this again" >&2
+    exit 1
+  fi
+fi
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    rustup component add "$c" >/dev/null 2>&1 || true
+  fi
+done
