@@ -20,6 +20,7 @@ pub mod mapstate;
 pub mod repository;
 pub mod selector;
 pub mod selectorcache;
+pub mod subjectindex;
 pub mod verdict;
 
 pub use api::{CidrGroup, Direction, Policy, PolicyKind, PolicyRef, Protocol};

@@ -10,6 +10,7 @@ use crate::l7::{HttpRule, L7Rules};
 use crate::labels::LabelSet;
 use crate::mapstate::{ANY_IDENTITY, Entry, Key, MapState, Origin, port_range_prefixes};
 use crate::selectorcache::{SelectorCache, SelectorId};
+use crate::subjectindex::SubjectIndex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -220,6 +221,11 @@ pub struct Repository {
     selectors: SelectorCache,
     resolved: FxHashMap<(Identity, u64), Arc<EndpointPolicy>>,
     dirty: FxHashSet<Identity>,
+    subjects: SubjectIndex,
+    /// Which policies use each selector, so identity changes find the policies to revisit.
+    selector_users: FxHashMap<SelectorId, FxHashSet<PolicyRef>>,
+    /// Policies whose peers changed; their subjects are marked at the next resolve.
+    dirty_policies: FxHashSet<PolicyRef>,
     ipcache_dirty: bool,
 }
 
@@ -242,6 +248,9 @@ impl Repository {
             selectors,
             resolved: FxHashMap::default(),
             dirty: FxHashSet::default(),
+            dirty_policies: FxHashSet::default(),
+            selector_users: FxHashMap::default(),
+            subjects: SubjectIndex::default(),
             ipcache_dirty: false,
         }
     }
@@ -321,12 +330,19 @@ impl Repository {
         }
         let subjects = self.subjects_of(&compiled);
         self.dirty.extend(subjects);
+        self.subjects.remove(&id);
+        for (i, r) in compiled.rules.iter().enumerate() {
+            if let Some(sel) = &r.subject {
+                self.subjects.insert(&id, i, sel);
+            }
+        }
         self.policies.insert(id, compiled);
     }
 
     pub fn delete_policy(&mut self, id: &PolicyRef) -> bool {
         match self.policies.remove(id) {
             Some(old) => {
+                self.subjects.remove(id);
                 let subjects = self.subjects_of(&old);
                 self.dirty.extend(subjects);
                 if old.policy.prefixes().next().is_some() {
@@ -399,6 +415,18 @@ impl Repository {
             }
         }
         out
+    }
+
+    /// Makes an identity known without a local endpoint: a pod on another node, which policies may
+    /// name as a peer but which this node does not enforce for.
+    pub fn upsert_remote_identity(&mut self, labels: LabelSet) -> Identity {
+        let (identity, new) = self.registry.allocate_global(labels);
+        if new {
+            let labels = self.registry.labels(identity).cloned().unwrap_or_default();
+            let hit = self.selectors.add_identity(identity, labels);
+            self.mark_selector_users(&hit);
+        }
+        identity
     }
 
     /// Adds or updates a pod. Returns its identity.
@@ -479,22 +507,16 @@ impl Repository {
         if selectors.is_empty() {
             return;
         }
-        let set: FxHashSet<SelectorId> = selectors.iter().copied().collect();
-        let users: Vec<&CompiledPolicy> = self
-            .policies
-            .values()
-            .filter(|c| {
-                c.rules
-                    .iter()
-                    .flat_map(|r| &r.items)
-                    .any(|i| match &i.peers {
-                        CompiledPeers::Selectors(ids) => ids.iter().any(|s| set.contains(s)),
-                        CompiledPeers::Any => false,
-                    })
-            })
-            .collect();
-        let subjects: Vec<Identity> = users.iter().flat_map(|c| self.subjects_of(c)).collect();
-        self.dirty.extend(subjects);
+        for s in selectors {
+            if let Some(users) = self.selector_users.get(s) {
+                self.dirty_policies.extend(
+                    users
+                        .iter()
+                        .filter(|p| self.policies.contains_key(*p))
+                        .cloned(),
+                );
+            }
+        }
     }
 
     pub fn endpoint_identity(&self, namespace: &str, name: &str) -> Option<Identity> {
@@ -565,6 +587,13 @@ impl Repository {
             touched.dedup();
             self.mark_selector_users(&touched);
         }
+        let dirty_policies: Vec<PolicyRef> = self.dirty_policies.drain().collect();
+        for id in dirty_policies {
+            if let Some(c) = self.policies.get(&id) {
+                let subjects = self.subjects_of(c);
+                self.dirty.extend(subjects);
+            }
+        }
         let dirty: Vec<Identity> = self.dirty.drain().collect();
         let mut stats = ResolveStats::default();
         let mut by_identity: FxHashMap<Identity, Vec<(u64, &[NamedPort])>> = FxHashMap::default();
@@ -602,18 +631,16 @@ impl Repository {
     fn resolve_identity(&self, id: Identity, sig: u64, own_ports: &[NamedPort]) -> EndpointPolicy {
         let empty = LabelSet::default();
         let labels = self.registry.labels(id).map(|l| &**l).unwrap_or(&empty);
-        let ns = labels.namespace();
         let init = labels.has_reserved("init");
-        let rules: Vec<&CompiledRule> = self
-            .policies
-            .values()
-            .filter(|c| {
-                c.policy.id.kind == PolicyKind::CiliumClusterwideNetworkPolicy
-                    || Some(&*c.policy.id.namespace) == ns
-            })
-            .flat_map(|c| &c.rules)
+        let mut rules: Vec<&CompiledRule> = self
+            .subjects
+            .candidates(labels)
+            .into_iter()
+            .filter_map(|(p, i)| self.policies.get(p).and_then(|c| c.rules.get(*i)))
             .filter(|r| r.subject.as_ref().is_some_and(|s| s.matches(labels)))
             .collect();
+        // Deterministic order, so merged entries list their origins the same way every time.
+        rules.sort_by(|a, b| a.origin.cmp(&b.origin));
         let mut error = None;
         let mut dirs = [Direction::Ingress, Direction::Egress].map(|dir| {
             match self.resolve_direction(id, dir, &rules, init, own_ports) {

@@ -23,6 +23,9 @@ pub struct SelectorCache {
     identities: FxHashMap<Identity, Arc<LabelSet>>,
     /// Pod identities by namespace: most peer selectors name one namespace after injection.
     by_namespace: FxHashMap<Arc<str>, FxHashSet<Identity>>,
+    /// Selectors that can only match some namespaces, by namespace; the rest are `global`.
+    selectors_by_namespace: FxHashMap<Arc<str>, Vec<SelectorId>>,
+    global: Vec<SelectorId>,
 }
 
 impl SelectorCache {
@@ -50,6 +53,17 @@ impl SelectorCache {
             }
         }
         let id = self.cached.len() as SelectorId;
+        match selector.namespaces() {
+            Some(namespaces) => {
+                for ns in namespaces {
+                    self.selectors_by_namespace
+                        .entry(ns.as_str().into())
+                        .or_default()
+                        .push(id);
+                }
+            }
+            None => self.global.push(id),
+        }
         self.cached.push(Cached {
             selector: selector.clone(),
             matches,
@@ -69,10 +83,13 @@ impl SelectorCache {
     /// Adds an identity; returns the selectors that now select it.
     pub fn add_identity(&mut self, id: Identity, labels: Arc<LabelSet>) -> Vec<SelectorId> {
         let mut hit = Vec::new();
-        for (i, c) in self.cached.iter_mut().enumerate() {
-            if c.selector.matches(&labels) {
-                c.matches.insert(id);
-                hit.push(i as SelectorId);
+        let scoped = labels
+            .namespace()
+            .and_then(|ns| self.selectors_by_namespace.get(ns));
+        for &s in self.global.iter().chain(scoped.into_iter().flatten()) {
+            let c = &mut self.cached[s as usize];
+            if c.selector.matches(&labels) && c.matches.insert(id) {
+                hit.push(s);
             }
         }
         if let Some(ns) = labels.namespace() {

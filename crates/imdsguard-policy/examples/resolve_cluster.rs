@@ -1,0 +1,45 @@
+//! Builds and resolves the issue's cluster workload once and prints wall time, table sizes and
+//! peak memory (Linux: VmHWM). Used for the memory figure in BENCHMARKS.md:
+//!
+//!   cargo run --release -p imdsguard-policy --example resolve_cluster
+
+#[path = "../benches/workloads.rs"]
+mod workloads;
+
+use std::time::Instant;
+use workloads::*;
+
+fn main() {
+    let w = Cluster::ISSUE;
+    let t = Instant::now();
+    let mut repo = w.repository();
+    let build = t.elapsed();
+    repo.invalidate_all();
+    let t = Instant::now();
+    let stats = repo.resolve();
+    let resolve = t.elapsed();
+    println!("load+first resolve: {build:?}");
+    println!(
+        "full re-resolve: {resolve:?} ({} policies computed, {} table entries)",
+        stats.identities, stats.entries
+    );
+    println!(
+        "identities: {}, prefixes in ipcache: {}",
+        repo.identities().len(),
+        repo.ipcache().entries().len()
+    );
+    for sample in ["Cilium CIDR"] {
+        let r = cilium_repository(&cilium_cidr_rules(1000, |_| "k8s:foo: \"\"".into()));
+        let id = r.endpoint_identity("default", "subject").unwrap();
+        let p = r.policy(id).unwrap();
+        println!("{sample}: egress table entries: {}", p.egress.map.len());
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status
+            .lines()
+            .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+        {
+            println!("{line}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Finds the rules that may select an identity without testing every rule: a rule whose subject
+//! selector requires one exact label value is filed under that (key, value); the others are kept
+//! per namespace (CNPs) or in one cluster-wide list. Candidates are still checked with the selector.
+
+use crate::api::{PolicyKind, PolicyRef};
+use crate::labels::{LabelSet, LabelSource};
+use crate::selector::{Operator, Selector};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Arc;
+
+/// A rule: its policy and its index in the policy's compiled rules.
+pub type RuleRef = (PolicyRef, usize);
+
+#[derive(Debug, Clone, Default)]
+pub struct SubjectIndex {
+    by_label: FxHashMap<(Arc<str>, Arc<str>), Vec<RuleRef>>,
+    /// Unindexed rules by namespace; "" holds the cluster-wide ones.
+    rest: FxHashMap<Arc<str>, Vec<RuleRef>>,
+}
+
+fn index_key(selector: &Selector) -> Option<(Arc<str>, Arc<str>)> {
+    // The namespace requirement injected into every CNP subject is a poor key: prefer another.
+    let mut reqs: Vec<_> = selector
+        .requirements()
+        .iter()
+        .filter(|r| {
+            r.op == Operator::In
+                && r.values.len() == 1
+                && matches!(r.key.source, LabelSource::K8s | LabelSource::Any)
+        })
+        .collect();
+    reqs.sort_by_key(|r| &*r.key.key == crate::identity::NAMESPACE_LABEL);
+    reqs.first()
+        .map(|r| (r.key.key.clone(), Arc::from(r.values[0].as_str())))
+}
+
+impl SubjectIndex {
+    pub fn insert(&mut self, policy: &PolicyRef, rule: usize, subject: &Selector) {
+        let entry = (policy.clone(), rule);
+        match index_key(subject) {
+            Some(k) => self.by_label.entry(k).or_default().push(entry),
+            None => {
+                let ns: Arc<str> = match policy.kind {
+                    PolicyKind::CiliumNetworkPolicy => policy.namespace.clone(),
+                    PolicyKind::CiliumClusterwideNetworkPolicy => Arc::from(""),
+                };
+                self.rest.entry(ns).or_default().push(entry);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, policy: &PolicyRef) {
+        self.by_label.retain(|_, v| {
+            v.retain(|(p, _)| p != policy);
+            !v.is_empty()
+        });
+        self.rest.retain(|_, v| {
+            v.retain(|(p, _)| p != policy);
+            !v.is_empty()
+        });
+    }
+
+    /// Rules that may select an identity with these labels (a superset; check the selector).
+    pub fn candidates(&self, labels: &LabelSet) -> Vec<&RuleRef> {
+        let ns = labels.namespace().unwrap_or("");
+        let mut out: Vec<&RuleRef> = Vec::new();
+        out.extend(self.rest.get("").into_iter().flatten());
+        if !ns.is_empty() {
+            out.extend(self.rest.get(ns).into_iter().flatten());
+        }
+        let mut seen: FxHashSet<(&str, &str)> = FxHashSet::default();
+        for l in labels.iter() {
+            if seen.insert((&l.key, &l.value))
+                && let Some(v) = self.by_label.get(&(l.key.clone(), l.value.clone()))
+            {
+                out.extend(v.iter().filter(|(p, _)| {
+                    p.kind == PolicyKind::CiliumClusterwideNetworkPolicy || &*p.namespace == ns
+                }));
+            }
+        }
+        out
+    }
+}
