@@ -19,13 +19,13 @@ fn cluster(c: &mut Criterion) {
     g.bench_function(
         "resolve-all: 1000 policies, 10000 endpoints, 500 ns, 2000 prefixes",
         |b| {
-            b.iter_batched(
+            b.iter_batched_ref(
                 || {
                     let mut r = base.clone();
                     r.invalidate_all();
                     r
                 },
-                |mut r| black_box(r.resolve()),
+                |r| black_box(r.resolve()),
                 BatchSize::PerIteration,
             )
         },
@@ -125,13 +125,13 @@ fn cilium(c: &mut Criterion) {
     for (name, text) in cases {
         let base = cilium_repository(&text);
         g.bench_function(name, |b| {
-            b.iter_batched(
+            b.iter_batched_ref(
                 || {
                     let mut r = base.clone();
                     r.invalidate_all();
                     r
                 },
-                |mut r| black_box(r.resolve()),
+                |r| black_box(r.resolve()),
                 BatchSize::LargeInput,
             )
         });

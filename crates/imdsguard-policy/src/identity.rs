@@ -83,6 +83,15 @@ impl fmt::Display for Identity {
     }
 }
 
+/// FNV-1a: a stable hash (unlike std's randomised one), so derived numbers survive restarts.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// What Kubernetes knows about a pod, as far as its identity is concerned.
 #[derive(Debug, Clone, Default)]
 pub struct PodLabels<'a> {
@@ -227,11 +236,7 @@ impl IdentityRegistry {
         }
         const FIRST: u32 = 256;
         const SPAN: u32 = 65536 - FIRST;
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in labels.to_string().bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut n = (h % u64::from(SPAN)) as u32;
+        let mut n = (fnv1a(labels.to_string().as_bytes()) % u64::from(SPAN)) as u32;
         for _ in 0..SPAN {
             let id = Identity(FIRST + n);
             if !self.by_id.contains_key(&id) {

@@ -66,27 +66,53 @@ impl Key {
     }
 }
 
-/// Every key (other than `k`) whose traffic includes all of `k`'s: the same or the ANY identity,
-/// with the same protocol and a shorter or equal port prefix, or any protocol.
-fn covering_keys(k: &Key) -> impl Iterator<Item = Key> + '_ {
-    let ids = if k.identity == ANY_IDENTITY {
-        vec![ANY_IDENTITY]
-    } else {
-        vec![ANY_IDENTITY, k.identity]
-    };
-    ids.into_iter()
-        .flat_map(move |id| {
-            let ports = if k.proto == 0 {
-                0..=0
-            } else {
-                0..=k.port_prefix_len
-            };
-            let l4 = ports
-                .filter(move |_| k.proto != 0)
-                .map(move |len| Key::new(id, k.proto, k.port, len));
-            l4.chain(std::iter::once(Key::new(id, 0, 0, 0)))
-        })
-        .filter(move |c| c != k)
+/// Which (identity, protocol) pairs have keys of which port prefix lengths, so the keys covering
+/// a key can be probed directly instead of generating every candidate.
+#[derive(Default)]
+struct Shapes {
+    lens: FxHashMap<(u32, u8), u32>,
+}
+
+impl Shapes {
+    fn new<'a>(keys: impl Iterator<Item = &'a Key>) -> Shapes {
+        let mut shapes = Shapes::default();
+        for k in keys {
+            *shapes.lens.entry((k.identity, k.proto)).or_default() |= 1 << k.port_prefix_len;
+        }
+        shapes
+    }
+
+    /// Every existing-shaped key (other than `k`) whose traffic includes all of `k`'s: the same or
+    /// the ANY identity, the same protocol with a shorter or equal port prefix, or any protocol.
+    fn covering(&self, k: &Key, mut f: impl FnMut(Key) -> bool) -> bool {
+        let ids: &[u32] = if k.identity == ANY_IDENTITY {
+            &[ANY_IDENTITY]
+        } else {
+            &[ANY_IDENTITY, k.identity]
+        };
+        for &id in ids {
+            if k.proto != 0
+                && let Some(bits) = self.lens.get(&(id, k.proto))
+            {
+                let mut bits = *bits & ((1u32 << (k.port_prefix_len + 1)) - 1);
+                while bits != 0 {
+                    let len = bits.trailing_zeros() as u8;
+                    bits &= bits - 1;
+                    let c = Key::new(id, k.proto, k.port, len);
+                    if c != *k && f(c) {
+                        return true;
+                    }
+                }
+            }
+            if self.lens.contains_key(&(id, 0)) {
+                let c = Key::new(id, 0, 0, 0);
+                if c != *k && f(c) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
 fn mask(len: u8) -> u16 {
@@ -197,7 +223,25 @@ pub struct Entry {
     /// 0: no redirect. Higher values take precedence (HTTP, Kafka, proxylib, DNS ranks).
     pub proxy_rank: u8,
     pub auth_required: bool,
-    pub origins: Vec<Arc<Origin>>,
+    /// The first origin; most entries have exactly one, and keeping it inline saves an
+    /// allocation per entry.
+    pub origin: Arc<Origin>,
+    pub more_origins: Vec<Arc<Origin>>,
+}
+
+/// One rule's wish for one key, before merging.
+#[derive(Debug, Clone)]
+pub struct Contribution {
+    pub deny: bool,
+    pub proxy_rank: u8,
+    pub auth_required: bool,
+    pub origin: Arc<Origin>,
+}
+
+impl Entry {
+    pub fn origins(&self) -> impl Iterator<Item = &Arc<Origin>> {
+        std::iter::once(&self.origin).chain(&self.more_origins)
+    }
 }
 
 /// One direction's table of one endpoint.
@@ -237,9 +281,17 @@ impl MapState {
     /// Builds a table from raw contributions, applying Cilium's insertion rules (spec §5.3): denies
     /// remove every allow they cover, a redirect removes narrower allows of lower rank, and an
     /// identity-specific allow identical to an ANY allow on the same port is elided.
-    pub fn build(contributions: Vec<(Key, Entry)>) -> Result<MapState, String> {
+    pub fn build(contributions: Vec<(Key, Contribution)>) -> Result<MapState, String> {
         let mut merged: FxHashMap<Key, Entry> = FxHashMap::default();
-        for (key, entry) in contributions {
+        merged.reserve(contributions.len());
+        for (key, c) in contributions {
+            let entry = Entry {
+                deny: c.deny,
+                proxy_rank: c.proxy_rank,
+                auth_required: c.auth_required,
+                origin: c.origin,
+                more_origins: Vec::new(),
+            };
             match merged.get_mut(&key) {
                 None => {
                     merged.insert(key, entry);
@@ -253,25 +305,27 @@ impl MapState {
                     }
                     cur.proxy_rank = cur.proxy_rank.max(entry.proxy_rank);
                     cur.auth_required |= entry.auth_required;
-                    for o in entry.origins {
-                        if !cur.origins.contains(&o) {
-                            cur.origins.push(o);
-                        }
+                    if cur.origin != entry.origin && !cur.more_origins.contains(&entry.origin) {
+                        cur.more_origins.push(entry.origin);
                     }
                 }
             }
         }
+        let shapes = Shapes::new(merged.keys());
         let mut remove = Vec::new();
         for (k, e) in &merged {
-            let mut covering = covering_keys(k).filter_map(|c| merged.get(&c).map(|ce| (c, ce)));
             if e.deny {
                 // A narrower deny under a broader deny is redundant.
-                if covering.any(|(_, ce)| ce.deny) {
+                if shapes.covering(k, |c| merged.get(&c).is_some_and(|ce| ce.deny)) {
                     remove.push(*k);
                 }
                 continue;
             }
-            if covering.any(|(_, ce)| ce.deny || ce.proxy_rank > e.proxy_rank) {
+            if shapes.covering(k, |c| {
+                merged
+                    .get(&c)
+                    .is_some_and(|ce| ce.deny || ce.proxy_rank > e.proxy_rank)
+            }) {
                 remove.push(*k);
                 continue;
             }
@@ -350,20 +404,20 @@ impl MapState {
 mod tests {
     use super::*;
 
-    fn allow(rank: u8) -> Entry {
-        Entry {
+    fn allow(rank: u8) -> Contribution {
+        Contribution {
             deny: false,
             proxy_rank: rank,
             auth_required: false,
-            origins: vec![],
+            origin: Arc::new(Origin::DefaultAllow),
         }
     }
-    fn deny() -> Entry {
-        Entry {
+    fn deny() -> Contribution {
+        Contribution {
             deny: true,
             proxy_rank: 0,
             auth_required: false,
-            origins: vec![],
+            origin: Arc::new(Origin::DefaultAllow),
         }
     }
 

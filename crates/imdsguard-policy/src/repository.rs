@@ -8,7 +8,7 @@ use crate::identity::{Identity, IdentityRegistry, PodLabels, pod_identity_labels
 use crate::ipcache::IpCache;
 use crate::l7::{HttpRule, L7Rules};
 use crate::labels::LabelSet;
-use crate::mapstate::{ANY_IDENTITY, Entry, Key, MapState, Origin, port_range_prefixes};
+use crate::mapstate::{ANY_IDENTITY, Contribution, Key, MapState, Origin, port_range_prefixes};
 use crate::selectorcache::{SelectorCache, SelectorId};
 use crate::subjectindex::SubjectIndex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -87,11 +87,7 @@ fn ports_signature(ports: &[NamedPort]) -> u64 {
         .map(|p| format!("{}={}/{}", p.name, p.port, p.protocol.as_str()))
         .collect();
     sorted.sort();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sorted.join(",").bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    crate::identity::fnv1a(sorted.join(",").as_bytes())
 }
 
 /// (protocol number, port, port prefix length); protocol 0 means every protocol and port.
@@ -211,7 +207,7 @@ pub struct ResolveStats {
 #[derive(Debug, Clone)]
 pub struct Repository {
     opts: EngineOptions,
-    policies: BTreeMap<PolicyRef, CompiledPolicy>,
+    policies: BTreeMap<PolicyRef, Arc<CompiledPolicy>>,
     groups: BTreeMap<Arc<str>, CidrGroup>,
     namespaces: BTreeMap<String, Vec<(String, String)>>,
     endpoints: BTreeMap<String, Endpoint>,
@@ -221,7 +217,7 @@ pub struct Repository {
     selectors: SelectorCache,
     resolved: FxHashMap<(Identity, u64), Arc<EndpointPolicy>>,
     dirty: FxHashSet<Identity>,
-    subjects: SubjectIndex,
+    subjects: SubjectIndex<(Arc<CompiledPolicy>, usize)>,
     /// Which policies use each selector, so identity changes find the policies to revisit.
     selector_users: FxHashMap<SelectorId, FxHashSet<PolicyRef>>,
     /// Policies whose peers changed; their subjects are marked at the next resolve.
@@ -321,7 +317,7 @@ impl Repository {
             let subjects = self.subjects_of(old);
             self.dirty.extend(subjects);
         }
-        let compiled = self.compile(Arc::new(policy));
+        let compiled = Arc::new(self.compile(Arc::new(policy)));
         let new_prefixes: FxHashSet<ipnet::IpNet> = compiled.policy.prefixes().collect();
         if old_prefixes.as_ref() != Some(&new_prefixes)
             && !(old_prefixes.is_none() && new_prefixes.is_empty())
@@ -333,7 +329,7 @@ impl Repository {
         self.subjects.remove(&id);
         for (i, r) in compiled.rules.iter().enumerate() {
             if let Some(sel) = &r.subject {
-                self.subjects.insert(&id, i, sel);
+                self.subjects.insert(&id, (compiled.clone(), i), sel);
             }
         }
         self.policies.insert(id, compiled);
@@ -371,7 +367,16 @@ impl Repository {
                             CompiledPeers::Any
                         }
                         Peers::Selectors(s) => CompiledPeers::Selectors(
-                            s.iter().map(|s| self.selectors.intern(s)).collect(),
+                            s.iter()
+                                .map(|s| {
+                                    let id = self.selectors.intern(s);
+                                    self.selector_users
+                                        .entry(id)
+                                        .or_default()
+                                        .insert(policy.id.clone());
+                                    id
+                                })
+                                .collect(),
                         ),
                     };
                     items.push(CompiledItem {
@@ -632,15 +637,13 @@ impl Repository {
         let empty = LabelSet::default();
         let labels = self.registry.labels(id).map(|l| &**l).unwrap_or(&empty);
         let init = labels.has_reserved("init");
-        let mut rules: Vec<&CompiledRule> = self
+        let rules: Vec<&CompiledRule> = self
             .subjects
             .candidates(labels)
             .into_iter()
-            .filter_map(|(p, i)| self.policies.get(p).and_then(|c| c.rules.get(*i)))
+            .filter_map(|(_, (c, i))| c.rules.get(*i))
             .filter(|r| r.subject.as_ref().is_some_and(|s| s.matches(labels)))
             .collect();
-        // Deterministic order, so merged entries list their origins the same way every time.
-        rules.sort_by(|a, b| a.origin.cmp(&b.origin));
         let mut error = None;
         let mut dirs = [Direction::Ingress, Direction::Egress].map(|dir| {
             match self.resolve_direction(id, dir, &rules, init, own_ports) {
@@ -703,7 +706,7 @@ impl Repository {
                 .collect()
         };
         let (requires_allow, requires_deny) = (requires(false), requires(true));
-        let mut contributions: Vec<(Key, Entry)> = Vec::new();
+        let mut contributions: Vec<(Key, Contribution)> = Vec::new();
         let mut parsers: FxHashMap<Key, &str> = FxHashMap::default();
         let mut l7 = Vec::new();
         for rule in rules {
@@ -758,11 +761,11 @@ impl Repository {
                             }
                             contributions.push((
                                 key,
-                                Entry {
+                                Contribution {
                                     deny: item.deny,
                                     proxy_rank: if item.deny { 0 } else { rank },
                                     auth_required: item.item.auth_required && !item.deny,
-                                    origins: vec![rule.origin.clone()],
+                                    origin: rule.origin.clone(),
                                 },
                             ));
                         }
@@ -787,11 +790,11 @@ impl Repository {
             let origin = Arc::new(Origin::DefaultAllow);
             contributions.push((
                 Key::new(ANY_IDENTITY, 0, 0, 0),
-                Entry {
+                Contribution {
                     deny: false,
                     proxy_rank: 0,
                     auth_required: false,
-                    origins: vec![origin.clone()],
+                    origin: origin.clone(),
                 },
             ));
             if has_l7 {
@@ -807,11 +810,11 @@ impl Repository {
             let origin = Arc::new(Origin::AllowLocalhost);
             contributions.push((
                 Key::new(Identity::HOST.0, 0, 0, 0),
-                Entry {
+                Contribution {
                     deny: false,
                     proxy_rank: 0,
                     auth_required: false,
-                    origins: vec![origin.clone()],
+                    origin: origin.clone(),
                 },
             ));
             if has_l7 {

@@ -170,9 +170,11 @@ impl Selector {
         self.requirements
             .iter()
             .find(|r| {
+                // Only `k8s:` keys: an `any:` key also matches namespace labels of other sources,
+                // which the namespace index does not cover.
                 r.op == Operator::In
                     && &*r.key.key == NAMESPACE_LABEL
-                    && matches!(r.key.source, LabelSource::K8s | LabelSource::Any)
+                    && r.key.source == LabelSource::K8s
             })
             .map(|r| r.values.as_slice())
     }

@@ -8,14 +8,21 @@ use crate::selector::{Operator, Selector};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
-/// A rule: its policy and its index in the policy's compiled rules.
-pub type RuleRef = (PolicyRef, usize);
-
-#[derive(Debug, Clone, Default)]
-pub struct SubjectIndex {
-    by_label: FxHashMap<(Arc<str>, Arc<str>), Vec<RuleRef>>,
+/// Rules are filed as `(policy, T)`; `T` is whatever the caller needs to reach the rule.
+#[derive(Debug, Clone)]
+pub struct SubjectIndex<T> {
+    by_label: FxHashMap<(Arc<str>, Arc<str>), Vec<(PolicyRef, T)>>,
     /// Unindexed rules by namespace; "" holds the cluster-wide ones.
-    rest: FxHashMap<Arc<str>, Vec<RuleRef>>,
+    rest: FxHashMap<Arc<str>, Vec<(PolicyRef, T)>>,
+}
+
+impl<T> Default for SubjectIndex<T> {
+    fn default() -> Self {
+        SubjectIndex {
+            by_label: FxHashMap::default(),
+            rest: FxHashMap::default(),
+        }
+    }
 }
 
 fn index_key(selector: &Selector) -> Option<(Arc<str>, Arc<str>)> {
@@ -34,8 +41,8 @@ fn index_key(selector: &Selector) -> Option<(Arc<str>, Arc<str>)> {
         .map(|r| (r.key.key.clone(), Arc::from(r.values[0].as_str())))
 }
 
-impl SubjectIndex {
-    pub fn insert(&mut self, policy: &PolicyRef, rule: usize, subject: &Selector) {
+impl<T> SubjectIndex<T> {
+    pub fn insert(&mut self, policy: &PolicyRef, rule: T, subject: &Selector) {
         let entry = (policy.clone(), rule);
         match index_key(subject) {
             Some(k) => self.by_label.entry(k).or_default().push(entry),
@@ -61,9 +68,9 @@ impl SubjectIndex {
     }
 
     /// Rules that may select an identity with these labels (a superset; check the selector).
-    pub fn candidates(&self, labels: &LabelSet) -> Vec<&RuleRef> {
+    pub fn candidates(&self, labels: &LabelSet) -> Vec<&(PolicyRef, T)> {
         let ns = labels.namespace().unwrap_or("");
-        let mut out: Vec<&RuleRef> = Vec::new();
+        let mut out: Vec<&(PolicyRef, T)> = Vec::new();
         out.extend(self.rest.get("").into_iter().flatten());
         if !ns.is_empty() {
             out.extend(self.rest.get(ns).into_iter().flatten());

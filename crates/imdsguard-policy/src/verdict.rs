@@ -267,8 +267,8 @@ impl Repository {
             }
             Some(h) => {
                 v.match_type = h.key.match_type();
-                let refs = policy_refs(&h.entry.origins);
-                for o in &h.entry.origins {
+                let refs = policy_refs(h.entry.origins());
+                for o in h.entry.origins() {
                     match &**o {
                         Origin::Rule { log: Some(l), .. } if !v.policy_log.iter().any(|x| **x == **l) => {
                             v.policy_log.push(l.to_string())
@@ -314,7 +314,7 @@ impl Repository {
         {
             let (ok, origins) = table.http_allows(peer, q.port, req);
             v.http_allowed = Some(ok);
-            v.http_allowed_by = policy_refs(&origins);
+            v.http_allowed_by = policy_refs(origins.iter());
             if origins.iter().any(|o| **o == Origin::DefaultAllow) {
                 v.notes.push(
                     "HTTP rules only add visibility here: no selecting rule enables default deny, so the implicit allow-all admits every request"
@@ -326,7 +326,7 @@ impl Repository {
     }
 }
 
-fn policy_refs(origins: &[Arc<Origin>]) -> Vec<PolicyRef> {
+fn policy_refs<'a>(origins: impl Iterator<Item = &'a Arc<Origin>>) -> Vec<PolicyRef> {
     let mut out: Vec<PolicyRef> = Vec::new();
     for o in origins {
         if let Origin::Rule { policy, .. } = &**o
