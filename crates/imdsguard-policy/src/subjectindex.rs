@@ -8,12 +8,17 @@ use crate::selector::{Operator, Selector};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
+/// A label key and value.
+type KeyValue = (Arc<str>, Arc<str>);
+/// Rules filed as `(policy, T)`; `T` is whatever the caller needs to reach the rule.
+type Filed<T> = Vec<(PolicyRef, T)>;
+
 /// Rules are filed as `(policy, T)`; `T` is whatever the caller needs to reach the rule.
 #[derive(Debug, Clone)]
 pub struct SubjectIndex<T> {
-    by_label: FxHashMap<(Arc<str>, Arc<str>), Vec<(PolicyRef, T)>>,
+    by_label: FxHashMap<KeyValue, Filed<T>>,
     /// Unindexed rules by namespace; "" holds the cluster-wide ones.
-    rest: FxHashMap<Arc<str>, Vec<(PolicyRef, T)>>,
+    rest: FxHashMap<Arc<str>, Filed<T>>,
 }
 
 impl<T> Default for SubjectIndex<T> {
@@ -25,7 +30,7 @@ impl<T> Default for SubjectIndex<T> {
     }
 }
 
-fn index_key(selector: &Selector) -> Option<(Arc<str>, Arc<str>)> {
+fn index_key(selector: &Selector) -> Option<KeyValue> {
     // The namespace requirement injected into every CNP subject is a poor key: prefer another.
     let mut reqs: Vec<_> = selector
         .requirements()
