@@ -5,7 +5,9 @@ use imdsguard_manifest::Source;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let src = Source::new("fuzz.yaml", text);
     if let Ok(s) = imdsguard_scenario::parse(&src) {
         let _ = imdsguard_scenario::run(&s, &[]);

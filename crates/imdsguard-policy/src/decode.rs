@@ -621,31 +621,35 @@ impl Cx<'_> {
     ) -> R<Vec<Selector>> {
         let mut out = Vec::new();
         let items = f.seq()?;
-        match &name[2.min(name.len())..] {
-            _ if name.ends_with("Endpoints") => {
+        let peer_kind = name
+            .strip_prefix("from")
+            .or_else(|| name.strip_prefix("to"))
+            .unwrap_or(name);
+        match peer_kind {
+            "Endpoints" => {
                 for s in &items {
                     let sel = self.selector(s)?;
                     out.push(self.inject_peer(sel, scope));
                 }
             }
-            _ if name.ends_with("CIDRSet") => {
+            "CIDRSet" => {
                 for s in &items {
                     out.extend(self.cidr_set(s, prefixes)?);
                 }
             }
-            _ if name.ends_with("CIDR") => {
+            "CIDR" => {
                 for s in &items {
                     let net = parse_prefix(s, false)?;
                     prefixes.push(net);
                     out.extend(cidr_selectors(net, &[]));
                 }
             }
-            _ if name.ends_with("Entities") => {
+            "Entities" => {
                 for s in &items {
                     out.extend(self.entity(s)?);
                 }
             }
-            _ if name.ends_with("Nodes") => {
+            "Nodes" => {
                 for s in &items {
                     let sel = self.selector(s)?;
                     out.push(sel.with(Requirement::exists(LabelKey::new(
@@ -654,12 +658,12 @@ impl Cx<'_> {
                     ))));
                 }
             }
-            _ if name.ends_with("Groups") => {
+            "Groups" => {
                 return Err(f.error(format!(
                     "{name} is not supported: the Cilium operator turns cloud security groups into CIDR sets; write toCIDRSet instead"
                 )));
             }
-            _ if name == "toFQDNs" => {
+            "FQDNs" => {
                 for s in &items {
                     let m = s.map(&["matchName", "matchPattern"])?;
                     if m.get("matchName").is_none() && m.get("matchPattern").is_none() {
@@ -668,7 +672,7 @@ impl Cx<'_> {
                 }
                 self.warn(f.pos(), "toFQDNs selects nothing in imdsguard (no DNS proxy): the rule allows no traffic".into());
             }
-            _ if name == "toServices" => {
+            "Services" => {
                 for s in &items {
                     s.map(&["k8sService", "k8sServiceSelector"])?;
                 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// Identity 0 in a key means "any identity", as in Cilium's map.
 pub const ANY_IDENTITY: u32 = 0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Key {
     pub identity: u32,
     /// 0 means any protocol (and then the port prefix is empty).
@@ -20,6 +20,18 @@ pub struct Key {
     pub port: u16,
     /// 0 = all ports, 16 = one port, in between = a range chunk.
     pub port_prefix_len: u8,
+}
+
+impl std::hash::Hash for Key {
+    // One word instead of four fields: tables are built and probed millions of times.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(
+            u64::from(self.identity) << 32
+                | u64::from(self.proto) << 24
+                | u64::from(self.port) << 8
+                | u64::from(self.port_prefix_len),
+        );
+    }
 }
 
 impl Key {
@@ -226,7 +238,8 @@ pub struct Entry {
     /// The first origin; most entries have exactly one, and keeping it inline saves an
     /// allocation per entry.
     pub origin: Arc<Origin>,
-    pub more_origins: Vec<Arc<Origin>>,
+    /// Boxed so an entry stays small: tables hold tens of thousands of them.
+    pub more_origins: Option<Box<Vec<Arc<Origin>>>>,
 }
 
 /// One rule's wish for one key, before merging.
@@ -240,7 +253,7 @@ pub struct Contribution {
 
 impl Entry {
     pub fn origins(&self) -> impl Iterator<Item = &Arc<Origin>> {
-        std::iter::once(&self.origin).chain(&self.more_origins)
+        std::iter::once(&self.origin).chain(self.more_origins.iter().flat_map(|v| v.iter()))
     }
 }
 
@@ -284,32 +297,48 @@ impl MapState {
     pub fn build(contributions: Vec<(Key, Contribution)>) -> Result<MapState, String> {
         let mut merged: FxHashMap<Key, Entry> = FxHashMap::default();
         merged.reserve(contributions.len());
+        // Without denies, redirects or ANY-identity port keys no insertion rule can apply.
+        let mut rules_apply = false;
         for (key, c) in contributions {
-            let entry = Entry {
-                deny: c.deny,
-                proxy_rank: c.proxy_rank,
-                auth_required: c.auth_required,
-                origin: c.origin,
-                more_origins: Vec::new(),
-            };
-            match merged.get_mut(&key) {
-                None => {
-                    merged.insert(key, entry);
+            rules_apply |=
+                c.deny || c.proxy_rank > 0 || (key.identity == ANY_IDENTITY && key.proto != 0);
+            match merged.entry(key) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Entry {
+                        deny: c.deny,
+                        proxy_rank: c.proxy_rank,
+                        auth_required: c.auth_required,
+                        origin: c.origin,
+                        more_origins: None,
+                    });
                 }
-                Some(cur) => {
-                    if cur.deny != entry.deny {
-                        if entry.deny {
-                            *cur = entry;
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let cur = o.get_mut();
+                    if cur.deny != c.deny {
+                        if c.deny {
+                            *cur = Entry {
+                                deny: true,
+                                proxy_rank: 0,
+                                auth_required: false,
+                                origin: c.origin,
+                                more_origins: None,
+                            };
                         }
                         continue;
                     }
-                    cur.proxy_rank = cur.proxy_rank.max(entry.proxy_rank);
-                    cur.auth_required |= entry.auth_required;
-                    if cur.origin != entry.origin && !cur.more_origins.contains(&entry.origin) {
-                        cur.more_origins.push(entry.origin);
+                    cur.proxy_rank = cur.proxy_rank.max(c.proxy_rank);
+                    cur.auth_required |= c.auth_required;
+                    if cur.origin != c.origin {
+                        let more = cur.more_origins.get_or_insert_default();
+                        if !more.contains(&c.origin) {
+                            more.push(c.origin);
+                        }
                     }
                 }
             }
+        }
+        if !rules_apply {
+            return Ok(MapState::from_entries(merged));
         }
         let shapes = Shapes::new(merged.keys());
         let mut remove = Vec::new();
@@ -345,8 +374,12 @@ impl MapState {
         for k in remove {
             merged.remove(&k);
         }
+        Ok(MapState::from_entries(merged))
+    }
+
+    fn from_entries(entries: FxHashMap<Key, Entry>) -> MapState {
         let mut state = MapState {
-            entries: merged,
+            entries,
             ..Default::default()
         };
         for k in state.entries.keys() {
@@ -356,7 +389,7 @@ impl MapState {
                 *state.lens.entry(k.proto).or_default() |= 1 << k.port_prefix_len;
             }
         }
-        Ok(state)
+        state
     }
 
     fn lpm(&self, identity: u32, proto: u8, port: u16) -> Option<Lookup<'_>> {
