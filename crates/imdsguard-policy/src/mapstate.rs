@@ -291,90 +291,13 @@ impl MapState {
         self.entries.get(key)
     }
 
-    /// Builds a table from raw contributions, applying Cilium's insertion rules (spec §5.3): denies
-    /// remove every allow they cover, a redirect removes narrower allows of lower rank, and an
-    /// identity-specific allow identical to an ANY allow on the same port is elided.
-    pub fn build(contributions: Vec<(Key, Contribution)>) -> Result<MapState, String> {
-        let mut merged: FxHashMap<Key, Entry> = FxHashMap::default();
-        merged.reserve(contributions.len());
-        // Without denies, redirects or ANY-identity port keys no insertion rule can apply.
-        let mut rules_apply = false;
+    /// Builds a table from raw contributions (see [`MapStateBuilder`]).
+    pub fn build(contributions: Vec<(Key, Contribution)>) -> MapState {
+        let mut b = MapStateBuilder::default();
         for (key, c) in contributions {
-            rules_apply |=
-                c.deny || c.proxy_rank > 0 || (key.identity == ANY_IDENTITY && key.proto != 0);
-            match merged.entry(key) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Entry {
-                        deny: c.deny,
-                        proxy_rank: c.proxy_rank,
-                        auth_required: c.auth_required,
-                        origin: c.origin,
-                        more_origins: None,
-                    });
-                }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    let cur = o.get_mut();
-                    if cur.deny != c.deny {
-                        if c.deny {
-                            *cur = Entry {
-                                deny: true,
-                                proxy_rank: 0,
-                                auth_required: false,
-                                origin: c.origin,
-                                more_origins: None,
-                            };
-                        }
-                        continue;
-                    }
-                    cur.proxy_rank = cur.proxy_rank.max(c.proxy_rank);
-                    cur.auth_required |= c.auth_required;
-                    if cur.origin != c.origin {
-                        let more = cur.more_origins.get_or_insert_default();
-                        if !more.contains(&c.origin) {
-                            more.push(c.origin);
-                        }
-                    }
-                }
-            }
+            b.add(key, c);
         }
-        if !rules_apply {
-            return Ok(MapState::from_entries(merged));
-        }
-        let shapes = Shapes::new(merged.keys());
-        let mut remove = Vec::new();
-        for (k, e) in &merged {
-            if e.deny {
-                // A narrower deny under a broader deny is redundant.
-                if shapes.covering(k, |c| merged.get(&c).is_some_and(|ce| ce.deny)) {
-                    remove.push(*k);
-                }
-                continue;
-            }
-            if shapes.covering(k, |c| {
-                merged
-                    .get(&c)
-                    .is_some_and(|ce| ce.deny || ce.proxy_rank > e.proxy_rank)
-            }) {
-                remove.push(*k);
-                continue;
-            }
-            if k.identity != ANY_IDENTITY && k.proto != 0 {
-                let any = Key {
-                    identity: ANY_IDENTITY,
-                    ..*k
-                };
-                if let Some(ae) = merged.get(&any)
-                    && ae.proxy_rank == e.proxy_rank
-                    && ae.auth_required == e.auth_required
-                {
-                    remove.push(*k);
-                }
-            }
-        }
-        for k in remove {
-            merged.remove(&k);
-        }
-        Ok(MapState::from_entries(merged))
+        b.finish()
     }
 
     fn from_entries(entries: FxHashMap<Key, Entry>) -> MapState {
@@ -433,6 +356,99 @@ impl MapState {
     }
 }
 
+/// Merges contributions as they are produced, then applies Cilium's insertion rules (spec §5.3):
+/// denies remove every allow they cover, a redirect shadows narrower allows of lower rank, and an
+/// identity-specific allow identical to an ANY allow on the same port is elided.
+#[derive(Default)]
+pub struct MapStateBuilder {
+    merged: FxHashMap<Key, Entry>,
+    /// Without denies, redirects or ANY-identity port keys no insertion rule can apply.
+    rules_apply: bool,
+}
+
+impl MapStateBuilder {
+    pub fn add(&mut self, key: Key, c: Contribution) {
+        self.rules_apply |=
+            c.deny || c.proxy_rank > 0 || (key.identity == ANY_IDENTITY && key.proto != 0);
+        match self.merged.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    deny: c.deny,
+                    proxy_rank: c.proxy_rank,
+                    auth_required: c.auth_required,
+                    origin: c.origin,
+                    more_origins: None,
+                });
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let cur = o.get_mut();
+                if cur.deny != c.deny {
+                    if c.deny {
+                        *cur = Entry {
+                            deny: true,
+                            proxy_rank: 0,
+                            auth_required: false,
+                            origin: c.origin,
+                            more_origins: None,
+                        };
+                    }
+                    return;
+                }
+                cur.proxy_rank = cur.proxy_rank.max(c.proxy_rank);
+                cur.auth_required |= c.auth_required;
+                if cur.origin != c.origin {
+                    let more = cur.more_origins.get_or_insert_default();
+                    if !more.contains(&c.origin) {
+                        more.push(c.origin);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) -> MapState {
+        let mut merged = self.merged;
+        if !self.rules_apply {
+            return MapState::from_entries(merged);
+        }
+        let shapes = Shapes::new(merged.keys());
+        let mut remove = Vec::new();
+        for (k, e) in &merged {
+            if e.deny {
+                // A narrower deny under a broader deny is redundant.
+                if shapes.covering(k, |c| merged.get(&c).is_some_and(|ce| ce.deny)) {
+                    remove.push(*k);
+                }
+                continue;
+            }
+            if shapes.covering(k, |c| {
+                merged
+                    .get(&c)
+                    .is_some_and(|ce| ce.deny || ce.proxy_rank > e.proxy_rank)
+            }) {
+                remove.push(*k);
+                continue;
+            }
+            if k.identity != ANY_IDENTITY && k.proto != 0 {
+                let any = Key {
+                    identity: ANY_IDENTITY,
+                    ..*k
+                };
+                if let Some(ae) = merged.get(&any)
+                    && ae.proxy_rank == e.proxy_rank
+                    && ae.auth_required == e.auth_required
+                {
+                    remove.push(*k);
+                }
+            }
+        }
+        for k in remove {
+            merged.remove(&k);
+        }
+        MapState::from_entries(merged)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,8 +488,7 @@ mod tests {
             (Key::new(foo, 0, 0, 0), deny()),
             (Key::new(foo, 6, 80, 16), allow(0)),
             (Key::new(ANY_IDENTITY, 6, 80, 16), allow(0)),
-        ])
-        .unwrap();
+        ]);
         let hit = m.lookup(Identity(foo), Protocol::Tcp, 80).unwrap();
         assert!(hit.entry.deny);
         assert_eq!(hit.key.match_type(), MatchType::L3Only);
@@ -491,8 +506,7 @@ mod tests {
         let m = MapState::build(vec![
             (Key::new(ANY_IDENTITY, 6, 80, 16), allow(154)),
             (Key::new(foo, 6, 80, 16), allow(0)),
-        ])
-        .unwrap();
+        ]);
         assert_eq!(m.len(), 1);
         let hit = m.lookup(Identity(foo), Protocol::Tcp, 80).unwrap();
         assert_eq!(hit.key.match_type(), MatchType::L4Only);

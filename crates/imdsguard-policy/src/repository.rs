@@ -8,7 +8,9 @@ use crate::identity::{Identity, IdentityRegistry, PodLabels, pod_identity_labels
 use crate::ipcache::IpCache;
 use crate::l7::{HttpRule, L7Rules};
 use crate::labels::LabelSet;
-use crate::mapstate::{ANY_IDENTITY, Contribution, Key, MapState, Origin, port_range_prefixes};
+use crate::mapstate::{
+    ANY_IDENTITY, Contribution, Key, MapState, MapStateBuilder, Origin, port_range_prefixes,
+};
 use crate::selectorcache::{SelectorCache, SelectorId};
 use crate::subjectindex::SubjectIndex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -403,10 +405,28 @@ impl Repository {
 
     /// Identities of endpoints that this policy's rules select.
     fn subjects_of(&self, c: &CompiledPolicy) -> Vec<Identity> {
-        let ns = &c.policy.id.namespace;
-        let mut out = Vec::new();
-        for ep in self.endpoints.values() {
-            if c.policy.id.kind == PolicyKind::CiliumNetworkPolicy && ep.spec.namespace != **ns {
+        // Endpoint keys are `namespace/name`, so when the subjects can only live in some
+        // namespaces, only those key ranges are scanned.
+        let namespaces: Option<Vec<&str>> = match c.policy.id.kind {
+            PolicyKind::CiliumNetworkPolicy => Some(vec![&*c.policy.id.namespace]),
+            PolicyKind::CiliumClusterwideNetworkPolicy => c
+                .rules
+                .iter()
+                .map(|r| r.subject.as_ref().and_then(|s| s.namespaces()))
+                .collect::<Option<Vec<_>>>()
+                .map(|lists| lists.into_iter().flatten().map(String::as_str).collect()),
+        };
+        let endpoints: Box<dyn Iterator<Item = &Endpoint>> = match namespaces {
+            Some(list) => Box::new(list.into_iter().flat_map(|ns| {
+                self.endpoints
+                    .range(format!("{ns}/")..format!("{ns}0"))
+                    .map(|(_, e)| e)
+            })),
+            None => Box::new(self.endpoints.values()),
+        };
+        let mut out = FxHashSet::default();
+        for ep in endpoints {
+            if out.contains(&ep.identity) {
                 continue;
             }
             let Some(labels) = self.registry.labels(ep.identity) else {
@@ -416,10 +436,10 @@ impl Repository {
                 .iter()
                 .any(|r| r.subject.as_ref().is_some_and(|s| s.matches(labels)))
             {
-                out.push(ep.identity);
+                out.insert(ep.identity);
             }
         }
-        out
+        out.into_iter().collect()
     }
 
     /// Makes an identity known without a local endpoint: a pod on another node, which policies may
@@ -706,7 +726,7 @@ impl Repository {
                 .collect()
         };
         let (requires_allow, requires_deny) = (requires(false), requires(true));
-        let mut contributions: Vec<(Key, Contribution)> = Vec::new();
+        let mut table = MapStateBuilder::default();
         let mut parsers: FxHashMap<Key, &str> = FxHashMap::default();
         let mut l7 = Vec::new();
         for rule in rules {
@@ -714,10 +734,16 @@ impl Repository {
                 let peers: Option<Vec<u32>> = match &item.peers {
                     CompiledPeers::Any => None,
                     CompiledPeers::Selectors(ids) => {
-                        let mut set: FxHashSet<u32> = FxHashSet::default();
-                        for s in ids {
-                            set.extend(self.selectors.matches(*s).iter().map(|i| i.0));
-                        }
+                        let mut set: Vec<u32> = match ids.as_slice() {
+                            [one] => self.selectors.matches(*one).iter().map(|i| i.0).collect(),
+                            many => {
+                                let mut u: FxHashSet<u32> = FxHashSet::default();
+                                for s in many {
+                                    u.extend(self.selectors.matches(*s).iter().map(|i| i.0));
+                                }
+                                u.into_iter().collect()
+                            }
+                        };
                         let reqs = if item.deny {
                             &requires_deny
                         } else {
@@ -733,13 +759,14 @@ impl Repository {
                         if set.is_empty() {
                             continue;
                         }
-                        Some(set.into_iter().collect())
+                        Some(set)
                     }
                 };
-                let ids: Vec<u32> = peers.clone().unwrap_or_else(|| vec![ANY_IDENTITY]);
+                let any = [ANY_IDENTITY];
+                let ids: &[u32] = peers.as_deref().unwrap_or(&any);
                 for (ports, l7rules) in self.port_keys(dir, &item.item, own_ports) {
                     let rank = l7rules.map(proxy_rank).unwrap_or(0);
-                    for &id in &ids {
+                    for &id in ids {
                         for &(proto, port, len) in &ports {
                             let key = Key::new(id, proto, port, len);
                             if let Some(r) = l7rules.filter(|_| !item.deny) {
@@ -759,7 +786,7 @@ impl Repository {
                                     }
                                 }
                             }
-                            contributions.push((
+                            table.add(
                                 key,
                                 Contribution {
                                     deny: item.deny,
@@ -767,7 +794,7 @@ impl Repository {
                                     auth_required: item.item.auth_required && !item.deny,
                                     origin: rule.origin.clone(),
                                 },
-                            ));
+                            );
                         }
                     }
                     if has_l7 && !item.deny && !ports.is_empty() {
@@ -788,7 +815,7 @@ impl Repository {
         }
         if !default_deny {
             let origin = Arc::new(Origin::DefaultAllow);
-            contributions.push((
+            table.add(
                 Key::new(ANY_IDENTITY, 0, 0, 0),
                 Contribution {
                     deny: false,
@@ -796,7 +823,7 @@ impl Repository {
                     auth_required: false,
                     origin: origin.clone(),
                 },
-            ));
+            );
             if has_l7 {
                 l7.push(L7Filter {
                     peers: None,
@@ -808,7 +835,7 @@ impl Repository {
         }
         if dir == Direction::Ingress && self.opts.allow_localhost && subject != Identity::HOST {
             let origin = Arc::new(Origin::AllowLocalhost);
-            contributions.push((
+            table.add(
                 Key::new(Identity::HOST.0, 0, 0, 0),
                 Contribution {
                     deny: false,
@@ -816,7 +843,7 @@ impl Repository {
                     auth_required: false,
                     origin: origin.clone(),
                 },
-            ));
+            );
             if has_l7 {
                 l7.push(L7Filter {
                     peers: Some(Arc::new([Identity::HOST].into_iter().collect())),
@@ -826,7 +853,7 @@ impl Repository {
                 });
             }
         }
-        let map = MapState::build(contributions)?;
+        let map = table.finish();
         Ok(DirectionPolicy {
             enforced: true,
             default_deny,

@@ -270,7 +270,7 @@ impl Repository {
                 let refs = policy_refs(h.entry.origins());
                 for o in h.entry.origins() {
                     match &**o {
-                        Origin::Rule { log: Some(l), .. } if !v.policy_log.iter().any(|x| **x == **l) => {
+                        Origin::Rule { log: Some(l), .. } if !v.policy_log.iter().any(|x| x.as_str() == &**l) => {
                             v.policy_log.push(l.to_string())
                         }
                         Origin::DefaultAllow => {
