@@ -23,6 +23,23 @@ fn main() {
         return;
     }
     let w = Cluster::ISSUE;
+    // `resolve_cluster ccnp-loop`: change one cluster-wide policy repeatedly, for profilers.
+    if std::env::args().nth(1).as_deref() == Some("ccnp-loop") {
+        let mut repo = w.repository();
+        let t = Instant::now();
+        for n in 0..100 {
+            let path = if n % 2 == 0 {
+                "/metadata/x.*"
+            } else {
+                "/metadata/.*"
+            };
+            let d = decode(&w.policy_text(19, 8080).replace("/metadata/.*", path));
+            repo.upsert_policy(d.policies.into_iter().next().unwrap());
+            repo.resolve();
+        }
+        println!("100 CCNP changes: {:?}", t.elapsed());
+        return;
+    }
     let t = Instant::now();
     let mut repo = w.repository();
     let build = t.elapsed();

@@ -813,45 +813,34 @@ impl Repository {
                 }
             }
         }
-        if !default_deny {
-            let origin = Arc::new(Origin::DefaultAllow);
+        // The implicit L3 allows (spec §4.2, §4.3): no port, no L7, so they also lift HTTP rules.
+        let mut implicit = |peer: Option<Identity>, origin: Origin| {
+            let origin = Arc::new(origin);
+            let contribution = Contribution {
+                deny: false,
+                proxy_rank: 0,
+                auth_required: false,
+                origin: origin.clone(),
+            };
             table.add(
-                Key::new(ANY_IDENTITY, 0, 0, 0),
-                Contribution {
-                    deny: false,
-                    proxy_rank: 0,
-                    auth_required: false,
-                    origin: origin.clone(),
-                },
+                Key::new(peer.map_or(ANY_IDENTITY, |p| p.0), 0, 0, 0),
+                contribution,
             );
             if has_l7 {
+                let peers = peer.map(|p| Arc::new([p].into_iter().collect()));
                 l7.push(L7Filter {
-                    peers: None,
+                    peers,
                     ports: vec![(0, 0, 0)],
                     http: None,
                     origin,
                 });
             }
+        };
+        if !default_deny {
+            implicit(None, Origin::DefaultAllow);
         }
         if dir == Direction::Ingress && self.opts.allow_localhost && subject != Identity::HOST {
-            let origin = Arc::new(Origin::AllowLocalhost);
-            table.add(
-                Key::new(Identity::HOST.0, 0, 0, 0),
-                Contribution {
-                    deny: false,
-                    proxy_rank: 0,
-                    auth_required: false,
-                    origin: origin.clone(),
-                },
-            );
-            if has_l7 {
-                l7.push(L7Filter {
-                    peers: Some(Arc::new([Identity::HOST].into_iter().collect())),
-                    ports: vec![(0, 0, 0)],
-                    http: None,
-                    origin,
-                });
-            }
+            implicit(Some(Identity::HOST), Origin::AllowLocalhost);
         }
         let map = table.finish();
         Ok(DirectionPolicy {
