@@ -1,0 +1,11 @@
+//! Hubble-compatible flows: the names Hubble prints for numbers, the printers of `hubble observe`
+//! (compact, dict, table and JSON, byte for byte), and flow filters with Hubble's semantics.
+//!
+//! Pure logic over the generated `flow` and `observer` messages: no I/O. The spec is
+//! `shared/spec/hubble.md`.
+
+pub mod names;
+pub mod printer;
+pub mod timespec;
+
+pub use imdsguard_hubble_proto::{flow, observer};

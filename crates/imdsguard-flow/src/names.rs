@@ -1,0 +1,162 @@
+//! The names and texts Hubble prints for numbers in flows (spec hubble.md §2).
+
+/// Cilium's drop reason text (`pkg/monitor/api/drop.go`), as the compact printer shows it for drop
+/// events. Unknown codes print as `"<code>, 0"`, as Hubble does.
+pub fn drop_reason_text(code: u32) -> String {
+    let text = match code {
+        130 => "Invalid source mac",
+        131 => "Invalid destination mac",
+        132 => "Invalid source ip",
+        133 => "Policy denied",
+        134 => "Invalid packet",
+        135 => "CT: Truncated or invalid header",
+        136 => "Fragmentation needed",
+        137 => "CT: Unknown L4 protocol",
+        138 => "CT: Can't create entry from packet",
+        139 => "Unsupported L3 protocol",
+        140 => "Missed tail call",
+        141 => "Error writing to packet",
+        142 => "Unknown L4 protocol",
+        143 => "Unknown ICMPv4 code",
+        144 => "Unknown ICMPv4 type",
+        145 => "Unknown ICMPv6 code",
+        146 => "Unknown ICMPv6 type",
+        151 => "Stale or unroutable IP",
+        155 => "CT: Map insertion failed",
+        158 => "Service backend not found",
+        160 => "No tunnel/encapsulation endpoint (datapath BUG!)",
+        161 => "NAT 46/64 not enabled",
+        165 => "No configuration available to perform policy decision",
+        169 => "FIB lookup failed",
+        171 => "Invalid identity",
+        174 => "Is a ClusterIP",
+        177 => "Denied by LB src range check",
+        180 => "Proxy redirection not supported for protocol",
+        181 => "Policy denied by denylist",
+        182 => "VLAN traffic disallowed by VLAN filter",
+        183 => "Incorrect VNI from VTEP",
+        189 => "Authentication required",
+        195 => "Traffic is unencrypted",
+        198 => "Rate limited",
+        202 => "Host datapath not ready",
+        203 => "Endpoint policy program not available",
+        204 => "No Egress IP configured",
+        205 => "Punt to proxy",
+        _ => return format!("{code}, 0"),
+    };
+    text.to_owned()
+}
+
+/// The datapath trace observation point names (`event_type.sub_type` numbering, §2.4).
+pub fn trace_point_name(sub_type: i32) -> String {
+    const NAMES: [&str; 14] = [
+        "to-endpoint",
+        "to-proxy",
+        "to-host",
+        "to-stack",
+        "to-overlay",
+        "from-endpoint",
+        "from-proxy",
+        "from-host",
+        "from-stack",
+        "from-overlay",
+        "from-network",
+        "to-network",
+        "from-crypto",
+        "to-crypto",
+    ];
+    usize::try_from(sub_type)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .map(|s| (*s).to_owned())
+        .unwrap_or_else(|| sub_type.to_string())
+}
+
+/// The datapath sub_type of a trace observation point name, for `--type trace:to-proxy`.
+pub fn trace_point_by_name(name: &str) -> Option<i32> {
+    (0..14).find(|i| trace_point_name(*i) == name)
+}
+
+/// `api.PolicyMatchType.String()` (§2.5).
+pub fn match_type_name(value: u32) -> &'static str {
+    match value {
+        0 => "none",
+        1 => "L3-Only",
+        2 => "L3-L4",
+        3 => "L4-Only",
+        4 => "all",
+        5 => "L3-Proto",
+        6 => "Proto-Only",
+        _ => "unknown",
+    }
+}
+
+const RESERVED: [&str; 11] = [
+    "unknown",
+    "host",
+    "world",
+    "unmanaged",
+    "health",
+    "init",
+    "remote-node",
+    "kube-apiserver",
+    "ingress",
+    "world-ipv4",
+    "world-ipv6",
+];
+
+/// `(host)`, `(world)` … for reserved identities, `(ID:<n>)` otherwise (§2.6).
+pub fn identity_token(identity: u32) -> String {
+    match RESERVED.get(identity as usize) {
+        Some(name) => format!("({name})"),
+        None => format!("(ID:{identity})"),
+    }
+}
+
+/// Parses `--identity` values: a reserved name or a decimal number.
+pub fn identity_by_name(s: &str) -> Option<u32> {
+    if let Some(i) = RESERVED.iter().position(|n| *n == s) {
+        return Some(i as u32);
+    }
+    if s == "overlay-to-encrypt" {
+        return Some(11);
+    }
+    s.parse().ok()
+}
+
+/// Monitor event types and their `--type` names (§2.3).
+pub const EVENT_TYPES: [(i32, &str); 8] = [
+    (1, "drop"),
+    (2, "debug"),
+    (3, "capture"),
+    (4, "trace"),
+    (5, "policy-verdict"),
+    (7, "trace-sock"),
+    (129, "l7"),
+    (130, "agent"),
+];
+
+pub const EVENT_DROP: i32 = 1;
+pub const EVENT_CAPTURE: i32 = 3;
+pub const EVENT_TRACE: i32 = 4;
+pub const EVENT_POLICY_VERDICT: i32 = 5;
+pub const EVENT_TRACE_SOCK: i32 = 7;
+pub const EVENT_L7: i32 = 129;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(drop_reason_text(181), "Policy denied by denylist");
+        assert_eq!(drop_reason_text(999), "999, 0");
+        assert_eq!(trace_point_name(0), "to-endpoint");
+        assert_eq!(trace_point_name(11), "to-network");
+        assert_eq!(trace_point_name(42), "42");
+        assert_eq!(identity_token(4), "(health)");
+        assert_eq!(identity_token(16777218), "(ID:16777218)");
+        assert_eq!(identity_by_name("world"), Some(2));
+        assert_eq!(match_type_name(2), "L3-L4");
+    }
+}

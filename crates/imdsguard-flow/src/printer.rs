@@ -1,0 +1,722 @@
+//! The output formats of `hubble observe` (spec hubble.md §3.3–§3.5), byte for byte: compact (the
+//! default), dict, table and JSON. Colors are not implemented (`--color never`).
+// `Summary` is deprecated in Hubble's proto, but the CLI prints it.
+#![allow(deprecated)]
+
+use crate::flow::{self, Flow, layer4, layer7};
+use crate::names;
+use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use imdsguard_hubble_proto::wkt::Timestamp;
+
+/// `--time-format` layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeFormat {
+    #[default]
+    StampMilli,
+    YearMonthDay,
+    YearMonthDayHour,
+    YearMonthDayHourMinute,
+    Rfc3339,
+    Rfc3339Milli,
+    Rfc3339Micro,
+    Rfc3339Nano,
+    Rfc1123Z,
+}
+
+impl TimeFormat {
+    pub fn parse(s: &str) -> Option<TimeFormat> {
+        Some(match s {
+            "StampMilli" => TimeFormat::StampMilli,
+            "YearMonthDay" => TimeFormat::YearMonthDay,
+            "YearMonthDayHour" => TimeFormat::YearMonthDayHour,
+            "YearMonthDayHourMinute" => TimeFormat::YearMonthDayHourMinute,
+            "RFC3339" => TimeFormat::Rfc3339,
+            "RFC3339Milli" => TimeFormat::Rfc3339Milli,
+            "RFC3339Micro" => TimeFormat::Rfc3339Micro,
+            "RFC3339Nano" => TimeFormat::Rfc3339Nano,
+            "RFC1123Z" => TimeFormat::Rfc1123Z,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PrintOptions {
+    pub node_name: bool,
+    pub policy_names: bool,
+    /// `--numeric`: addresses instead of pod and service names.
+    pub numeric: bool,
+    pub time_format: TimeFormat,
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+
+/// Formats a timestamp with a Go layout, in UTC; `N/A` when absent or invalid.
+pub fn format_time(t: Option<&Timestamp>, format: TimeFormat) -> String {
+    let Some(t) = t.filter(|t| t.is_valid()) else {
+        return "N/A".to_owned();
+    };
+    let c = t.civil();
+    let mon = MONTHS[(c.month - 1) as usize];
+    let frac = |digits: u32| -> String {
+        let v = c.nanos / 10u32.pow(9 - digits);
+        format!(".{v:0width$}", width = digits as usize)
+    };
+    let date = format!("{:04}-{:02}-{:02}", c.year, c.month, c.day);
+    let hms = format!("{:02}:{:02}:{:02}", c.hour, c.minute, c.second);
+    match format {
+        TimeFormat::StampMilli => format!("{mon} {:>2} {hms}{}", c.day, frac(3)),
+        TimeFormat::YearMonthDay => date,
+        TimeFormat::YearMonthDayHour => format!("{date}T{:02}Z", c.hour),
+        TimeFormat::YearMonthDayHourMinute => format!("{date}T{:02}:{:02}Z", c.hour, c.minute),
+        TimeFormat::Rfc3339 => format!("{date}T{hms}Z"),
+        TimeFormat::Rfc3339Milli => format!("{date}T{hms}{}Z", frac(3)),
+        TimeFormat::Rfc3339Micro => format!("{date}T{hms}{}Z", frac(6)),
+        TimeFormat::Rfc3339Nano => {
+            // RFC3339Nano trims trailing zeros (Go's `.999999999`).
+            let n = format!("{:09}", c.nanos);
+            let n = n.trim_end_matches('0');
+            if n.is_empty() {
+                format!("{date}T{hms}Z")
+            } else {
+                format!("{date}T{hms}.{n}Z")
+            }
+        }
+        TimeFormat::Rfc1123Z => {
+            format!(
+                "{}, {:02} {mon} {:04} {hms} +0000",
+                DAYS[c.weekday as usize], c.day, c.year
+            )
+        }
+    }
+}
+
+fn ports(f: &Flow) -> (String, String) {
+    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(layer4::Protocol::Tcp(t)) => {
+            (t.source_port.to_string(), t.destination_port.to_string())
+        }
+        Some(layer4::Protocol::Udp(u)) => {
+            (u.source_port.to_string(), u.destination_port.to_string())
+        }
+        Some(layer4::Protocol::Sctp(s)) => {
+            (s.source_port.to_string(), s.destination_port.to_string())
+        }
+        _ => (String::new(), String::new()),
+    }
+}
+
+fn join_ns(ns: &str, name: &str) -> String {
+    if ns.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+fn hostname(
+    ip: &str,
+    port: &str,
+    ns: &str,
+    pod: &str,
+    svc: &str,
+    names: &[String],
+    numeric: bool,
+) -> String {
+    let host = if numeric {
+        ip.to_owned()
+    } else if !pod.is_empty() {
+        join_ns(ns, pod)
+    } else if !svc.is_empty() {
+        join_ns(ns, svc)
+    } else if !names.is_empty() {
+        names.join(",")
+    } else {
+        ip.to_owned()
+    };
+    if port.is_empty() || port == "0" {
+        host
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Source and destination as printed (`GetHostNames`).
+pub fn host_names(f: &Flow, numeric: bool) -> (String, String) {
+    let Some(ip) = &f.ip else {
+        return match &f.ethernet {
+            Some(e) => (e.source.clone(), e.destination.clone()),
+            None => (String::new(), String::new()),
+        };
+    };
+    let (sport, dport) = ports(f);
+    let side = |ep: &Option<flow::Endpoint>, svc: &Option<flow::Service>| {
+        let mut ns = ep.as_ref().map(|e| e.namespace.as_str()).unwrap_or("");
+        let pod = ep.as_ref().map(|e| e.pod_name.as_str()).unwrap_or("");
+        let mut name = "";
+        if let Some(s) = svc {
+            ns = &s.namespace;
+            name = &s.name;
+        }
+        (ns.to_owned(), pod.to_owned(), name.to_owned())
+    };
+    let (sns, spod, ssvc) = side(&f.source, &f.source_service);
+    let (dns, dpod, dsvc) = side(&f.destination, &f.destination_service);
+    (
+        hostname(
+            &ip.source,
+            &sport,
+            &sns,
+            &spod,
+            &ssvc,
+            &f.source_names,
+            numeric,
+        ),
+        hostname(
+            &ip.destination,
+            &dport,
+            &dns,
+            &dpod,
+            &dsvc,
+            &f.destination_names,
+            numeric,
+        ),
+    )
+}
+
+fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> String {
+    match E::try_from(v) {
+        Ok(e) => name(e).to_owned(),
+        Err(_) => v.to_string(),
+    }
+}
+
+/// The type token (`GetFlowType`).
+pub fn flow_type(f: &Flow) -> String {
+    if let Some(l7) = &f.l7 {
+        let kind = enum_name(l7.r#type, |t: flow::L7FlowType| t.as_str_name()).to_lowercase();
+        return match &l7.record {
+            Some(layer7::Record::Http(_)) => format!("http-{kind}"),
+            Some(layer7::Record::Dns(d)) => format!("dns-{kind} {}", d.observation_source),
+            #[allow(deprecated)]
+            Some(layer7::Record::Kafka(_)) => format!("kafka-{kind}"),
+            None => format!("l7-{kind}"),
+        };
+    }
+    let Some(et) = &f.event_type else {
+        return "UNKNOWN".to_owned();
+    };
+    match et.r#type {
+        names::EVENT_TRACE => names::trace_point_name(et.sub_type),
+        names::EVENT_DROP => names::drop_reason_text(et.sub_type as u32),
+        names::EVENT_POLICY_VERDICT => format!(
+            "policy-verdict:{} {}",
+            names::match_type_name(f.policy_match_type),
+            enum_name(f.traffic_direction, |d: flow::TrafficDirection| d
+                .as_str_name())
+        ),
+        names::EVENT_CAPTURE => enum_name(f.debug_capture_point, |d: flow::DebugCapturePoint| {
+            d.as_str_name()
+        }),
+        names::EVENT_TRACE_SOCK => match flow::SocketTranslationPoint::try_from(f.sock_xlate_point)
+        {
+            Ok(flow::SocketTranslationPoint::SockXlatePointPreDirectionFwd) => {
+                "pre-xlate-fwd".to_owned()
+            }
+            Ok(flow::SocketTranslationPoint::SockXlatePointPostDirectionFwd) => {
+                "post-xlate-fwd".to_owned()
+            }
+            Ok(flow::SocketTranslationPoint::SockXlatePointPreDirectionRev) => {
+                "pre-xlate-rev".to_owned()
+            }
+            Ok(flow::SocketTranslationPoint::SockXlatePointPostDirectionRev) => {
+                "post-xlate-rev".to_owned()
+            }
+            Ok(other) => other.as_str_name().to_owned(),
+            Err(_) => f.sock_xlate_point.to_string(),
+        },
+        _ => "UNKNOWN".to_owned(),
+    }
+}
+
+fn is_policy_verdict(f: &Flow) -> bool {
+    f.event_type
+        .as_ref()
+        .is_some_and(|e| e.r#type == names::EVENT_POLICY_VERDICT)
+}
+
+/// The verdict token (`getVerdict`), with ` BY …` policy names when asked.
+pub fn verdict_token(f: &Flow, policy_names: bool) -> String {
+    let pv = is_policy_verdict(f);
+    let verdict = flow::Verdict::try_from(f.verdict).unwrap_or(flow::Verdict::Unknown);
+    let (token, allowed) = match verdict {
+        flow::Verdict::Forwarded | flow::Verdict::Redirected if pv => {
+            ("ALLOWED".to_owned(), Some(true))
+        }
+        flow::Verdict::Dropped | flow::Verdict::Error if pv => ("DENIED".to_owned(), Some(false)),
+        flow::Verdict::Audit if pv => ("AUDITED".to_owned(), Some(true)),
+        flow::Verdict::Audit => ("AUDIT".to_owned(), None),
+        other => (other.as_str_name().to_owned(), None),
+    };
+    let (Some(allowed), true) = (allowed, policy_names) else {
+        return token;
+    };
+    let egress = f.traffic_direction == flow::TrafficDirection::Egress as i32;
+    let list = match (egress, allowed) {
+        (true, true) => &f.egress_allowed_by,
+        (true, false) => &f.egress_denied_by,
+        (false, true) => &f.ingress_allowed_by,
+        (false, false) => &f.ingress_denied_by,
+    };
+    let named: Vec<String> = list
+        .iter()
+        .filter(|p| !p.name.is_empty() && !p.kind.is_empty())
+        .map(|p| format!("{} ({})", p.name, p.kind))
+        .collect();
+    if named.is_empty() {
+        token
+    } else {
+        format!("{token} BY {}", named.join(", "))
+    }
+}
+
+/// The summary (`getSummary`), without the parentheses.
+pub fn summary(f: &Flow) -> String {
+    let mut s = String::new();
+    if let Some(id) = f.ip_trace_id.as_ref().filter(|t| t.trace_id > 0) {
+        s.push_str(&format!("IP Trace ID: {}; ", id.trace_id));
+    }
+    s.push_str(&f.summary);
+    if f.auth_type != 0 {
+        s.push_str(&format!(
+            "; Auth: {}",
+            enum_name(f.auth_type, |a: flow::AuthType| a.as_str_name())
+        ));
+    }
+    s
+}
+
+fn node_token(name: &str, opts: &PrintOptions) -> String {
+    if opts.node_name {
+        format!(" [{name}]")
+    } else {
+        String::new()
+    }
+}
+
+/// One flow in the compact format, with its newline.
+pub fn compact(f: &Flow, opts: &PrintOptions) -> String {
+    let (mut src, mut dst) = host_names(f, opts.numeric);
+    let mut src_id = names::identity_token(f.source.as_ref().map_or(0, |e| e.identity));
+    let mut dst_id = names::identity_token(f.destination.as_ref().map_or(0, |e| e.identity));
+    let arrow = match f.is_reply.map(|b| b.value) {
+        None => "<>",
+        Some(true) => {
+            std::mem::swap(&mut src, &mut dst);
+            std::mem::swap(&mut src_id, &mut dst_id);
+            "<-"
+        }
+        Some(false) => "->",
+    };
+    format!(
+        "{}{}: {src} {src_id} {arrow} {dst} {dst_id} {} {} ({})\n",
+        format_time(f.time.as_ref(), opts.time_format),
+        node_token(&f.node_name, opts),
+        flow_type(f),
+        verdict_token(f, opts.policy_names),
+        summary(f)
+    )
+}
+
+/// One flow in the dict format; `first` omits the separator line.
+pub fn dict(f: &Flow, opts: &PrintOptions, first: bool) -> String {
+    let (src, dst) = host_names(f, opts.numeric);
+    let mut out = String::new();
+    if !first {
+        out.push_str("------------\n");
+    }
+    out.push_str(&format!(
+        "  TIMESTAMP: {}\n",
+        format_time(f.time.as_ref(), opts.time_format)
+    ));
+    if opts.node_name {
+        out.push_str(&format!("       NODE: {}\n", f.node_name));
+    }
+    out.push_str(&format!("     SOURCE: {src}\nDESTINATION: {dst}\n"));
+    out.push_str(&format!(
+        "       TYPE: {}\n    VERDICT: {}\n",
+        flow_type(f),
+        verdict_token(f, opts.policy_names)
+    ));
+    out.push_str(&format!("    SUMMARY: {}\n", summary(f)));
+    out
+}
+
+/// The table format: rows are collected, then aligned as Go's tabwriter (min width 2, padding 3).
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(opts: &PrintOptions) -> Table {
+        let mut header = vec!["TIMESTAMP".to_owned()];
+        if opts.node_name {
+            header.push("NODE".to_owned());
+        }
+        header.extend(["SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].map(str::to_owned));
+        Table { rows: vec![header] }
+    }
+
+    pub fn push(&mut self, f: &Flow, opts: &PrintOptions) {
+        let (src, dst) = host_names(f, opts.numeric);
+        let mut row = vec![format_time(f.time.as_ref(), opts.time_format)];
+        if opts.node_name {
+            row.push(f.node_name.clone());
+        }
+        row.extend([
+            src,
+            dst,
+            flow_type(f),
+            verdict_token(f, opts.policy_names),
+            summary(f),
+        ]);
+        self.rows.push(row);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(2)
+                    + 3
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    out.push_str(cell);
+                } else {
+                    out.push_str(&format!("{cell:<w$}", w = widths[i]));
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Go's `encoding/json` escapes these even inside protojson output.
+fn html_escape(s: &str) -> String {
+    if !s.contains(['<', '>', '&']) {
+        return s.to_owned();
+    }
+    s.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+/// One `GetFlowsResponse` as Hubble's `-o json` line (protojson, proto field names, declaration
+/// order: the oneof comes first in this message).
+pub fn json(resp: &GetFlowsResponse) -> Result<String, serde_json::Error> {
+    let mut out = String::from("{");
+    let mut sep = "";
+    let mut field = |out: &mut String, name: &str, value: String| {
+        out.push_str(sep);
+        out.push_str(&format!("\"{name}\":{value}"));
+        sep = ",";
+    };
+    match &resp.response_types {
+        Some(ResponseTypes::Flow(f)) => field(&mut out, "flow", serde_json::to_string(f)?),
+        Some(ResponseTypes::NodeStatus(n)) => {
+            field(&mut out, "node_status", serde_json::to_string(n)?)
+        }
+        Some(ResponseTypes::LostEvents(l)) => {
+            field(&mut out, "lost_events", serde_json::to_string(l)?)
+        }
+        None => {}
+    }
+    if !resp.node_name.is_empty() {
+        field(
+            &mut out,
+            "node_name",
+            serde_json::to_string(&resp.node_name)?,
+        );
+    }
+    if let Some(t) = &resp.time {
+        field(&mut out, "time", serde_json::to_string(t)?);
+    }
+    out.push('}');
+    Ok(html_escape(&out))
+}
+
+/// A lost-events notice in the compact format.
+pub fn lost_events(l: &flow::LostEvent, opts: &PrintOptions) -> String {
+    let source = enum_name(l.source, |s: flow::LostEventSource| s.as_str_name());
+    let mut s = format!(
+        "{} EVENTS LOST: {source} CPU({}) {}",
+        format_time(l.first.as_ref().or(l.last.as_ref()), opts.time_format),
+        l.cpu.map_or(0, |c| c.value),
+        l.num_events_lost
+    );
+    if let (Some(first), Some(last)) = (&l.first, &l.last) {
+        s.push_str(&format!(
+            " (first: {}, last: {})",
+            format_time(Some(first), opts.time_format),
+            format_time(Some(last), opts.time_format)
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flow of Hubble's printer tests (`printer_test.go`).
+    fn vector() -> Flow {
+        Flow {
+            time: Some(Timestamp::new(1234, 567_800_000)),
+            verdict: flow::Verdict::Dropped as i32,
+            drop_reason_desc: flow::DropReason::PolicyDenied as i32,
+            ip: Some(flow::Ip {
+                source: "1.1.1.1".into(),
+                destination: "2.2.2.2".into(),
+                ..Default::default()
+            }),
+            l4: Some(flow::Layer4 {
+                protocol: Some(layer4::Protocol::Tcp(flow::Tcp {
+                    source_port: 31793,
+                    destination_port: 8080,
+                    flags: None,
+                })),
+            }),
+            source: Some(flow::Endpoint {
+                identity: 4,
+                ..Default::default()
+            }),
+            destination: Some(flow::Endpoint {
+                identity: 12345,
+                ..Default::default()
+            }),
+            r#type: flow::FlowType::L3L4 as i32,
+            node_name: "k8s1".into(),
+            event_type: Some(flow::CiliumEventType {
+                r#type: 1,
+                sub_type: 133,
+            }),
+            is_reply: Some(pbjson_types::BoolValue { value: false }),
+            summary: "TCP Flags: SYN".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn compact_vectors() {
+        let f = vector();
+        let plain = PrintOptions::default();
+        let node = PrintOptions {
+            node_name: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            compact(&f, &plain),
+            "Jan  1 00:20:34.567: 1.1.1.1:31793 (health) -> 2.2.2.2:8080 (ID:12345) Policy denied DROPPED (TCP Flags: SYN)\n"
+        );
+        let reply = Flow {
+            is_reply: Some(pbjson_types::BoolValue { value: true }),
+            ..f.clone()
+        };
+        assert_eq!(
+            compact(&reply, &node),
+            "Jan  1 00:20:34.567 [k8s1]: 2.2.2.2:8080 (ID:12345) <- 1.1.1.1:31793 (health) Policy denied DROPPED (TCP Flags: SYN)\n"
+        );
+        let pv = Flow {
+            is_reply: None,
+            event_type: Some(flow::CiliumEventType {
+                r#type: 5,
+                sub_type: 0,
+            }),
+            traffic_direction: flow::TrafficDirection::Egress as i32,
+            ..f.clone()
+        };
+        assert_eq!(
+            compact(&pv, &node),
+            "Jan  1 00:20:34.567 [k8s1]: 1.1.1.1:31793 (health) <> 2.2.2.2:8080 (ID:12345) policy-verdict:none EGRESS DENIED (TCP Flags: SYN)\n"
+        );
+        let unknown = Flow {
+            is_reply: None,
+            ..f
+        };
+        assert_eq!(
+            compact(&unknown, &node),
+            "Jan  1 00:20:34.567 [k8s1]: 1.1.1.1:31793 (health) <> 2.2.2.2:8080 (ID:12345) Policy denied DROPPED (TCP Flags: SYN)\n"
+        );
+    }
+
+    #[test]
+    fn compact_seed_shapes() {
+        let f = Flow {
+            time: Some(Timestamp::from_civil(2025, 7, 15, 21, 49, 39, 668_000_000)),
+            verdict: flow::Verdict::Forwarded as i32,
+            ip: Some(flow::Ip {
+                source: "10.244.1.17".into(),
+                destination: "169.254.169.254".into(),
+                ..Default::default()
+            }),
+            l4: Some(flow::Layer4 {
+                protocol: Some(layer4::Protocol::Tcp(flow::Tcp {
+                    source_port: 40132,
+                    destination_port: 80,
+                    flags: None,
+                })),
+            }),
+            source: Some(flow::Endpoint {
+                identity: 14226,
+                namespace: "go-webapp".into(),
+                pod_name: "go-webapp-847857f68-2qlnd".into(),
+                ..Default::default()
+            }),
+            destination: Some(flow::Endpoint {
+                identity: 16777218,
+                ..Default::default()
+            }),
+            event_type: Some(flow::CiliumEventType {
+                r#type: 5,
+                sub_type: 0,
+            }),
+            traffic_direction: flow::TrafficDirection::Egress as i32,
+            policy_match_type: 4,
+            is_reply: Some(pbjson_types::BoolValue { value: false }),
+            summary: "TCP Flags: SYN".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            compact(&f, &PrintOptions::default()),
+            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) -> 169.254.169.254:80 (ID:16777218) policy-verdict:all EGRESS ALLOWED (TCP Flags: SYN)\n"
+        );
+        let drop = Flow {
+            verdict: flow::Verdict::Dropped as i32,
+            event_type: Some(flow::CiliumEventType {
+                r#type: 1,
+                sub_type: 181,
+            }),
+            is_reply: None,
+            ..f.clone()
+        };
+        assert_eq!(
+            compact(&drop, &PrintOptions::default()),
+            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) <> 169.254.169.254:80 (ID:16777218) Policy denied by denylist DROPPED (TCP Flags: SYN)\n"
+        );
+        let http = Flow {
+            l7: Some(flow::Layer7 {
+                r#type: flow::L7FlowType::Request as i32,
+                latency_ns: 0,
+                record: Some(layer7::Record::Http(flow::Http {
+                    method: "GET".into(),
+                    url: "http://169.254.169.254/metadata/instance".into(),
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                })),
+            }),
+            event_type: Some(flow::CiliumEventType {
+                r#type: 129,
+                sub_type: 0,
+            }),
+            summary: "HTTP/1.1 GET http://169.254.169.254/metadata/instance".into(),
+            ..f.clone()
+        };
+        let line = compact(&http, &PrintOptions::default());
+        assert!(
+            line.contains(
+                " http-request FORWARDED (HTTP/1.1 GET http://169.254.169.254/metadata/instance)\n"
+            ),
+            "{line}"
+        );
+        let named = Flow {
+            egress_allowed_by: vec![flow::Policy {
+                name: "azure-imds-allow".into(),
+                kind: "CiliumClusterwideNetworkPolicy".into(),
+                ..Default::default()
+            }],
+            ..f
+        };
+        let line = compact(
+            &named,
+            &PrintOptions {
+                policy_names: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            line.contains("ALLOWED BY azure-imds-allow (CiliumClusterwideNetworkPolicy) ("),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_vector() {
+        let resp = GetFlowsResponse {
+            response_types: Some(ResponseTypes::Flow(vector())),
+            node_name: String::new(),
+            time: None,
+        };
+        assert_eq!(
+            json(&resp).unwrap(),
+            r#"{"flow":{"time":"1970-01-01T00:20:34.567800Z","verdict":"DROPPED","IP":{"source":"1.1.1.1","destination":"2.2.2.2"},"l4":{"TCP":{"source_port":31793,"destination_port":8080}},"source":{"identity":4},"destination":{"identity":12345},"Type":"L3_L4","node_name":"k8s1","event_type":{"type":1,"sub_type":133},"drop_reason_desc":"POLICY_DENIED","is_reply":false,"Summary":"TCP Flags: SYN"}}"#
+        );
+        let with_meta = GetFlowsResponse {
+            response_types: Some(ResponseTypes::Flow(vector())),
+            node_name: "k8s1".into(),
+            time: Some(Timestamp::new(1234, 567_800_000)),
+        };
+        let line = json(&with_meta).unwrap();
+        assert!(line.ends_with(r#""Summary":"TCP Flags: SYN"},"node_name":"k8s1","time":"1970-01-01T00:20:34.567800Z"}"#), "{line}");
+        let back: Flow = serde_json::from_str(&serde_json::to_string(&vector()).unwrap()).unwrap();
+        assert_eq!(back, vector());
+    }
+
+    #[test]
+    fn dict_and_table() {
+        let f = vector();
+        let opts = PrintOptions::default();
+        assert_eq!(
+            dict(&f, &opts, true),
+            "  TIMESTAMP: Jan  1 00:20:34.567\n     SOURCE: 1.1.1.1:31793\nDESTINATION: 2.2.2.2:8080\n       TYPE: Policy denied\n    VERDICT: DROPPED\n    SUMMARY: TCP Flags: SYN\n"
+        );
+        assert!(dict(&f, &opts, false).starts_with("------------\n"));
+        let mut t = Table::new(&opts);
+        t.push(&f, &opts);
+        assert_eq!(
+            t.render(),
+            "TIMESTAMP             SOURCE          DESTINATION    TYPE            VERDICT   SUMMARY\nJan  1 00:20:34.567   1.1.1.1:31793   2.2.2.2:8080   Policy denied   DROPPED   TCP Flags: SYN\n"
+        );
+    }
+
+    #[test]
+    fn time_formats() {
+        let t = Timestamp::new(1234, 567_800_000);
+        assert_eq!(
+            format_time(Some(&t), TimeFormat::Rfc3339Nano),
+            "1970-01-01T00:20:34.5678Z"
+        );
+        assert_eq!(
+            format_time(Some(&t), TimeFormat::Rfc1123Z),
+            "Thu, 01 Jan 1970 00:20:34 +0000"
+        );
+        assert_eq!(format_time(None, TimeFormat::StampMilli), "N/A");
+    }
+}
