@@ -4,6 +4,8 @@
 //! Pure logic over the generated `flow` and `observer` messages: no I/O. The spec is
 //! `shared/spec/hubble.md`.
 
+pub mod filter;
+pub mod filterflags;
 pub mod names;
 pub mod printer;
 pub mod timespec;

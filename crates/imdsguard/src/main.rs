@@ -22,12 +22,15 @@ enum Command {
     /// Check, trace and test Cilium network policies offline.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Observe flows, as `hubble observe` does (filters, formats, --input-file).
+    Observe(Box<cmd::observe::ObserveArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Observe(a) => cmd::observe::run(*a),
     };
     match result {
         Ok(code) => code,

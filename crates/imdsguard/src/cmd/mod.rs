@@ -1,1 +1,2 @@
+pub mod observe;
 pub mod policy;
