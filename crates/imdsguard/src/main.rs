@@ -24,6 +24,8 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Observe flows, as `hubble observe` does (filters, formats, --input-file).
     Observe(Box<cmd::observe::ObserveArgs>),
+    /// Run the node agent (today: Hubble's API over replayed flows).
+    Agent(cmd::agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Observe(a) => cmd::observe::run(*a),
+        Command::Agent(a) => cmd::agent::run(a),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,10 @@ use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
 use imdsguard_flow::filter::FlowFilters;
 use imdsguard_flow::filterflags::FilterBuilder;
 use imdsguard_flow::flow::FlowFilter;
-use imdsguard_flow::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use imdsguard_flow::observer::observer_client::ObserverClient;
+use imdsguard_flow::observer::{
+    GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes,
+};
 use imdsguard_flow::printer::{self, PrintOptions, Table, TimeFormat};
 use imdsguard_flow::timespec;
 use imdsguard_hubble_proto::wkt::Timestamp;
@@ -16,8 +19,14 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct ObserveArgs {
     /// Read flows from a file of `hubble observe -o jsonpb` lines (`-` for stdin).
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", conflicts_with = "server")]
     input_file: Option<String>,
+    /// A Hubble Observer API: the agent (`localhost:4244`, `unix:///path/hubble.sock`) or Relay.
+    #[arg(long)]
+    server: Option<String>,
+    /// Keep streaming new flows (with --server).
+    #[arg(short, long, conflicts_with = "first")]
+    follow: bool,
     /// Output format: compact, dict, json, jsonpb, table.
     #[arg(short, long, default_value = "compact")]
     output: String,
@@ -231,9 +240,40 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|s| timespec::parse(s, now).with_context(|| format!("invalid --until {s:?}")))
         .transpose()?;
+    let mut printer = Printer {
+        format,
+        opts,
+        table: None,
+        first_dict: true,
+    };
+    if let Some(server) = &args.server {
+        if args.follow && matches!(printer.format, Format::Table) {
+            bail!("the table output format cannot be used with --follow");
+        }
+        let number = match (args.first, args.last, args.all) {
+            (Some(n), _, _) | (_, Some(n), _) => n,
+            (_, _, true) => u64::MAX,
+            _ if args.follow || since.is_some() => 0,
+            _ => 20,
+        };
+        let req = GetFlowsRequest {
+            number,
+            first: args.first.is_some(),
+            follow: args.follow,
+            whitelist,
+            blacklist,
+            since,
+            until: if args.follow { None } else { until },
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(remote(server, req, &mut printer));
+    }
     let Some(input) = &args.input_file else {
         bail!(
-            "no flow source: give --input-file FILE (flows recorded with `hubble observe -o jsonpb` or `imdsguard observe -o json`)"
+            "no flow source: give --server ADDR (an imdsguard agent or any Hubble server) or --input-file FILE"
         );
     };
     let reader: Box<dyn BufRead> = if input == "-" {
@@ -245,12 +285,6 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut printer = Printer {
-        format,
-        opts,
-        table: None,
-        first_dict: true,
-    };
     let mut last: Option<VecDeque<GetFlowsResponse>> = args
         .last
         .map(|n| VecDeque::with_capacity(n.min(1_000_000) as usize));
@@ -362,4 +396,64 @@ fn print_raw_filters(whitelist: &[FlowFilter], blacklist: &[FlowFilter]) -> Resu
         println!("    - '{}'", serde_json::to_string(f)?);
     }
     Ok(())
+}
+
+/// Connects to a Hubble server: `host:port`, `http://host:port` or `unix:///path`.
+pub async fn connect(server: &str) -> Result<tonic::transport::Channel> {
+    if let Some(path) = server.strip_prefix("unix://") {
+        let path = path.to_owned();
+        let endpoint = tonic::transport::Endpoint::try_from("http://[::]:50051")?;
+        let connector = tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        });
+        return endpoint
+            .connect_with_connector(connector)
+            .await
+            .with_context(|| format!("connecting to {server}"));
+    }
+    let uri = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    tonic::transport::Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("invalid server address {server:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| {
+            format!("connecting to {server} (is the agent running with --hubble-listen-address?)")
+        })
+}
+
+async fn remote(server: &str, req: GetFlowsRequest, printer: &mut Printer) -> Result<ExitCode> {
+    let channel = connect(server).await?;
+    let mut client = ObserverClient::new(channel);
+    let mut stream = client
+        .get_flows(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?
+        .into_inner();
+    let stdout = std::io::stdout();
+    loop {
+        match stream.message().await {
+            Ok(Some(resp)) => {
+                let mut out = stdout.lock();
+                printer.print(&mut out, &resp)?;
+                // Followers want each flow as it comes.
+                out.flush()?;
+            }
+            Ok(None) => break,
+            Err(s) => bail!("GetFlows stream: {}", s.message()),
+        }
+    }
+    let mut out = stdout.lock();
+    printer.finish(&mut out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

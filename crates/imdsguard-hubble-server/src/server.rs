@@ -1,0 +1,441 @@
+//! Hubble's Observer and Peer services over the flow ring (spec hubble.md §1.2, §1.3, §4).
+
+use crate::ring::{Read, Reader, Ring};
+use imdsguard_flow::filter::FlowFilters;
+use imdsguard_hubble_proto::flow::{Flow, LostEvent, LostEventSource};
+use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
+use imdsguard_hubble_proto::observer::observer_server::{Observer, ObserverServer};
+use imdsguard_hubble_proto::observer::{
+    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse,
+    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
+    GetNodesRequest, GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
+};
+use imdsguard_hubble_proto::peer::peer_server::{Peer, PeerServer};
+use imdsguard_hubble_proto::peer::{ChangeNotification, ChangeNotificationType, NotifyRequest};
+use imdsguard_hubble_proto::relay::NodeState;
+use imdsguard_hubble_proto::wkt::Timestamp;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// The name `hubble status` asks the health service about.
+pub const OBSERVER_SERVICE_NAME: &str = "hubble.server.Observer";
+/// Hubble compares its own minor version with this; we speak Hubble 1.19's API.
+pub const HUBBLE_API_VERSION: &str = "1.19.4";
+
+pub type Entry = Arc<GetFlowsResponse>;
+
+/// What the services share with the agent that feeds them.
+pub struct Hub {
+    ring: Arc<Ring<Entry>>,
+    node_name: String,
+    address: String,
+    started: Instant,
+    /// `cluster/namespace` → last seen; entries older than an hour are dropped (Hubble's TTL).
+    namespaces: Mutex<BTreeMap<(String, String), Instant>>,
+}
+
+impl Hub {
+    pub fn new(
+        capacity: usize,
+        node_name: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Arc<Hub> {
+        Arc::new(Hub {
+            ring: Ring::new(capacity),
+            node_name: node_name.into(),
+            address: address.into(),
+            started: Instant::now(),
+            namespaces: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn ring(&self) -> &Arc<Ring<Entry>> {
+        &self.ring
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Adds a flow: wrapped as Hubble sends it (`node_name` and `time` copied to the top level).
+    pub fn ingest(&self, flow: Flow) {
+        let now = Instant::now();
+        if let Ok(mut ns) = self.namespaces.lock() {
+            for ep in [&flow.source, &flow.destination].into_iter().flatten() {
+                if !ep.namespace.is_empty() {
+                    let cluster = if ep.cluster_name.is_empty() {
+                        "default"
+                    } else {
+                        &ep.cluster_name
+                    };
+                    ns.insert((cluster.to_owned(), ep.namespace.clone()), now);
+                }
+            }
+        }
+        let node_name = if flow.node_name.is_empty() {
+            self.node_name.clone()
+        } else {
+            flow.node_name.clone()
+        };
+        let time = flow.time;
+        self.ring.push(Arc::new(GetFlowsResponse {
+            node_name,
+            time,
+            response_types: Some(ResponseTypes::Flow(flow)),
+        }));
+    }
+
+    fn uptime_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}
+
+/// The Observer service.
+#[derive(Clone)]
+pub struct ObserverService {
+    hub: Arc<Hub>,
+}
+
+/// The Peer service: this node is the only peer.
+#[derive(Clone)]
+pub struct PeerService {
+    hub: Arc<Hub>,
+}
+
+fn with_version<T>(msg: T) -> Response<T> {
+    let mut r = Response::new(msg);
+    r.metadata_mut().insert(
+        "hubble-server-version",
+        tonic::metadata::MetadataValue::from_static(HUBBLE_API_VERSION),
+    );
+    r
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn now_ts() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
+}
+
+fn entry_time(e: &GetFlowsResponse) -> Option<Timestamp> {
+    e.time.or(match &e.response_types {
+        Some(ResponseTypes::Flow(f)) => f.time,
+        _ => None,
+    })
+}
+
+/// Keeps the top-level fields a field mask names, plus the two the 1.19 CLI needs but forgets to
+/// ask for (spec §3.2: traffic_direction and policy_match_type).
+fn apply_mask(flow: &Flow, paths: &[String]) -> Flow {
+    let keep = |name: &str| paths.iter().any(|p| p.split('.').next() == Some(name));
+    let mut out = Flow {
+        traffic_direction: flow.traffic_direction,
+        policy_match_type: flow.policy_match_type,
+        ..Default::default()
+    };
+    macro_rules! copy {
+        ($($field:ident => $name:literal),* $(,)?) => {
+            $(if keep($name) { out.$field = flow.$field.clone(); })*
+        };
+    }
+    #[allow(deprecated)]
+    {
+        copy!(time => "time", uuid => "uuid", emitter => "emitter", verdict => "verdict", drop_reason => "drop_reason",
+            auth_type => "auth_type", ethernet => "ethernet", ip => "IP", l4 => "l4", tunnel => "tunnel",
+            source => "source", destination => "destination", r#type => "Type", node_name => "node_name",
+            node_labels => "node_labels", source_names => "source_names", destination_names => "destination_names",
+            l7 => "l7", reply => "reply", event_type => "event_type", source_service => "source_service",
+            destination_service => "destination_service", trace_observation_point => "trace_observation_point",
+            trace_reason => "trace_reason", file => "file", ip_trace_id => "ip_trace_id",
+            drop_reason_desc => "drop_reason_desc", is_reply => "is_reply", debug_capture_point => "debug_capture_point",
+            interface => "interface", proxy_port => "proxy_port", trace_context => "trace_context",
+            sock_xlate_point => "sock_xlate_point", socket_cookie => "socket_cookie", cgroup_id => "cgroup_id",
+            summary => "Summary", extensions => "extensions", egress_allowed_by => "egress_allowed_by",
+            ingress_allowed_by => "ingress_allowed_by", egress_denied_by => "egress_denied_by",
+            ingress_denied_by => "ingress_denied_by", policy_log => "policy_log", aggregate => "aggregate");
+    }
+    out
+}
+
+/// One GetFlows call after validation.
+struct Query {
+    filters: FlowFilters,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    number: u64,
+    first: bool,
+    follow: bool,
+    mask: Vec<String>,
+}
+
+impl Query {
+    fn matches(&self, e: &GetFlowsResponse) -> bool {
+        match &e.response_types {
+            Some(ResponseTypes::Flow(f)) => self.filters.matches(f),
+            _ => false,
+        }
+    }
+}
+
+impl ObserverService {
+    pub fn new(hub: Arc<Hub>) -> ObserverService {
+        ObserverService { hub }
+    }
+
+    /// Where the stream starts (spec §4): the oldest entry, only new ones, or far enough back to
+    /// cover `number` matching flows (or everything since `since`).
+    fn start(&self, q: &Query) -> Reader<Entry> {
+        let ring = self.hub.ring();
+        if q.first && q.since.is_none() {
+            return ring.reader_at_oldest();
+        }
+        if q.follow && q.number == 0 && q.since.is_none() {
+            return ring.reader_at_end();
+        }
+        let mut start = None;
+        let mut counted = 0u64;
+        for (seq, e) in ring.snapshot_newest_first() {
+            if let (Some(since), Some(t)) = (q.since, entry_time(&e))
+                && t < since
+            {
+                break;
+            }
+            if matches!(e.response_types, Some(ResponseTypes::LostEvents(_))) {
+                break;
+            }
+            start = Some(seq);
+            if q.matches(&e) {
+                counted += 1;
+                if q.since.is_none() && q.number > 0 && counted >= q.number {
+                    break;
+                }
+            }
+        }
+        match start {
+            Some(seq) => ring.reader_at(seq),
+            None => ring.reader_at_end(),
+        }
+    }
+
+    async fn stream(
+        self,
+        q: Query,
+        mut reader: Reader<Entry>,
+        tx: mpsc::Sender<Result<GetFlowsResponse, Status>>,
+    ) {
+        let mut sent = 0u64;
+        loop {
+            let read = if q.follow {
+                reader.next().await
+            } else {
+                reader.try_next()
+            };
+            let out = match read {
+                Read::Empty => return,
+                Read::Lost(n) => GetFlowsResponse {
+                    node_name: self.hub.node_name.clone(),
+                    time: Some(now_ts()),
+                    response_types: Some(ResponseTypes::LostEvents(LostEvent {
+                        source: LostEventSource::HubbleRingBuffer as i32,
+                        num_events_lost: n,
+                        ..Default::default()
+                    })),
+                },
+                Read::Item(_, e) => {
+                    let t = entry_time(&e);
+                    if let (Some(until), Some(t)) = (q.until, t)
+                        && t > until
+                    {
+                        return;
+                    }
+                    if let (Some(since), Some(t)) = (q.since, t)
+                        && t < since
+                    {
+                        continue;
+                    }
+                    if !q.matches(&e) {
+                        continue;
+                    }
+                    let mut resp = (*e).clone();
+                    if !q.mask.is_empty()
+                        && let Some(ResponseTypes::Flow(f)) = &resp.response_types
+                    {
+                        resp.response_types = Some(ResponseTypes::Flow(apply_mask(f, &q.mask)));
+                    }
+                    sent += 1;
+                    resp
+                }
+            };
+            // A slow client only ever waits on its own channel; the ring never waits for it.
+            if tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+            if q.first && q.number > 0 && sent >= q.number {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Observer for ObserverService {
+    type GetFlowsStream = BoxStream<GetFlowsResponse>;
+    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let req = request.into_inner();
+        if req.first && req.follow {
+            return Err(Status::invalid_argument(
+                "first cannot be specified with follow",
+            ));
+        }
+        let filters = FlowFilters::new(&req.whitelist, &req.blacklist)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let q = Query {
+            filters,
+            since: req.since,
+            until: if req.follow { None } else { req.until },
+            number: req.number,
+            first: req.first,
+            follow: req.follow,
+            mask: req.field_mask.map(|m| m.paths).unwrap_or_default(),
+        };
+        let reader = self.start(&q);
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(self.clone().stream(q, reader, tx));
+        Ok(with_version(
+            Box::pin(ReceiverStream::new(rx)) as Self::GetFlowsStream
+        ))
+    }
+
+    async fn get_agent_events(
+        &self,
+        _request: Request<GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        Ok(with_version(
+            Box::pin(tokio_stream::empty()) as Self::GetAgentEventsStream
+        ))
+    }
+
+    async fn get_debug_events(
+        &self,
+        _request: Request<GetDebugEventsRequest>,
+    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Ok(with_version(
+            Box::pin(tokio_stream::empty()) as Self::GetDebugEventsStream
+        ))
+    }
+
+    async fn get_nodes(
+        &self,
+        _request: Request<GetNodesRequest>,
+    ) -> Result<Response<GetNodesResponse>, Status> {
+        let ring = self.hub.ring();
+        let node = Node {
+            name: self.hub.node_name.clone(),
+            version: HUBBLE_API_VERSION.to_owned(),
+            address: self.hub.address.clone(),
+            state: NodeState::NodeConnected as i32,
+            tls: None,
+            uptime_ns: self.hub.uptime_ns(),
+            num_flows: ring.len() as u64,
+            max_flows: ring.capacity() as u64,
+            seen_flows: ring.seen(),
+        };
+        Ok(with_version(GetNodesResponse { nodes: vec![node] }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _request: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let mut ns = self
+            .hub
+            .namespaces
+            .lock()
+            .map_err(|_| Status::internal("namespace table poisoned"))?;
+        ns.retain(|_, seen| seen.elapsed() < Duration::from_secs(3600));
+        let namespaces = ns
+            .keys()
+            .map(|(cluster, namespace)| Namespace {
+                cluster: cluster.clone(),
+                namespace: namespace.clone(),
+            })
+            .collect();
+        Ok(with_version(GetNamespacesResponse { namespaces }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        let ring = self.hub.ring();
+        let uptime = self.hub.uptime_ns();
+        let seen = ring.seen();
+        Ok(with_version(ServerStatusResponse {
+            num_flows: ring.len() as u64,
+            max_flows: ring.capacity() as u64,
+            seen_flows: seen,
+            uptime_ns: uptime,
+            version: HUBBLE_API_VERSION.to_owned(),
+            flows_rate: if uptime > 0 {
+                seen as f64 / (uptime as f64 / 1e9)
+            } else {
+                0.0
+            },
+            ..Default::default()
+        }))
+    }
+}
+
+impl PeerService {
+    pub fn new(hub: Arc<Hub>) -> PeerService {
+        PeerService { hub }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type NotifyStream = BoxStream<ChangeNotification>;
+
+    async fn notify(
+        &self,
+        _request: Request<NotifyRequest>,
+    ) -> Result<Response<Self::NotifyStream>, Status> {
+        let me = ChangeNotification {
+            name: self.hub.node_name.clone(),
+            address: self.hub.address.clone(),
+            r#type: ChangeNotificationType::PeerAdded as i32,
+            tls: None,
+        };
+        // One node, never leaving: announce it, then keep the stream open as Relay expects.
+        let stream =
+            tokio_stream::StreamExt::chain(tokio_stream::once(Ok(me)), tokio_stream::pending());
+        Ok(with_version(Box::pin(stream) as Self::NotifyStream))
+    }
+}
+
+/// The gRPC router with Observer, Peer and health (reporting `hubble.server.Observer` SERVING).
+pub async fn router(hub: Arc<Hub>) -> tonic::transport::server::Router {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(OBSERVER_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(ObserverServer::new(ObserverService::new(hub.clone())))
+        .add_service(PeerServer::new(PeerService::new(hub)))
+}

@@ -1,0 +1,192 @@
+//! `imdsguard agent`: the node agent. Until the datapath exists it serves flows replayed from a
+//! file (`--replay-flows`) over Hubble's gRPC API.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use imdsguard_hubble_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use imdsguard_hubble_proto::wkt::Timestamp;
+use imdsguard_hubble_server::server::{Hub, router};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Replay flows recorded with `hubble observe -o jsonpb` (or `imdsguard observe -o json`).
+    #[arg(long, value_name = "FILE")]
+    replay_flows: Option<PathBuf>,
+    /// Pause between replayed flows (a Go-style duration: 10ms, 1s).
+    #[arg(long, default_value = "0s")]
+    replay_interval: String,
+    /// Start the replay again at the end of the file.
+    #[arg(long)]
+    replay_loop: bool,
+    /// Keep the recorded timestamps instead of stamping replayed flows with the current time.
+    #[arg(long)]
+    replay_keep_time: bool,
+    /// Hubble's gRPC listener (Cilium's --hubble-listen-address); empty disables it.
+    #[arg(long, default_value = "127.0.0.1:4244")]
+    hubble_listen_address: String,
+    /// Hubble's unix socket (Cilium uses /var/run/cilium/hubble.sock); empty disables it.
+    #[arg(long, default_value = "")]
+    hubble_socket_path: String,
+    /// Flows kept in memory (rounded up to 2^n-1, as Cilium's --hubble-event-buffer-capacity).
+    #[arg(long, default_value_t = 4095)]
+    hubble_event_buffer_capacity: usize,
+    /// This node's name (default: $K8S_NODE_NAME, then the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+fn node_name(arg: &Option<String>) -> String {
+    if let Some(n) = arg {
+        return n.clone();
+    }
+    if let Ok(n) = std::env::var("K8S_NODE_NAME")
+        && !n.is_empty()
+    {
+        return n;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
+}
+
+/// Reads a recorded file; malformed lines are reported with their number and skipped.
+fn read_flows(path: &PathBuf) -> Result<Vec<GetFlowsResponse>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<GetFlowsResponse>(&line) {
+            Ok(r) => out.push(r),
+            Err(e) => eprintln!(
+                "{}:{}: skipping a malformed line: {e}",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: AgentArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: AgentArgs) -> Result<ExitCode> {
+    let node = node_name(&args.node_name);
+    let interval = imdsguard_flow::timespec::parse_duration(&args.replay_interval)
+        .with_context(|| format!("invalid --replay-interval {:?}", args.replay_interval))?;
+    let hub = Hub::new(
+        args.hubble_event_buffer_capacity,
+        node.clone(),
+        args.hubble_listen_address.clone(),
+    );
+    let mut servers = tokio::task::JoinSet::new();
+    if !args.hubble_listen_address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&args.hubble_listen_address)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} (is another agent running?)",
+                    args.hubble_listen_address
+                )
+            })?;
+        eprintln!("hubble: serving on {}", listener.local_addr()?);
+        let r = router(hub.clone()).await;
+        servers.spawn(async move {
+            r.serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+        });
+    }
+    let socket =
+        (!args.hubble_socket_path.is_empty()).then(|| PathBuf::from(&args.hubble_socket_path));
+    if let Some(path) = &socket {
+        if path.exists() {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        eprintln!("hubble: serving on unix://{}", path.display());
+        let r = router(hub.clone()).await;
+        servers.spawn(async move {
+            r.serve_with_incoming(UnixListenerStream::new(listener))
+                .await
+        });
+    }
+    if servers.is_empty() {
+        bail!("nothing to serve: give --hubble-listen-address or --hubble-socket-path");
+    }
+    if let Some(path) = &args.replay_flows {
+        let flows = read_flows(path)?;
+        eprintln!("replaying {} flows from {}", flows.len(), path.display());
+        let hub: Arc<Hub> = hub.clone();
+        let (keep_time, replay_loop) = (args.replay_keep_time, args.replay_loop);
+        servers.spawn(async move {
+            loop {
+                for resp in &flows {
+                    if let Some(ResponseTypes::Flow(f)) = &resp.response_types {
+                        let mut f = f.clone();
+                        if !keep_time {
+                            f.time = Some(now());
+                        }
+                        hub.ingest(f);
+                    }
+                    if interval > 0 {
+                        tokio::time::sleep(Duration::from_nanos(interval as u64)).await;
+                    }
+                }
+                if !replay_loop {
+                    break;
+                }
+                if interval == 0 {
+                    // A file replayed in a tight loop would starve nothing but still burn a core.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            std::future::pending::<Result<(), tonic::transport::Error>>().await
+        });
+    }
+    let result = tokio::select! {
+        r = servers.join_next() => match r {
+            Some(Ok(Err(e))) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
+            Some(Err(e)) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+            _ => Ok(()),
+        },
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminated() => Ok(()),
+    };
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+/// SIGTERM (how Kubernetes and tests stop the agent).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
