@@ -5,5 +5,7 @@
 //! Limits: GetAgentEvents and GetDebugEvents stream nothing yet; the field mask keeps whole
 //! top-level fields (a superset of what was asked, which Hubble clients accept).
 
+pub mod exporter;
+pub mod metrics;
 pub mod ring;
 pub mod server;

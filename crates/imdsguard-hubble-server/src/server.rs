@@ -1,5 +1,7 @@
 //! Hubble's Observer and Peer services over the flow ring (spec hubble.md §1.2, §1.3, §4).
 
+use crate::exporter::{ExportError, FlowExporter};
+use crate::metrics::FlowMetrics;
 use crate::ring::{Read, Reader, Ring};
 use imdsguard_flow::filter::FlowFilters;
 use imdsguard_hubble_proto::flow::{Flow, LostEvent, LostEventSource};
@@ -38,6 +40,17 @@ pub struct Hub {
     started: Instant,
     /// `cluster/namespace` → last seen; entries older than an hour are dropped (Hubble's TTL).
     namespaces: Mutex<BTreeMap<(String, String), Instant>>,
+    metrics: Option<Arc<FlowMetrics>>,
+    exporter: Option<Mutex<FlowExporter>>,
+}
+
+/// What a [`Hub`] is built from.
+pub struct HubOptions {
+    pub capacity: usize,
+    pub node_name: String,
+    pub address: String,
+    pub metrics: Option<Arc<FlowMetrics>>,
+    pub exporter: Option<FlowExporter>,
 }
 
 impl Hub {
@@ -46,13 +59,40 @@ impl Hub {
         node_name: impl Into<String>,
         address: impl Into<String>,
     ) -> Arc<Hub> {
-        Arc::new(Hub {
-            ring: Ring::new(capacity),
+        Hub::with_options(HubOptions {
+            capacity,
             node_name: node_name.into(),
             address: address.into(),
+            metrics: None,
+            exporter: None,
+        })
+    }
+
+    pub fn with_options(o: HubOptions) -> Arc<Hub> {
+        Arc::new(Hub {
+            ring: Ring::new(o.capacity),
+            node_name: o.node_name,
+            address: o.address,
             started: Instant::now(),
             namespaces: Mutex::new(BTreeMap::new()),
+            metrics: o.metrics,
+            exporter: o.exporter.map(Mutex::new),
         })
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<FlowMetrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Pushes buffered export lines to the file (the agent calls this once a second).
+    pub fn flush_export(&self) -> Result<(), ExportError> {
+        match &self.exporter {
+            Some(e) => match e.lock() {
+                Ok(mut e) => e.flush(),
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
+        }
     }
 
     pub fn ring(&self) -> &Arc<Ring<Entry>> {
@@ -83,12 +123,23 @@ impl Hub {
         } else {
             flow.node_name.clone()
         };
+        if let Some(m) = &self.metrics {
+            m.observe(&flow);
+        }
         let time = flow.time;
-        self.ring.push(Arc::new(GetFlowsResponse {
+        let entry = Arc::new(GetFlowsResponse {
             node_name,
             time,
             response_types: Some(ResponseTypes::Flow(flow)),
-        }));
+        });
+        if let Some(e) = &self.exporter
+            && let Ok(mut e) = e.lock()
+            && let Err(err) = e.export(&entry)
+        {
+            // The export is a copy for shippers: a full disk must not stop observation.
+            eprintln!("flow export: {err}");
+        }
+        self.ring.push(entry);
     }
 
     fn uptime_ns(&self) -> u64 {
@@ -241,15 +292,20 @@ impl ObserverService {
             };
             let out = match read {
                 Read::Empty => return,
-                Read::Lost(n) => GetFlowsResponse {
-                    node_name: self.hub.node_name.clone(),
-                    time: Some(now_ts()),
-                    response_types: Some(ResponseTypes::LostEvents(LostEvent {
-                        source: LostEventSource::HubbleRingBuffer as i32,
-                        num_events_lost: n,
-                        ..Default::default()
-                    })),
-                },
+                Read::Lost(n) => {
+                    if let Some(m) = self.hub.metrics() {
+                        m.lost("hubble_ring_buffer", n);
+                    }
+                    GetFlowsResponse {
+                        node_name: self.hub.node_name.clone(),
+                        time: Some(now_ts()),
+                        response_types: Some(ResponseTypes::LostEvents(LostEvent {
+                            source: LostEventSource::HubbleRingBuffer as i32,
+                            num_events_lost: n,
+                            ..Default::default()
+                        })),
+                    }
+                }
                 Read::Item(_, e) => {
                     let t = entry_time(&e);
                     if let (Some(until), Some(t)) = (q.until, t)
@@ -438,4 +494,27 @@ pub async fn router(hub: Arc<Hub>) -> tonic::transport::server::Router {
         .add_service(health)
         .add_service(ObserverServer::new(ObserverService::new(hub.clone())))
         .add_service(PeerServer::new(PeerService::new(hub)))
+}
+
+/// Serves `GET /metrics` (Prometheus/OpenMetrics text) until the listener fails.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<FlowMetrics>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
 }

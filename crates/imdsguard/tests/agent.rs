@@ -176,3 +176,65 @@ fn unix_socket() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(gone, "the socket was left behind");
 }
+
+#[test]
+fn metrics_and_export_file() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("imdsguard-agent-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let export = dir.join("flows.json");
+    // An ephemeral metrics port: bind, read it, release it for the agent.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let (mut agent, addr) = agent(&[
+        "--replay-keep-time",
+        "--hubble-metrics-server",
+        &metrics_addr,
+        "--hubble-export-file-path",
+        export.to_str().unwrap(),
+        "--hubble-export-denylist",
+        r#"{"verdict":["FORWARDED"]}"#,
+    ]);
+    wait_for(&addr, 12);
+    let mut body = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(&metrics_addr) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            body.clear();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("hubble_flows_processed_total") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = agent.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = agent.0.wait();
+    let exported = std::fs::read_to_string(&export).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(r#"hubble_drop_total{reason="POLICY_DENY",protocol="TCP"} 2"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            r#"hubble_policy_verdicts_total{direction="egress",match="l3-only",action="dropped"} 1"#
+        ),
+        "{body}"
+    );
+    assert!(body.contains(r#"hubble_http_requests_total{method="GET",protocol="HTTP/1.1",status="200",reporter="client"} 1"#), "{body}");
+    // Only the two DROPPED flows pass the deny list.
+    assert_eq!(exported.lines().count(), 2, "{exported}");
+    assert!(
+        exported
+            .lines()
+            .all(|l| l.contains("\"verdict\":\"DROPPED\""))
+    );
+}

@@ -3,9 +3,12 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use imdsguard_hubble_proto::flow::FlowFilter;
 use imdsguard_hubble_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 use imdsguard_hubble_proto::wkt::Timestamp;
-use imdsguard_hubble_server::server::{Hub, router};
+use imdsguard_hubble_server::exporter::{ExportOptions, FlowExporter};
+use imdsguard_hubble_server::metrics::FlowMetrics;
+use imdsguard_hubble_server::server::{Hub, HubOptions, router, serve_metrics};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +42,38 @@ pub struct AgentArgs {
     /// This node's name (default: $K8S_NODE_NAME, then the hostname).
     #[arg(long)]
     node_name: Option<String>,
+    /// Serve Prometheus metrics (Hubble's names) at http://ADDR/metrics; empty disables it.
+    #[arg(long, default_value = "")]
+    hubble_metrics_server: String,
+    /// Write every flow as a JSON line (`hubble observe -o jsonpb` format) to this file.
+    #[arg(long, default_value = "")]
+    hubble_export_file_path: String,
+    /// Rotate the export file at this size.
+    #[arg(long, default_value_t = 10)]
+    hubble_export_file_max_size_mb: u64,
+    /// Rotated export files kept.
+    #[arg(long, default_value_t = 5)]
+    hubble_export_file_max_backups: usize,
+    /// Export only flows matching one of these FlowFilters (a JSON object or list).
+    #[arg(long, default_value = "")]
+    hubble_export_allowlist: String,
+    /// Never export flows matching one of these FlowFilters (a JSON object or list).
+    #[arg(long, default_value = "")]
+    hubble_export_denylist: String,
+}
+
+/// A FlowFilter list given as one JSON object or a JSON array of them.
+fn filter_list(flag: &str, text: &str) -> Result<Vec<FlowFilter>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parsed = if text.starts_with('[') {
+        serde_json::from_str::<Vec<FlowFilter>>(text)
+    } else {
+        serde_json::from_str::<FlowFilter>(text).map(|f| vec![f])
+    };
+    parsed.with_context(|| format!("--{flag}: expected a FlowFilter JSON object or list, e.g. '{{\"verdict\":[\"DROPPED\"]}}'"))
 }
 
 fn node_name(arg: &Option<String>) -> String {
@@ -95,12 +130,60 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     let node = node_name(&args.node_name);
     let interval = imdsguard_flow::timespec::parse_duration(&args.replay_interval)
         .with_context(|| format!("invalid --replay-interval {:?}", args.replay_interval))?;
-    let hub = Hub::new(
-        args.hubble_event_buffer_capacity,
-        node.clone(),
-        args.hubble_listen_address.clone(),
-    );
+    let metrics =
+        (!args.hubble_metrics_server.is_empty()).then(|| Arc::new(FlowMetrics::default()));
+    let exporter = if args.hubble_export_file_path.is_empty() {
+        None
+    } else {
+        Some(
+            FlowExporter::new(ExportOptions {
+                path: PathBuf::from(&args.hubble_export_file_path),
+                max_bytes: args.hubble_export_file_max_size_mb.saturating_mul(1 << 20),
+                max_backups: args.hubble_export_file_max_backups,
+                allow: filter_list("hubble-export-allowlist", &args.hubble_export_allowlist)?,
+                deny: filter_list("hubble-export-denylist", &args.hubble_export_denylist)?,
+            })
+            .context("starting the flow exporter")?,
+        )
+    };
+    let hub = Hub::with_options(HubOptions {
+        capacity: args.hubble_event_buffer_capacity,
+        node_name: node.clone(),
+        address: args.hubble_listen_address.clone(),
+        metrics: metrics.clone(),
+        exporter,
+    });
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(m) = &metrics {
+        let listener = tokio::net::TcpListener::bind(&args.hubble_metrics_server)
+            .await
+            .with_context(|| format!("listening on {} for metrics", args.hubble_metrics_server))?;
+        eprintln!(
+            "metrics: serving on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let m = m.clone();
+        servers.spawn(async move {
+            match serve_metrics(listener, m).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    eprintln!("metrics server: {e}");
+                    std::future::pending().await
+                }
+            }
+        });
+    }
+    {
+        let hub = hub.clone();
+        servers.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = hub.flush_export() {
+                    eprintln!("flow export: {e}");
+                }
+            }
+        });
+    }
     if !args.hubble_listen_address.is_empty() {
         let listener = tokio::net::TcpListener::bind(&args.hubble_listen_address)
             .await
@@ -133,7 +216,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 .await
         });
     }
-    if servers.is_empty() {
+    if args.hubble_listen_address.is_empty() && socket.is_none() {
         bail!("nothing to serve: give --hubble-listen-address or --hubble-socket-path");
     }
     if let Some(path) = &args.replay_flows {
@@ -175,6 +258,9 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminated() => Ok(()),
     };
+    if let Err(e) = hub.flush_export() {
+        eprintln!("flow export: {e}");
+    }
     if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
     }
