@@ -4,7 +4,7 @@ use crate::exporter::{ExportError, FlowExporter};
 use crate::metrics::FlowMetrics;
 use crate::ring::{Read, Reader, Ring};
 use imdsguard_flow::filter::FlowFilters;
-use imdsguard_hubble_proto::flow::{Flow, LostEvent, LostEventSource};
+use imdsguard_hubble_proto::flow::{Endpoint, Flow, LostEvent, LostEventSource};
 use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
 use imdsguard_hubble_proto::observer::observer_server::{Observer, ObserverServer};
 use imdsguard_hubble_proto::observer::{
@@ -184,13 +184,63 @@ fn entry_time(e: &GetFlowsResponse) -> Option<Timestamp> {
     })
 }
 
-/// Keeps the top-level fields a field mask names, plus the two the 1.19 CLI needs but forgets to
-/// ask for (spec §3.2: traffic_direction and policy_match_type).
+/// The endpoint fields a mask keeps: all of them for `source`, only the named ones for
+/// `source.identity`, `source.namespace` … (the paths Hubble's CLI sends by default).
+fn mask_endpoint(ep: &Option<Endpoint>, paths: &[String], side: &str) -> Option<Endpoint> {
+    let ep = ep.as_ref()?;
+    if paths.iter().any(|p| p == side) {
+        return Some(ep.clone());
+    }
+    let prefix = format!("{side}.");
+    let sub: Vec<&str> = paths
+        .iter()
+        .filter_map(|p| p.strip_prefix(&prefix))
+        .collect();
+    if sub.is_empty() {
+        return None;
+    }
+    let has = |f: &str| sub.contains(&f);
+    Some(Endpoint {
+        id: if has("ID") { ep.id } else { 0 },
+        identity: if has("identity") { ep.identity } else { 0 },
+        cluster_name: if has("cluster_name") {
+            ep.cluster_name.clone()
+        } else {
+            String::new()
+        },
+        namespace: if has("namespace") {
+            ep.namespace.clone()
+        } else {
+            String::new()
+        },
+        labels: if has("labels") {
+            ep.labels.clone()
+        } else {
+            Vec::new()
+        },
+        pod_name: if has("pod_name") {
+            ep.pod_name.clone()
+        } else {
+            String::new()
+        },
+        workloads: if has("workloads") {
+            ep.workloads.clone()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// Keeps what a field mask names (top-level fields whole; `source.*`/`destination.*` per field),
+/// plus the two fields the 1.19 CLI needs but forgets to ask for (spec §3.2: traffic_direction and
+/// policy_match_type).
 fn apply_mask(flow: &Flow, paths: &[String]) -> Flow {
     let keep = |name: &str| paths.iter().any(|p| p.split('.').next() == Some(name));
     let mut out = Flow {
         traffic_direction: flow.traffic_direction,
         policy_match_type: flow.policy_match_type,
+        source: mask_endpoint(&flow.source, paths, "source"),
+        destination: mask_endpoint(&flow.destination, paths, "destination"),
         ..Default::default()
     };
     macro_rules! copy {
@@ -202,7 +252,7 @@ fn apply_mask(flow: &Flow, paths: &[String]) -> Flow {
     {
         copy!(time => "time", uuid => "uuid", emitter => "emitter", verdict => "verdict", drop_reason => "drop_reason",
             auth_type => "auth_type", ethernet => "ethernet", ip => "IP", l4 => "l4", tunnel => "tunnel",
-            source => "source", destination => "destination", r#type => "Type", node_name => "node_name",
+            r#type => "Type", node_name => "node_name",
             node_labels => "node_labels", source_names => "source_names", destination_names => "destination_names",
             l7 => "l7", reply => "reply", event_type => "event_type", source_service => "source_service",
             destination_service => "destination_service", trace_observation_point => "trace_observation_point",
@@ -517,4 +567,48 @@ pub async fn serve_metrics(
         }),
     );
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cli_mask_keeps_what_compact_prints() {
+        let flow = Flow {
+            verdict: 2,
+            source: Some(Endpoint {
+                identity: 5,
+                namespace: "ns".into(),
+                pod_name: "p".into(),
+                labels: vec!["k8s:a=b".into()],
+                ..Default::default()
+            }),
+            traffic_direction: 2,
+            policy_match_type: 1,
+            node_labels: vec!["x=y".into()],
+            ..Default::default()
+        };
+        let paths: Vec<String> = [
+            "verdict",
+            "source.identity",
+            "source.namespace",
+            "source.pod_name",
+            "Summary",
+        ]
+        .map(String::from)
+        .to_vec();
+        let m = apply_mask(&flow, &paths);
+        let src = m.source.as_ref().unwrap();
+        assert_eq!(
+            (src.identity, src.namespace.as_str(), src.pod_name.as_str()),
+            (5, "ns", "p")
+        );
+        assert!(src.labels.is_empty());
+        assert!(m.destination.is_none() && m.node_labels.is_empty());
+        assert_eq!(
+            (m.verdict, m.traffic_direction, m.policy_match_type),
+            (2, 2, 1)
+        );
+    }
 }
