@@ -323,14 +323,24 @@ pub fn compact(f: &Flow, opts: &PrintOptions) -> String {
         }
         Some(false) => "->",
     };
-    format!(
+    let line = format!(
         "{}{}: {src} {src_id} {arrow} {dst} {dst_id} {} {} ({})\n",
         format_time(f.time.as_ref(), opts.time_format),
         node_token(&f.node_name, opts),
         flow_type(f),
         verdict_token(f, opts.policy_names),
         summary(f)
-    )
+    );
+    escape_terminal(line)
+}
+
+/// Flows carry strings from the network (URLs, DNS names): like Hubble's `terminal.go`, escape
+/// what could drive the user's terminal (`ESC` → `^[`, `CR` → `\r`).
+pub fn escape_terminal(s: String) -> String {
+    if !s.contains(['\x1b', '\r']) {
+        return s;
+    }
+    s.replace('\x1b', "^[").replace('\r', "\\r")
 }
 
 /// One flow in the dict format; `first` omits the separator line.
@@ -354,7 +364,7 @@ pub fn dict(f: &Flow, opts: &PrintOptions, first: bool) -> String {
         verdict_token(f, opts.policy_names)
     ));
     out.push_str(&format!("    SUMMARY: {}\n", summary(f)));
-    out
+    escape_terminal(out)
 }
 
 /// The table format: rows are collected, then aligned as Go's tabwriter (min width 2, padding 3).
@@ -386,7 +396,8 @@ impl Table {
             verdict_token(f, opts.policy_names),
             summary(f),
         ]);
-        self.rows.push(row);
+        self.rows
+            .push(row.into_iter().map(escape_terminal).collect());
     }
 
     pub fn render(&self) -> String {
@@ -704,6 +715,20 @@ mod tests {
             t.render(),
             "TIMESTAMP             SOURCE          DESTINATION    TYPE            VERDICT   SUMMARY\nJan  1 00:20:34.567   1.1.1.1:31793   2.2.2.2:8080   Policy denied   DROPPED   TCP Flags: SYN\n"
         );
+    }
+
+    #[test]
+    fn terminal_control_characters_are_escaped() {
+        let f = Flow {
+            summary: "HTTP/1.1 GET http://x/\x1b[2J\rboom".into(),
+            ..vector()
+        };
+        let line = compact(&f, &PrintOptions::default());
+        assert!(
+            line.ends_with("(HTTP/1.1 GET http://x/^[[2J\\rboom)\n"),
+            "{line}"
+        );
+        assert!(!line.contains('\x1b') && !line.contains('\r'));
     }
 
     #[test]
