@@ -31,6 +31,17 @@ impl Timestamp {
         Timestamp { seconds, nanos }
     }
 
+    /// The current wall-clock time.
+    pub fn now() -> Timestamp {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }
+    }
+
     /// Valid per the protobuf spec: nanos in range, year 1–9999.
     pub fn is_valid(&self) -> bool {
         (0..1_000_000_000).contains(&self.nanos)

@@ -170,13 +170,6 @@ fn with_version<T>(msg: T) -> Response<T> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn now_ts() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
-}
-
 fn entry_time(e: &GetFlowsResponse) -> Option<Timestamp> {
     e.time.or(match &e.response_types {
         Some(ResponseTypes::Flow(f)) => f.time,
@@ -348,7 +341,7 @@ impl ObserverService {
                     }
                     GetFlowsResponse {
                         node_name: self.hub.node_name.clone(),
-                        time: Some(now_ts()),
+                        time: Some(Timestamp::now()),
                         response_types: Some(ResponseTypes::LostEvents(LostEvent {
                             source: LostEventSource::HubbleRingBuffer as i32,
                             num_events_lost: n,

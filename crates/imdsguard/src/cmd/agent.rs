@@ -90,13 +90,6 @@ fn node_name(arg: &Option<String>) -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
-}
-
 /// Reads a recorded file; malformed lines are reported with their number and skipped.
 fn read_flows(path: &PathBuf) -> Result<Vec<GetFlowsResponse>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -230,7 +223,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                     if let Some(ResponseTypes::Flow(f)) = &resp.response_types {
                         let mut f = f.clone();
                         if !keep_time {
-                            f.time = Some(now());
+                            f.time = Some(Timestamp::now());
                         }
                         hub.ingest(f);
                     }

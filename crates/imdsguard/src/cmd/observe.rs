@@ -194,13 +194,6 @@ enum Format {
     Table,
 }
 
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
-}
-
 pub fn run(args: ObserveArgs) -> Result<ExitCode> {
     let mut builder = FilterBuilder::new();
     for (flag, value) in &args.filters.ordered {
@@ -229,7 +222,7 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
         numeric: args.numeric,
         time_format,
     };
-    let now = now();
+    let now = Timestamp::now();
     let since = args
         .since
         .as_deref()
