@@ -123,6 +123,12 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     let node = node_name(&args.node_name);
     let interval = imdsguard_flow::timespec::parse_duration(&args.replay_interval)
         .with_context(|| format!("invalid --replay-interval {:?}", args.replay_interval))?;
+    if !(1..=65_535).contains(&args.hubble_event_buffer_capacity) {
+        bail!(
+            "--hubble-event-buffer-capacity must be between 1 and 65535 (as in Cilium), got {}",
+            args.hubble_event_buffer_capacity
+        );
+    }
     let metrics =
         (!args.hubble_metrics_server.is_empty()).then(|| Arc::new(FlowMetrics::default()));
     let exporter = if args.hubble_export_file_path.is_empty() {
