@@ -47,6 +47,15 @@ pub fn drop_reason_text(code: u32) -> String {
     text.to_owned()
 }
 
+/// The name of a protobuf enum value, or its number when this build does not know it (Hubble prints
+/// numbers for values newer than its protos).
+pub fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> String {
+    match E::try_from(v) {
+        Ok(e) => name(e).to_owned(),
+        Err(_) => v.to_string(),
+    }
+}
+
 /// The datapath trace observation point names (`event_type.sub_type` numbering, §2.4).
 pub fn trace_point_name(sub_type: i32) -> String {
     const NAMES: [&str; 14] = [

@@ -4,7 +4,7 @@
 #![allow(deprecated)]
 
 use crate::flow::{self, Flow, layer4, layer7};
-use crate::names;
+use crate::names::{self, enum_name};
 use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 use imdsguard_hubble_proto::wkt::Timestamp;
 
@@ -187,13 +187,6 @@ pub fn host_names(f: &Flow, numeric: bool) -> (String, String) {
             numeric,
         ),
     )
-}
-
-fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> String {
-    match E::try_from(v) {
-        Ok(e) => name(e).to_owned(),
-        Err(_) => v.to_string(),
-    }
 }
 
 /// The type token (`GetFlowType`).

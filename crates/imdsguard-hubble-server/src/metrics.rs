@@ -3,7 +3,7 @@
 //! (`sourceContext`, `labelsContext`) are not offered yet.
 
 use imdsguard_flow::flow::{self, Flow, layer4, layer7};
-use imdsguard_flow::names;
+use imdsguard_flow::names::{self, enum_name};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -99,12 +99,6 @@ fn protocol(f: &Flow) -> &'static str {
         None if f.l4.is_some() => "Unknown L4",
         None => "Unknown flow",
     }
-}
-
-fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> String {
-    E::try_from(v)
-        .map(|e| name(e).to_owned())
-        .unwrap_or_else(|_| v.to_string())
 }
 
 impl FlowMetrics {
