@@ -6,6 +6,7 @@
 
 pub mod filter;
 pub mod filterflags;
+pub mod jsonline;
 pub mod names;
 pub mod printer;
 pub mod timespec;

@@ -1,8 +1,10 @@
 //! The names and texts Hubble prints for numbers in flows (spec hubble.md §2).
 
+use std::borrow::Cow;
+
 /// Cilium's drop reason text (`pkg/monitor/api/drop.go`), as the compact printer shows it for drop
 /// events. Unknown codes print as `"<code>, 0"`, as Hubble does.
-pub fn drop_reason_text(code: u32) -> String {
+pub fn drop_reason_text(code: u32) -> Cow<'static, str> {
     let text = match code {
         130 => "Invalid source mac",
         131 => "Invalid destination mac",
@@ -42,22 +44,22 @@ pub fn drop_reason_text(code: u32) -> String {
         203 => "Endpoint policy program not available",
         204 => "No Egress IP configured",
         205 => "Punt to proxy",
-        _ => return format!("{code}, 0"),
+        _ => return Cow::Owned(format!("{code}, 0")),
     };
-    text.to_owned()
+    Cow::Borrowed(text)
 }
 
 /// The name of a protobuf enum value, or its number when this build does not know it (Hubble prints
 /// numbers for values newer than its protos).
-pub fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> String {
+pub fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> Cow<'static, str> {
     match E::try_from(v) {
-        Ok(e) => name(e).to_owned(),
-        Err(_) => v.to_string(),
+        Ok(e) => Cow::Borrowed(name(e)),
+        Err(_) => Cow::Owned(v.to_string()),
     }
 }
 
 /// The datapath trace observation point names (`event_type.sub_type` numbering, §2.4).
-pub fn trace_point_name(sub_type: i32) -> String {
+pub fn trace_point_name(sub_type: i32) -> Cow<'static, str> {
     const NAMES: [&str; 14] = [
         "to-endpoint",
         "to-proxy",
@@ -77,8 +79,8 @@ pub fn trace_point_name(sub_type: i32) -> String {
     usize::try_from(sub_type)
         .ok()
         .and_then(|i| NAMES.get(i))
-        .map(|s| (*s).to_owned())
-        .unwrap_or_else(|| sub_type.to_string())
+        .map(|s| Cow::Borrowed(*s))
+        .unwrap_or_else(|| Cow::Owned(sub_type.to_string()))
 }
 
 /// The datapath sub_type of a trace observation point name, for `--type trace:to-proxy`.
@@ -116,10 +118,15 @@ const RESERVED: [&str; 11] = [
 
 /// `(host)`, `(world)` … for reserved identities, `(ID:<n>)` otherwise (§2.6).
 pub fn identity_token(identity: u32) -> String {
-    match RESERVED.get(identity as usize) {
+    match reserved_identity_name(identity) {
         Some(name) => format!("({name})"),
         None => format!("(ID:{identity})"),
     }
+}
+
+/// The name of a reserved identity (`host`, `world` …), `None` for any other.
+pub fn reserved_identity_name(identity: u32) -> Option<&'static str> {
+    RESERVED.get(identity as usize).copied()
 }
 
 /// Parses `--identity` values: a reserved name or a decimal number.

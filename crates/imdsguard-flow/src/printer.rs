@@ -7,6 +7,7 @@ use crate::flow::{self, Flow, layer4, layer7};
 use crate::names::{self, enum_name};
 use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 use imdsguard_hubble_proto::wkt::Timestamp;
+use std::fmt::Write as _;
 
 /// `--time-format` layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,184 +57,279 @@ const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 
 /// Formats a timestamp with a Go layout, in UTC; `N/A` when absent or invalid.
 pub fn format_time(t: Option<&Timestamp>, format: TimeFormat) -> String {
+    let mut out = String::new();
+    write_time(&mut out, t, format);
+    out
+}
+
+/// `format_time`, appended to `out`.
+pub fn write_time(out: &mut String, t: Option<&Timestamp>, format: TimeFormat) {
     let Some(t) = t.filter(|t| t.is_valid()) else {
-        return "N/A".to_owned();
+        out.push_str("N/A");
+        return;
     };
     let c = t.civil();
     let mon = MONTHS[(c.month - 1) as usize];
-    let frac = |digits: u32| -> String {
-        let v = c.nanos / 10u32.pow(9 - digits);
-        format!(".{v:0width$}", width = digits as usize)
+    // The time is most of a compact line's numbers: written digit by digit, not through fmt.
+    let date = |out: &mut String| {
+        push_padded(out, c.year.clamp(0, 9999) as u32, 4, '0');
+        out.push('-');
+        push_padded(out, c.month, 2, '0');
+        out.push('-');
+        push_padded(out, c.day, 2, '0');
     };
-    let date = format!("{:04}-{:02}-{:02}", c.year, c.month, c.day);
-    let hms = format!("{:02}:{:02}:{:02}", c.hour, c.minute, c.second);
+    let hms = |out: &mut String| {
+        push_padded(out, c.hour, 2, '0');
+        out.push(':');
+        push_padded(out, c.minute, 2, '0');
+        out.push(':');
+        push_padded(out, c.second, 2, '0');
+    };
+    let frac = |out: &mut String, digits: u32| {
+        out.push('.');
+        push_padded(out, c.nanos / 10u32.pow(9 - digits), digits as usize, '0');
+    };
     match format {
-        TimeFormat::StampMilli => format!("{mon} {:>2} {hms}{}", c.day, frac(3)),
-        TimeFormat::YearMonthDay => date,
-        TimeFormat::YearMonthDayHour => format!("{date}T{:02}Z", c.hour),
-        TimeFormat::YearMonthDayHourMinute => format!("{date}T{:02}:{:02}Z", c.hour, c.minute),
-        TimeFormat::Rfc3339 => format!("{date}T{hms}Z"),
-        TimeFormat::Rfc3339Milli => format!("{date}T{hms}{}Z", frac(3)),
-        TimeFormat::Rfc3339Micro => format!("{date}T{hms}{}Z", frac(6)),
-        TimeFormat::Rfc3339Nano => {
-            // RFC3339Nano trims trailing zeros (Go's `.999999999`).
-            let n = format!("{:09}", c.nanos);
-            let n = n.trim_end_matches('0');
-            if n.is_empty() {
-                format!("{date}T{hms}Z")
-            } else {
-                format!("{date}T{hms}.{n}Z")
+        TimeFormat::StampMilli => {
+            out.push_str(mon);
+            out.push(' ');
+            push_padded(out, c.day, 2, ' ');
+            out.push(' ');
+            hms(out);
+            frac(out, 3);
+        }
+        TimeFormat::YearMonthDay => date(out),
+        TimeFormat::YearMonthDayHour => {
+            date(out);
+            let _ = write!(out, "T{:02}Z", c.hour);
+        }
+        TimeFormat::YearMonthDayHourMinute => {
+            date(out);
+            let _ = write!(out, "T{:02}:{:02}Z", c.hour, c.minute);
+        }
+        TimeFormat::Rfc3339 | TimeFormat::Rfc3339Milli | TimeFormat::Rfc3339Micro => {
+            date(out);
+            out.push('T');
+            hms(out);
+            match format {
+                TimeFormat::Rfc3339Milli => frac(out, 3),
+                TimeFormat::Rfc3339Micro => frac(out, 6),
+                _ => {}
             }
+            out.push('Z');
+        }
+        TimeFormat::Rfc3339Nano => {
+            date(out);
+            out.push('T');
+            hms(out);
+            // RFC3339Nano trims trailing zeros (Go's `.999999999`).
+            if c.nanos != 0 {
+                let (mut v, mut width) = (c.nanos, 9);
+                while v % 10 == 0 {
+                    v /= 10;
+                    width -= 1;
+                }
+                let _ = write!(out, ".{v:0width$}");
+            }
+            out.push('Z');
         }
         TimeFormat::Rfc1123Z => {
-            format!(
-                "{}, {:02} {mon} {:04} {hms} +0000",
+            let _ = write!(
+                out,
+                "{}, {:02} {mon} {:04} ",
                 DAYS[c.weekday as usize], c.day, c.year
-            )
+            );
+            hms(out);
+            out.push_str(" +0000");
         }
     }
 }
 
-fn ports(f: &Flow) -> (String, String) {
-    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-        Some(layer4::Protocol::Tcp(t)) => {
-            (t.source_port.to_string(), t.destination_port.to_string())
+/// `v` in decimal, padded on the left with `fill` to `width`.
+fn push_padded(out: &mut String, mut v: u32, width: usize, fill: char) {
+    let mut digits = [b'0'; 10];
+    let mut n = 0;
+    loop {
+        digits[9 - n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
         }
-        Some(layer4::Protocol::Udp(u)) => {
-            (u.source_port.to_string(), u.destination_port.to_string())
-        }
-        Some(layer4::Protocol::Sctp(s)) => {
-            (s.source_port.to_string(), s.destination_port.to_string())
-        }
-        _ => (String::new(), String::new()),
+    }
+    for _ in n..width {
+        out.push(fill);
+    }
+    for &d in &digits[10 - n..] {
+        out.push(char::from(d));
     }
 }
 
-fn join_ns(ns: &str, name: &str) -> String {
-    if ns.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{ns}/{name}")
-    }
+/// One side of a flow as the printers name it (`GetHostNames`).
+struct Side<'a> {
+    /// Without an IP layer the side is its Ethernet address, as is.
+    ethernet: Option<&'a str>,
+    ip: &'a str,
+    port: u32,
+    namespace: &'a str,
+    pod: &'a str,
+    service: &'a str,
+    names: &'a [String],
+    identity: u32,
 }
 
-fn hostname(
-    ip: &str,
-    port: &str,
-    ns: &str,
-    pod: &str,
-    svc: &str,
-    names: &[String],
-    numeric: bool,
-) -> String {
-    let host = if numeric {
-        ip.to_owned()
-    } else if !pod.is_empty() {
-        join_ns(ns, pod)
-    } else if !svc.is_empty() {
-        join_ns(ns, svc)
-    } else if !names.is_empty() {
-        names.join(",")
-    } else {
-        ip.to_owned()
-    };
-    if port.is_empty() || port == "0" {
-        host
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+impl<'a> Side<'a> {
+    fn of(f: &'a Flow, source: bool) -> Side<'a> {
+        let (ep, svc, names) = if source {
+            (&f.source, &f.source_service, &f.source_names)
+        } else {
+            (&f.destination, &f.destination_service, &f.destination_names)
+        };
+        let ip = f.ip.as_ref();
+        let ethernet = match (ip, &f.ethernet) {
+            (Some(_), _) => None,
+            (None, Some(e)) => Some(if source { &e.source } else { &e.destination }.as_str()),
+            (None, None) => Some(""),
+        };
+        let port = match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+            Some(layer4::Protocol::Tcp(t)) => (t.source_port, t.destination_port),
+            Some(layer4::Protocol::Udp(u)) => (u.source_port, u.destination_port),
+            Some(layer4::Protocol::Sctp(s)) => (s.source_port, s.destination_port),
+            _ => (0, 0),
+        };
+        // A service names the side, and its namespace wins over the pod's.
+        let (namespace, service) = match svc {
+            Some(s) => (s.namespace.as_str(), s.name.as_str()),
+            None => (ep.as_ref().map_or("", |e| e.namespace.as_str()), ""),
+        };
+        Side {
+            ethernet,
+            ip: ip.map_or("", |ip| {
+                if source { &ip.source } else { &ip.destination }.as_str()
+            }),
+            port: if source { port.0 } else { port.1 },
+            namespace,
+            pod: ep.as_ref().map_or("", |e| e.pod_name.as_str()),
+            service,
+            names,
+            identity: ep.as_ref().map_or(0, |e| e.identity),
+        }
+    }
+
+    fn write_host(&self, out: &mut String, numeric: bool) {
+        if let Some(e) = self.ethernet {
+            out.push_str(e);
+            return;
+        }
+        let start = out.len();
+        let named = |out: &mut String, name: &str| {
+            if !self.namespace.is_empty() {
+                out.push_str(self.namespace);
+                out.push('/');
+            }
+            out.push_str(name);
+        };
+        if numeric {
+            out.push_str(self.ip);
+        } else if !self.pod.is_empty() {
+            named(out, self.pod);
+        } else if !self.service.is_empty() {
+            named(out, self.service);
+        } else if !self.names.is_empty() {
+            for (i, n) in self.names.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(n);
+            }
+        } else {
+            out.push_str(self.ip);
+        }
+        if self.port == 0 {
+            return;
+        }
+        if out[start..].contains(':') {
+            out.insert(start, '[');
+            out.push(']');
+        }
+        out.push(':');
+        push_padded(out, self.port, 0, '0');
+    }
+
+    fn host(&self, numeric: bool) -> String {
+        let mut out = String::new();
+        self.write_host(&mut out, numeric);
+        out
     }
 }
 
 /// Source and destination as printed (`GetHostNames`).
 pub fn host_names(f: &Flow, numeric: bool) -> (String, String) {
-    let Some(ip) = &f.ip else {
-        return match &f.ethernet {
-            Some(e) => (e.source.clone(), e.destination.clone()),
-            None => (String::new(), String::new()),
-        };
-    };
-    let (sport, dport) = ports(f);
-    let side = |ep: &Option<flow::Endpoint>, svc: &Option<flow::Service>| {
-        let mut ns = ep.as_ref().map(|e| e.namespace.as_str()).unwrap_or("");
-        let pod = ep.as_ref().map(|e| e.pod_name.as_str()).unwrap_or("");
-        let mut name = "";
-        if let Some(s) = svc {
-            ns = &s.namespace;
-            name = &s.name;
-        }
-        (ns.to_owned(), pod.to_owned(), name.to_owned())
-    };
-    let (sns, spod, ssvc) = side(&f.source, &f.source_service);
-    let (dns, dpod, dsvc) = side(&f.destination, &f.destination_service);
     (
-        hostname(
-            &ip.source,
-            &sport,
-            &sns,
-            &spod,
-            &ssvc,
-            &f.source_names,
-            numeric,
-        ),
-        hostname(
-            &ip.destination,
-            &dport,
-            &dns,
-            &dpod,
-            &dsvc,
-            &f.destination_names,
-            numeric,
-        ),
+        Side::of(f, true).host(numeric),
+        Side::of(f, false).host(numeric),
     )
 }
 
 /// The type token (`GetFlowType`).
 pub fn flow_type(f: &Flow) -> String {
+    let mut out = String::new();
+    write_flow_type(&mut out, f);
+    out
+}
+
+fn write_flow_type(out: &mut String, f: &Flow) {
     if let Some(l7) = &f.l7 {
         let kind = enum_name(l7.r#type, |t: flow::L7FlowType| t.as_str_name()).to_lowercase();
-        return match &l7.record {
-            Some(layer7::Record::Http(_)) => format!("http-{kind}"),
-            Some(layer7::Record::Dns(d)) => format!("dns-{kind} {}", d.observation_source),
+        let _ = match &l7.record {
+            Some(layer7::Record::Http(_)) => write!(out, "http-{kind}"),
+            Some(layer7::Record::Dns(d)) => write!(out, "dns-{kind} {}", d.observation_source),
             #[allow(deprecated)]
-            Some(layer7::Record::Kafka(_)) => format!("kafka-{kind}"),
-            None => format!("l7-{kind}"),
+            Some(layer7::Record::Kafka(_)) => write!(out, "kafka-{kind}"),
+            None => write!(out, "l7-{kind}"),
         };
+        return;
     }
     let Some(et) = &f.event_type else {
-        return "UNKNOWN".to_owned();
+        out.push_str("UNKNOWN");
+        return;
     };
     match et.r#type {
-        names::EVENT_TRACE => names::trace_point_name(et.sub_type),
-        names::EVENT_DROP => names::drop_reason_text(et.sub_type as u32),
-        names::EVENT_POLICY_VERDICT => format!(
-            "policy-verdict:{} {}",
-            names::match_type_name(f.policy_match_type),
-            enum_name(f.traffic_direction, |d: flow::TrafficDirection| d
-                .as_str_name())
-        ),
-        names::EVENT_CAPTURE => enum_name(f.debug_capture_point, |d: flow::DebugCapturePoint| {
-            d.as_str_name()
-        }),
+        names::EVENT_TRACE => out.push_str(&names::trace_point_name(et.sub_type)),
+        names::EVENT_DROP => out.push_str(&names::drop_reason_text(et.sub_type as u32)),
+        names::EVENT_POLICY_VERDICT => {
+            let _ = write!(
+                out,
+                "policy-verdict:{} {}",
+                names::match_type_name(f.policy_match_type),
+                enum_name(f.traffic_direction, |d: flow::TrafficDirection| d
+                    .as_str_name())
+            );
+        }
+        names::EVENT_CAPTURE => out.push_str(&enum_name(
+            f.debug_capture_point,
+            |d: flow::DebugCapturePoint| d.as_str_name(),
+        )),
         names::EVENT_TRACE_SOCK => match flow::SocketTranslationPoint::try_from(f.sock_xlate_point)
         {
             Ok(flow::SocketTranslationPoint::SockXlatePointPreDirectionFwd) => {
-                "pre-xlate-fwd".to_owned()
+                out.push_str("pre-xlate-fwd")
             }
             Ok(flow::SocketTranslationPoint::SockXlatePointPostDirectionFwd) => {
-                "post-xlate-fwd".to_owned()
+                out.push_str("post-xlate-fwd")
             }
             Ok(flow::SocketTranslationPoint::SockXlatePointPreDirectionRev) => {
-                "pre-xlate-rev".to_owned()
+                out.push_str("pre-xlate-rev")
             }
             Ok(flow::SocketTranslationPoint::SockXlatePointPostDirectionRev) => {
-                "post-xlate-rev".to_owned()
+                out.push_str("post-xlate-rev")
             }
-            Ok(other) => other.as_str_name().to_owned(),
-            Err(_) => f.sock_xlate_point.to_string(),
+            Ok(other) => out.push_str(other.as_str_name()),
+            Err(_) => {
+                let _ = write!(out, "{}", f.sock_xlate_point);
+            }
         },
-        _ => "UNKNOWN".to_owned(),
+        _ => out.push_str("UNKNOWN"),
     }
 }
 
@@ -245,19 +341,24 @@ fn is_policy_verdict(f: &Flow) -> bool {
 
 /// The verdict token (`getVerdict`), with ` BY …` policy names when asked.
 pub fn verdict_token(f: &Flow, policy_names: bool) -> String {
+    let mut out = String::new();
+    write_verdict_token(&mut out, f, policy_names);
+    out
+}
+
+fn write_verdict_token(out: &mut String, f: &Flow, policy_names: bool) {
     let pv = is_policy_verdict(f);
     let verdict = flow::Verdict::try_from(f.verdict).unwrap_or(flow::Verdict::Unknown);
     let (token, allowed) = match verdict {
-        flow::Verdict::Forwarded | flow::Verdict::Redirected if pv => {
-            ("ALLOWED".to_owned(), Some(true))
-        }
-        flow::Verdict::Dropped | flow::Verdict::Error if pv => ("DENIED".to_owned(), Some(false)),
-        flow::Verdict::Audit if pv => ("AUDITED".to_owned(), Some(true)),
-        flow::Verdict::Audit => ("AUDIT".to_owned(), None),
-        other => (other.as_str_name().to_owned(), None),
+        flow::Verdict::Forwarded | flow::Verdict::Redirected if pv => ("ALLOWED", Some(true)),
+        flow::Verdict::Dropped | flow::Verdict::Error if pv => ("DENIED", Some(false)),
+        flow::Verdict::Audit if pv => ("AUDITED", Some(true)),
+        flow::Verdict::Audit => ("AUDIT", None),
+        other => (other.as_str_name(), None),
     };
+    out.push_str(token);
     let (Some(allowed), true) = (allowed, policy_names) else {
-        return token;
+        return;
     };
     let egress = f.traffic_direction == flow::TrafficDirection::Egress as i32;
     let list = match (egress, allowed) {
@@ -266,65 +367,92 @@ pub fn verdict_token(f: &Flow, policy_names: bool) -> String {
         (false, true) => &f.ingress_allowed_by,
         (false, false) => &f.ingress_denied_by,
     };
-    let named: Vec<String> = list
+    let named = list
         .iter()
-        .filter(|p| !p.name.is_empty() && !p.kind.is_empty())
-        .map(|p| format!("{} ({})", p.name, p.kind))
-        .collect();
-    if named.is_empty() {
-        token
-    } else {
-        format!("{token} BY {}", named.join(", "))
+        .filter(|p| !p.name.is_empty() && !p.kind.is_empty());
+    for (i, p) in named.enumerate() {
+        out.push_str(if i == 0 { " BY " } else { ", " });
+        let _ = write!(out, "{} ({})", p.name, p.kind);
     }
 }
 
 /// The summary (`getSummary`), without the parentheses.
 pub fn summary(f: &Flow) -> String {
-    let mut s = String::new();
-    if let Some(id) = f.ip_trace_id.as_ref().filter(|t| t.trace_id > 0) {
-        s.push_str(&format!("IP Trace ID: {}; ", id.trace_id));
-    }
-    s.push_str(&f.summary);
-    if f.auth_type != 0 {
-        s.push_str(&format!(
-            "; Auth: {}",
-            enum_name(f.auth_type, |a: flow::AuthType| a.as_str_name())
-        ));
-    }
-    s
+    let mut out = String::new();
+    write_summary(&mut out, f);
+    out
 }
 
-fn node_token(name: &str, opts: &PrintOptions) -> String {
-    if opts.node_name {
-        format!(" [{name}]")
-    } else {
-        String::new()
+fn write_summary(out: &mut String, f: &Flow) {
+    if let Some(id) = f.ip_trace_id.as_ref().filter(|t| t.trace_id > 0) {
+        let _ = write!(out, "IP Trace ID: {}; ", id.trace_id);
+    }
+    out.push_str(&f.summary);
+    if f.auth_type != 0 {
+        let _ = write!(
+            out,
+            "; Auth: {}",
+            enum_name(f.auth_type, |a: flow::AuthType| a.as_str_name())
+        );
+    }
+}
+
+fn write_identity(out: &mut String, identity: u32) {
+    match names::reserved_identity_name(identity) {
+        Some(name) => {
+            out.push('(');
+            out.push_str(name);
+            out.push(')');
+        }
+        None => {
+            out.push_str("(ID:");
+            push_padded(out, identity, 0, '0');
+            out.push(')');
+        }
     }
 }
 
 /// One flow in the compact format, with its newline.
 pub fn compact(f: &Flow, opts: &PrintOptions) -> String {
-    let (mut src, mut dst) = host_names(f, opts.numeric);
-    let mut src_id = names::identity_token(f.source.as_ref().map_or(0, |e| e.identity));
-    let mut dst_id = names::identity_token(f.destination.as_ref().map_or(0, |e| e.identity));
-    let arrow = match f.is_reply.map(|b| b.value) {
-        None => "<>",
-        Some(true) => {
-            std::mem::swap(&mut src, &mut dst);
-            std::mem::swap(&mut src_id, &mut dst_id);
-            "<-"
-        }
-        Some(false) => "->",
+    let mut out = String::new();
+    compact_into(&mut out, f, opts);
+    out
+}
+
+/// `compact`, appended to `out`: a reader that prints many flows reuses one buffer.
+pub fn compact_into(out: &mut String, f: &Flow, opts: &PrintOptions) {
+    let start = out.len();
+    write_time(out, f.time.as_ref(), opts.time_format);
+    if opts.node_name {
+        out.push_str(" [");
+        out.push_str(&f.node_name);
+        out.push(']');
+    }
+    out.push_str(": ");
+    let (src, dst) = (Side::of(f, true), Side::of(f, false));
+    let (first, second, arrow) = match f.is_reply.map(|b| b.value) {
+        None => (src, dst, " <> "),
+        Some(true) => (dst, src, " <- "),
+        Some(false) => (src, dst, " -> "),
     };
-    let line = format!(
-        "{}{}: {src} {src_id} {arrow} {dst} {dst_id} {} {} ({})\n",
-        format_time(f.time.as_ref(), opts.time_format),
-        node_token(&f.node_name, opts),
-        flow_type(f),
-        verdict_token(f, opts.policy_names),
-        summary(f)
-    );
-    escape_terminal(line)
+    first.write_host(out, opts.numeric);
+    out.push(' ');
+    write_identity(out, first.identity);
+    out.push_str(arrow);
+    second.write_host(out, opts.numeric);
+    out.push(' ');
+    write_identity(out, second.identity);
+    out.push(' ');
+    write_flow_type(out, f);
+    out.push(' ');
+    write_verdict_token(out, f, opts.policy_names);
+    out.push_str(" (");
+    write_summary(out, f);
+    out.push_str(")\n");
+    if memchr::memchr2(0x1b, b'\r', &out.as_bytes()[start..]).is_some() {
+        let line = out.split_off(start);
+        out.push_str(&escape_terminal(line));
+    }
 }
 
 /// Flows carry strings from the network (URLs, DNS names): like Hubble's `terminal.go`, escape

@@ -111,7 +111,13 @@ impl Timestamp {
         {
             return None;
         }
-        let num = |r: std::ops::Range<usize>| -> Option<u32> { s.get(r)?.parse().ok() };
+        // Digits only (no sign), folded by hand: flow readers parse one timestamp per line.
+        let digits = |d: &[u8]| -> Option<u32> {
+            d.iter().try_fold(0u32, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let num = |r: std::ops::Range<usize>| digits(b.get(r)?);
         let (year, month, day) = (i64::from(num(0..4)?), num(5..7)?, num(8..10)?);
         let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
         if !(1..=12).contains(&month)
@@ -134,8 +140,8 @@ impl Timestamp {
             if frac.is_empty() {
                 return None;
             }
-            let digits = &frac[..frac.len().min(9)];
-            nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
+            let kept = &frac.as_bytes()[..frac.len().min(9)];
+            nanos = digits(kept)? * 10u32.pow(9 - kept.len() as u32);
         }
         let offset: i64 = match &s[i..] {
             "Z" | "z" => 0,

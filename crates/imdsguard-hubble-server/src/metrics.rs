@@ -111,7 +111,7 @@ impl FlowMetrics {
             (Some(_), _) => ("L7", protocol(f).to_owned()),
             (None, names::EVENT_DROP) => ("Drop", String::new()),
             (None, names::EVENT_CAPTURE) => ("Capture", String::new()),
-            (None, names::EVENT_TRACE) => ("Trace", names::trace_point_name(sub_type)),
+            (None, names::EVENT_TRACE) => ("Trace", names::trace_point_name(sub_type).into_owned()),
             (None, names::EVENT_POLICY_VERDICT) => ("PolicyVerdict", String::new()),
             (None, other) => ("Unknown", other.to_string()),
         };
@@ -120,14 +120,14 @@ impl FlowMetrics {
                 ("protocol", protocol(f).to_owned()),
                 ("type", kind.to_owned()),
                 ("subtype", subtype),
-                ("verdict", verdict.clone()),
+                ("verdict", verdict.clone().into_owned()),
             ])
             .inc();
         if f.verdict == flow::Verdict::Dropped as i32 {
             let reason = enum_name(f.drop_reason_desc, |d: flow::DropReason| d.as_str_name());
             self.drops
                 .get_or_create(&vec![
-                    ("reason", reason),
+                    ("reason", reason.into_owned()),
                     ("protocol", protocol(f).to_owned()),
                 ])
                 .inc();

@@ -5,6 +5,7 @@ use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
 use imdsguard_flow::filter::FlowFilters;
 use imdsguard_flow::filterflags::FilterBuilder;
 use imdsguard_flow::flow::FlowFilter;
+use imdsguard_flow::jsonline::LineDecoder;
 use imdsguard_flow::observer::observer_client::ObserverClient;
 use imdsguard_flow::observer::{
     GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes,
@@ -238,6 +239,7 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
         opts,
         table: None,
         first_dict: true,
+        line: String::new(),
     };
     if let Some(server) = &args.server {
         if args.follow && matches!(printer.format, Format::Table) {
@@ -269,7 +271,7 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
             "no flow source: give --server ADDR (an imdsguard agent or any Hubble server) or --input-file FILE"
         );
     };
-    let reader: Box<dyn BufRead> = if input == "-" {
+    let mut reader: Box<dyn BufRead> = if input == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
@@ -283,18 +285,26 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
         .map(|n| VecDeque::with_capacity(n.min(1_000_000) as usize));
     let mut shown: u64 = 0;
     let mut bad_lines = 0usize;
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {input}"))?;
+    let mut decoder = LineDecoder::new();
+    let mut line = String::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .with_context(|| format!("reading {input}"))?
+            == 0
+        {
+            break;
+        }
+        n += 1;
         if line.trim().is_empty() {
             continue;
         }
-        let resp: GetFlowsResponse = match serde_json::from_str(&line) {
+        let resp = match decoder.decode(&line) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!(
-                    "{input}:{}: skipping a line that is not a GetFlowsResponse: {e}",
-                    n + 1
-                );
+                eprintln!("{input}:{n}: skipping a line that is not a GetFlowsResponse: {e}");
                 bad_lines += 1;
                 continue;
             }
@@ -317,11 +327,11 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
                     ring.pop_front();
                 }
                 if args.last != Some(0) {
-                    ring.push_back(resp);
+                    ring.push_back(resp.clone());
                 }
             }
             None => {
-                printer.print(&mut out, &resp)?;
+                printer.print(&mut out, resp)?;
                 shown += 1;
                 if args.first.is_some_and(|f| shown >= f) {
                     break;
@@ -345,6 +355,8 @@ struct Printer {
     opts: PrintOptions,
     table: Option<Table>,
     first_dict: bool,
+    /// One reused buffer for the compact line.
+    line: String,
 }
 
 impl Printer {
@@ -352,7 +364,9 @@ impl Printer {
         match (&self.format, &resp.response_types) {
             (Format::Json, _) => writeln!(out, "{}", printer::json(resp)?)?,
             (Format::Compact, Some(ResponseTypes::Flow(f))) => {
-                out.write_all(printer::compact(f, &self.opts).as_bytes())?
+                self.line.clear();
+                printer::compact_into(&mut self.line, f, &self.opts);
+                out.write_all(self.line.as_bytes())?
             }
             (Format::Compact, Some(ResponseTypes::LostEvents(l))) => {
                 out.write_all(printer::lost_events(l, &self.opts).as_bytes())?
