@@ -3,7 +3,7 @@
 # Sourced by scripts/demo and scripts/test; safe to run again.
 set -euo pipefail
 
-APT_PACKAGES=(clang llvm libbpf-dev nftables iproute2 curl pkg-config ca-certificates)
+APT_PACKAGES=(clang llvm libbpf-dev nftables iproute2 iputils-ping curl python3 pkg-config ca-certificates)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,576 @@
+// SPDX-License-Identifier: GPL-2.0
+/* imdsguard's pod datapath. Two programs on each pod's host-side veth:
+ *   from_pod  at TCX ingress: the pod's egress;
+ *   to_pod    at TCX egress:  the pod's ingress.
+ * They look up the endpoint, the remote identity (ipcache), connection
+ * tracking and the policy tables that user space resolves, and report
+ * policy-verdict, drop and trace events on a ring buffer that user space polls
+ * (no wake-up per event: it costs ~11 us on this kind of VM).
+ * Passing verdicts return TCX_NEXT so that programs after ours (a CNI's) still
+ * run; only drops and proxy redirects end the chain. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "datapath.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TCX_NEXT -1
+#define TCX_PASS 0
+#define TCX_DROP 2
+
+#define IDENTITY_WORLD 2
+#define ANY_IDENTITY 0
+
+/* Set by the loader before load. */
+volatile const __u64 rb_submit_flags = BPF_RB_NO_WAKEUP;
+volatile const __u32 proxy_mark = 0x200;
+volatile const __u64 drop_notify_interval_ns = 1000000000ULL;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct addr);
+	__type(value, struct endpoint_info);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 524288);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} ct SEC(".maps");
+
+/* Last drop notification per flow, to rate-limit drop and denied-verdict events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+} drop_notified SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* ICMP and ICMPv6 share this layout for the fields read here. (linux/icmp.h
+ * pulls in libc headers that do not build for the BPF target.) */
+struct icmp_echo_hdr {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be16 id;
+	__be16 seq;
+};
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+
+struct pkt {
+	struct addr saddr;
+	struct addr daddr;
+	__be16 sport; /* ICMP: 0 */
+	__be16 dport; /* ICMP: the type, as Cilium keys ICMP rules */
+	__be16 ct_sport; /* ICMP echo: the identifier on both sides */
+	__be16 ct_dport;
+	__u8 proto;
+	__u8 ipver;
+	__u8 tcp_flags;
+	__u8 icmp_code;
+	__u8 neighbor_discovery;
+	__u8 pad[3];
+	__u32 len;
+};
+
+struct verdict {
+	struct endpoint_info ep;
+	struct policy_value pv;
+	__u32 remote;
+	__u32 remote_flags;
+	__u8 dir;
+	__u8 verdict;
+	__u8 reason;
+	__u8 is_reply;
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	void *l4;
+	int frag = 0;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	p->len = skb->len;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return -1;
+		p->ipver = 4;
+		p->proto = ip->protocol;
+		p->saddr.b[10] = 0xff;
+		p->saddr.b[11] = 0xff;
+		p->daddr.b[10] = 0xff;
+		p->daddr.b[11] = 0xff;
+		__builtin_memcpy(&p->saddr.b[12], &ip->saddr, 4);
+		__builtin_memcpy(&p->daddr.b[12], &ip->daddr, 4);
+		/* A later fragment has no L4 header: it is judged with port 0. */
+		frag = (ip->frag_off & bpf_htons(0x1fff)) != 0;
+		l4 = (void *)ip + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		p->ipver = 6;
+		p->proto = ip6->nexthdr;
+		__builtin_memcpy(p->saddr.b, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr.b, &ip6->daddr, 16);
+		l4 = ip6 + 1;
+	} else {
+		return -1; /* ARP and the rest are not ours to judge */
+	}
+	if (frag)
+		return 0;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *t = l4;
+
+		if ((void *)(t + 1) > end)
+			return 0;
+		p->sport = t->source;
+		p->dport = t->dest;
+		p->tcp_flags = ((__u8 *)t)[13];
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *u = l4;
+
+		if ((void *)(u + 1) > end)
+			return 0;
+		p->sport = u->source;
+		p->dport = u->dest;
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		struct icmp_echo_hdr *ic = l4;
+		__u8 type;
+
+		if ((void *)(ic + 1) > end)
+			return 0;
+		type = ic->type;
+		/* Router and neighbour discovery (133-137) keep IPv6 working: never
+		 * judged, as in Cilium. */
+		if (p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137)
+			p->neighbor_discovery = 1;
+		p->dport = bpf_htons(type);
+		p->icmp_code = ic->code;
+		if (type == ICMP_ECHO || type == ICMP_ECHOREPLY || type == ICMPV6_ECHO_REQUEST ||
+		    type == ICMPV6_ECHO_REPLY) {
+			p->ct_sport = ic->id;
+			p->ct_dport = ic->id;
+		}
+		return 0;
+	}
+	p->ct_sport = p->sport;
+	p->ct_dport = p->dport;
+	return 0;
+}
+
+static __always_inline void ct_tuple(struct ct_key *k, const struct pkt *p, int reverse)
+{
+	if (reverse) {
+		k->saddr = p->daddr;
+		k->daddr = p->saddr;
+		k->sport = p->ct_dport;
+		k->dport = p->ct_sport;
+	} else {
+		k->saddr = p->saddr;
+		k->daddr = p->daddr;
+		k->sport = p->ct_sport;
+		k->dport = p->ct_dport;
+	}
+	k->proto = p->proto;
+}
+
+static __always_inline struct ipcache_value *ipcache_lookup(const struct addr *a)
+{
+	struct ipcache_key k = { .prefixlen = 128 };
+
+	k.addr = *a;
+	return bpf_map_lookup_elem(&ipcache, &k);
+}
+
+/* The 1.17+ lookup (spec cilium-policy §5.3): the longest match for the peer's
+ * identity and for ANY; a deny on the identity wins, then an ANY deny, a
+ * higher proxy rank, or a longer L4 prefix. Mirrors MapState::lookup. */
+static __always_inline int policy_lookup(struct verdict *v, const struct pkt *p)
+{
+	struct policy_key k = {
+		.prefixlen = POLICY_FIXED_BITS + 24,
+		.ep_id = v->ep.ep_id,
+		.generation = v->ep.generation,
+		.identity = v->remote,
+		.dir = v->dir,
+		.proto = p->proto,
+		.dport = p->dport,
+	};
+	struct policy_value *a, *b;
+
+	a = bpf_map_lookup_elem(&policy, &k);
+	k.identity = ANY_IDENTITY;
+	b = bpf_map_lookup_elem(&policy, &k);
+	if (a && (a->flags & POL_DENY)) {
+		v->pv = *a;
+		return 1;
+	}
+	if (!a && !b)
+		return 0;
+	if (!a) {
+		v->pv = *b;
+		return 1;
+	}
+	if (!b) {
+		v->pv = *a;
+		return 1;
+	}
+	if ((b->flags & POL_DENY) || b->proxy_rank > a->proxy_rank ||
+	    (b->proxy_rank == a->proxy_rank && b->prefixlen_l4 > a->prefixlen_l4))
+		v->pv = *b;
+	else
+		v->pv = *a;
+	return 1;
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, const struct verdict *v,
+				 __u8 kind, __u8 sub_type)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(CNT_RB_FULL);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	/* The event keeps the packet's own direction; user space names the sides. */
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->ep_id = v->ep.ep_id;
+	if (v->dir == DIR_EGRESS) {
+		e->src_identity = v->ep.identity;
+		e->dst_identity = v->remote;
+	} else {
+		e->src_identity = v->remote;
+		e->dst_identity = v->ep.identity;
+	}
+	if (v->is_reply) {
+		__u32 t = e->src_identity;
+
+		e->src_identity = e->dst_identity;
+		e->dst_identity = t;
+	}
+	e->rule_id = v->pv.rule_id;
+	e->ifindex = skb->ifindex;
+	e->pkt_len = p->len;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		e->sport = bpf_htons(p->icmp_code);
+	}
+	e->proxy_port = v->pv.proxy_port;
+	e->kind = kind;
+	e->sub_type = sub_type;
+	e->proto = p->proto;
+	e->ipver = p->ipver;
+	e->tcp_flags = p->tcp_flags;
+	e->dir = v->dir;
+	e->verdict = v->verdict;
+	e->match_type = v->pv.match_type;
+	e->is_reply = v->is_reply;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, rb_submit_flags);
+}
+
+/* One drop (and denied-verdict) notification per flow per interval; the
+ * counters still count every packet. */
+static __always_inline int drop_notify_due(const struct pkt *p)
+{
+	struct ct_key k = {};
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *last;
+
+	ct_tuple(&k, p, 0);
+	last = bpf_map_lookup_elem(&drop_notified, &k);
+	if (last && now - *last < drop_notify_interval_ns)
+		return 0;
+	bpf_map_update_elem(&drop_notified, &k, &now, BPF_ANY);
+	return 1;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, struct verdict *v,
+				__u8 reason, int with_verdict)
+{
+	count(CNT_DENIED);
+	if (drop_notify_due(p)) {
+		if (with_verdict)
+			emit(skb, p, v, EV_POLICY_VERDICT, 0);
+		v->verdict = VERDICT_DROPPED;
+		emit(skb, p, v, EV_DROP, reason);
+	}
+	return TCX_DROP;
+}
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+/* Hands the packet to the agent's transparent proxy on 127.0.0.1 (or ::1):
+ * the connection's own socket once it exists, else the listener. No listener
+ * means a drop, never a pass. */
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, struct verdict *v,
+				    __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 size;
+	long ret = -1;
+
+	if (p->proto != IPPROTO_TCP)
+		goto fail;
+	if (p->ipver == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, &p->saddr.b[12], 4);
+		__builtin_memcpy(&t.ipv4.daddr, &p->daddr.b[12], 4);
+		t.ipv4.sport = p->sport;
+		t.ipv4.dport = p->dport;
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr.b, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr.b, 16);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = p->dport;
+		size = sizeof(t.ipv6);
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT) {
+			ret = bpf_sk_assign(skb, sk, 0);
+			bpf_sk_release(sk);
+			goto done;
+		}
+		bpf_sk_release(sk);
+	}
+	if (p->ipver == 4) {
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.dport = bpf_htons(port);
+	} else {
+		__builtin_memset(t.ipv6.daddr, 0, 16);
+		t.ipv6.daddr[3] = bpf_htonl(1);
+		t.ipv6.dport = bpf_htons(port);
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		goto fail;
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		goto fail;
+	}
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+done:
+	if (ret == 0) {
+		skb->mark = proxy_mark;
+		if (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
+			v->verdict = VERDICT_FORWARDED;
+			emit(skb, p, v, EV_TRACE, TRACE_TO_PROXY);
+		}
+		return TCX_PASS;
+	}
+fail:
+	count(CNT_PROXY_DOWN);
+	v->verdict = VERDICT_DROPPED;
+	return drop(skb, p, v, DROP_PROXY_UNAVAILABLE, 0);
+}
+
+/* Judges a packet of endpoint v->ep in direction v->dir. */
+static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct verdict *v)
+{
+	struct ct_key key = {};
+	struct ct_value *c;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 enforced = v->dir == DIR_EGRESS ? EP_EGRESS_ENFORCED : EP_INGRESS_ENFORCED;
+	__u8 trace = v->dir == DIR_EGRESS ? TRACE_TO_NETWORK : TRACE_TO_ENDPOINT;
+	int found;
+
+	count(CNT_PACKETS);
+	/* A packet of a connection this direction opened. */
+	ct_tuple(&key, p, 0);
+	c = bpf_map_lookup_elem(&ct, &key);
+	if (c) {
+		c->last_seen_ns = now;
+		v->pv.rule_id = c->rule_id;
+		v->pv.proxy_port = c->proxy_port;
+		count(CNT_ESTABLISHED);
+		if (c->proxy_port && v->dir == DIR_EGRESS)
+			return to_proxy(skb, p, v, c->proxy_port);
+		if (p->tcp_flags & (TCP_FIN | TCP_RST)) {
+			c->flags |= CT_CLOSING;
+			v->verdict = VERDICT_FORWARDED;
+			emit(skb, p, v, EV_TRACE, trace);
+		}
+		return TCX_NEXT;
+	}
+	/* A reply to a connection the other direction opened. */
+	ct_tuple(&key, p, 1);
+	c = bpf_map_lookup_elem(&ct, &key);
+	if (c) {
+		c->last_seen_ns = now;
+		count(CNT_REPLY);
+		v->is_reply = 1;
+		v->pv.rule_id = c->rule_id;
+		if (!(c->flags & CT_SEEN_REPLY) || (p->tcp_flags & (TCP_FIN | TCP_RST))) {
+			c->flags |= CT_SEEN_REPLY;
+			v->verdict = VERDICT_FORWARDED;
+			emit(skb, p, v, EV_TRACE, trace);
+		}
+		return TCX_NEXT;
+	}
+
+	/* A new connection. Until its policy is in place a pod may not reach a
+	 * metadata address (fail closed); anything else waits for the policy. */
+	if (!(v->ep.flags & EP_READY)) {
+		count(CNT_NOT_READY);
+		if (v->dir == DIR_EGRESS && (v->remote_flags & IPC_PROTECTED)) {
+			v->verdict = VERDICT_DROPPED;
+			return drop(skb, p, v, DROP_POLICY, 1);
+		}
+		return TCX_NEXT;
+	}
+	found = policy_lookup(v, p);
+	if (found && (v->pv.flags & POL_DENY)) {
+		v->verdict = VERDICT_DROPPED;
+		v->reason = DROP_POLICY_DENY;
+	} else if (found) {
+		v->verdict = v->pv.proxy_port && v->dir == DIR_EGRESS ? VERDICT_REDIRECTED
+								      : VERDICT_FORWARDED;
+	} else if (v->ep.flags & enforced) {
+		v->verdict = VERDICT_DROPPED;
+		v->reason = DROP_POLICY;
+	} else {
+		/* No policy applies: allowed, and not a policy decision to report. */
+		v->verdict = VERDICT_FORWARDED;
+		goto track;
+	}
+	if (v->verdict == VERDICT_DROPPED) {
+		if (!(v->ep.flags & EP_AUDIT))
+			return drop(skb, p, v, v->reason, 1);
+		v->verdict = VERDICT_AUDIT;
+		count(CNT_AUDITED);
+	}
+	emit(skb, p, v, EV_POLICY_VERDICT, 0);
+track: {
+	struct ct_value nv = {
+		.last_seen_ns = now,
+		.rule_id = v->pv.rule_id,
+		.proxy_port = v->verdict == VERDICT_REDIRECTED ? v->pv.proxy_port : 0,
+		.dir = v->dir,
+		.flags = v->verdict == VERDICT_AUDIT ? CT_AUDITED : 0,
+	};
+
+	ct_tuple(&key, p, 0);
+	bpf_map_update_elem(&ct, &key, &nv, BPF_ANY);
+}
+	if (v->verdict == VERDICT_REDIRECTED) {
+		count(CNT_REDIRECTED);
+		return to_proxy(skb, p, v, v->pv.proxy_port);
+	}
+	count(CNT_ALLOWED);
+	emit(skb, p, v, EV_TRACE, trace);
+	return TCX_NEXT;
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct verdict v = { .dir = DIR_EGRESS };
+	struct endpoint_info *ep;
+	struct ipcache_value *r;
+
+	if (parse(skb, &p) || p.neighbor_discovery)
+		return TCX_NEXT;
+	r = ipcache_lookup(&p.daddr);
+	v.remote = r ? r->identity : IDENTITY_WORLD;
+	v.remote_flags = r ? r->flags : 0;
+	ep = bpf_map_lookup_elem(&endpoints, &p.saddr);
+	if (!ep) {
+		/* A source this interface should not carry (not yet known, or
+		 * spoofed): never to a metadata address. */
+		if (v.remote_flags & IPC_PROTECTED) {
+			count(CNT_NOT_READY);
+			v.verdict = VERDICT_DROPPED;
+			return drop(skb, &p, &v, DROP_POLICY, 1);
+		}
+		return TCX_NEXT;
+	}
+	v.ep = *ep;
+	return judge(skb, &p, &v);
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct verdict v = { .dir = DIR_INGRESS };
+	struct endpoint_info *ep;
+	struct ipcache_value *r;
+
+	if (parse(skb, &p) || p.neighbor_discovery)
+		return TCX_NEXT;
+	ep = bpf_map_lookup_elem(&endpoints, &p.daddr);
+	if (!ep)
+		return TCX_NEXT;
+	v.ep = *ep;
+	r = ipcache_lookup(&p.saddr);
+	v.remote = r ? r->identity : IDENTITY_WORLD;
+	v.remote_flags = r ? r->flags : 0;
+	return judge(skb, &p, &v);
+}

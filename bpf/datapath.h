@@ -1,0 +1,159 @@
+/* The datapath ABI: map keys and values and the event record, shared with
+ * crates/imdsguard-datapath/src/abi.rs. Every struct has explicit padding, and
+ * the Rust side asserts the sizes. Bump LAYOUT_VERSION in abi.rs when any of
+ * this changes: pinned maps are reused as they are. */
+#ifndef IMDSGUARD_DATAPATH_H
+#define IMDSGUARD_DATAPATH_H
+
+#include <linux/types.h>
+
+/* IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) so one set of maps
+ * serves both families. */
+struct addr {
+	__u8 b[16];
+};
+
+/* endpoints: pod IP -> endpoint. */
+#define EP_READY (1u << 0)            /* its policy is in the tables */
+#define EP_EGRESS_ENFORCED (1u << 1)  /* default deny for egress */
+#define EP_INGRESS_ENFORCED (1u << 2) /* default deny for ingress */
+#define EP_AUDIT (1u << 3)            /* denials pass, reported as AUDIT */
+
+struct endpoint_info {
+	__u32 ep_id;
+	__u32 identity;
+	__u32 generation; /* which policy generation is live */
+	__u32 flags;
+};
+
+/* ipcache: prefix -> identity (LPM over the 128-bit mapped address). */
+#define IPC_PROTECTED (1u << 0) /* a metadata address: fail closed */
+
+struct ipcache_key {
+	__u32 prefixlen;
+	struct addr addr;
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+/* policy: one LPM trie for all endpoints. The prefix always covers ep_id,
+ * generation, identity and direction (104 bits); a protocol adds 8, and a port
+ * prefix up to 16 more (the port is big-endian so its prefix is its high bits). */
+#define POLICY_FIXED_BITS 104
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	__u32 generation;
+	__u32 identity;
+	__u8 dir;
+	__u8 proto;
+	__be16 dport;
+};
+
+#define POL_DENY (1u << 0)
+
+struct policy_value {
+	__u8 flags;
+	__u8 prefixlen_l4; /* proto and port bits of the key: 0, 8..24 */
+	__u8 proxy_rank;
+	__u8 match_type; /* Hubble's policy_match_type */
+	__u16 proxy_port; /* host order; 0 = no redirect */
+	__u16 pad;
+	__u32 rule_id; /* the origin, for "allowed by" / "denied by" */
+};
+
+/* ct: connection tracking, keyed by the tuple of the first packet. */
+struct ct_key {
+	struct addr saddr;
+	struct addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+#define CT_SEEN_REPLY (1u << 0)
+#define CT_CLOSING (1u << 1)
+#define CT_AUDITED (1u << 2)
+
+struct ct_value {
+	__u64 last_seen_ns;
+	__u32 flags;
+	__u32 rule_id;
+	__u16 proxy_port;
+	__u8 dir;
+	__u8 pad[5];
+};
+
+/* Counters (per CPU). */
+enum counter {
+	CNT_PACKETS = 0,
+	CNT_ALLOWED,
+	CNT_DENIED,
+	CNT_REDIRECTED,
+	CNT_AUDITED,
+	CNT_REPLY,
+	CNT_ESTABLISHED,
+	CNT_PROXY_DOWN,
+	CNT_NOT_READY,
+	CNT_RB_FULL,
+	CNT_MAX,
+};
+
+/* Events. */
+#define EV_POLICY_VERDICT 1
+#define EV_DROP 2
+#define EV_TRACE 3
+
+/* Trace points, numbered as Hubble's event_type.sub_type for traces. */
+#define TRACE_TO_ENDPOINT 0
+#define TRACE_TO_PROXY 1
+#define TRACE_TO_NETWORK 11
+
+/* Drop reasons (Cilium's numbers). */
+#define DROP_POLICY 133
+#define DROP_POLICY_DENY 181
+#define DROP_PROXY_UNAVAILABLE 205 /* "Punt to proxy" is the closest Cilium text */
+
+#define VERDICT_FORWARDED 1
+#define VERDICT_DROPPED 2
+#define VERDICT_AUDIT 6
+#define VERDICT_REDIRECTED 5
+
+struct event {
+	__u64 ts_ns; /* CLOCK_MONOTONIC */
+	struct addr saddr;
+	struct addr daddr;
+	__u32 ep_id;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u32 ifindex;
+	__u32 pkt_len;
+	__be16 sport;
+	__be16 dport;
+	__u16 proxy_port;
+	__u8 kind;
+	__u8 sub_type; /* trace point, or drop reason */
+	__u8 proto;
+	__u8 ipver;
+	__u8 tcp_flags;
+	__u8 dir;
+	__u8 verdict;
+	__u8 match_type;
+	__u8 is_reply;
+	__u8 pad;
+};
+
+_Static_assert(sizeof(struct event) == 80, "event size is part of the ABI");
+_Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key size");
+_Static_assert(sizeof(struct ct_value) == 24, "ct_value size");
+
+#endif

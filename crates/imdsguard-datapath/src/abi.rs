@@ -1,0 +1,290 @@
+//! The datapath's binary interface, mirrored from `bpf/datapath.h`: map keys and values and the
+//! event record. Plain data with explicit padding; the sizes are asserted at compile time.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The pin layout. Pinned maps are reused as they are, so a change to any struct here or in
+/// `datapath.h` must bump this: a new agent then starts a fresh tree next to the old one.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const EP_READY: u32 = 1 << 0;
+pub const EP_EGRESS_ENFORCED: u32 = 1 << 1;
+pub const EP_INGRESS_ENFORCED: u32 = 1 << 2;
+pub const EP_AUDIT: u32 = 1 << 3;
+
+pub const IPC_PROTECTED: u32 = 1 << 0;
+
+pub const POL_DENY: u8 = 1 << 0;
+pub const POLICY_FIXED_BITS: u32 = 104;
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+pub const EV_POLICY_VERDICT: u8 = 1;
+pub const EV_DROP: u8 = 2;
+pub const EV_TRACE: u8 = 3;
+
+/// The counters, in the order of `enum counter` in `datapath.h`.
+pub const COUNTER_NAMES: [&str; 10] = [
+    "packets",
+    "allowed",
+    "denied",
+    "redirected",
+    "audited",
+    "reply",
+    "established",
+    "proxy_down",
+    "not_ready",
+    "ringbuf_full",
+];
+
+/// An address as the maps hold it: IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Addr(pub [u8; 16]);
+
+impl Addr {
+    pub fn ip(&self) -> IpAddr {
+        let v6 = Ipv6Addr::from(self.0);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    }
+}
+
+impl From<IpAddr> for Addr {
+    fn from(ip: IpAddr) -> Addr {
+        match ip {
+            IpAddr::V4(v4) => Addr(v4.to_ipv6_mapped().octets()),
+            IpAddr::V6(v6) => Addr(v6.octets()),
+        }
+    }
+}
+
+impl From<Ipv4Addr> for Addr {
+    fn from(ip: Ipv4Addr) -> Addr {
+        Addr::from(IpAddr::V4(ip))
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    pub ep_id: u32,
+    pub identity: u32,
+    pub generation: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    pub flags: u32,
+}
+
+/// The data part of a policy LPM key (the prefix length travels beside it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PolicyKey {
+    pub ep_id: u32,
+    pub generation: u32,
+    pub identity: u32,
+    pub dir: u8,
+    pub proto: u8,
+    /// Network byte order, so that a port prefix is the port's high bits.
+    pub dport_be: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyValue {
+    pub flags: u8,
+    /// The protocol and port bits of the key (`mapstate::Key::prefix_len`).
+    pub prefixlen_l4: u8,
+    pub proxy_rank: u8,
+    pub match_type: u8,
+    pub proxy_port: u16,
+    pub pad: u16,
+    pub rule_id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub last_seen_ns: u64,
+    pub flags: u32,
+    pub rule_id: u32,
+    pub proxy_port: u16,
+    pub dir: u8,
+    pub pad: [u8; 5],
+}
+
+/// One datapath event, decoded from the ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub ep_id: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub rule_id: u32,
+    pub ifindex: u32,
+    pub pkt_len: u32,
+    /// Host order. For ICMP, `sport` is the code and `dport` the type.
+    pub sport: u16,
+    pub dport: u16,
+    pub proxy_port: u16,
+    pub kind: u8,
+    pub sub_type: u8,
+    pub proto: u8,
+    pub ipver: u8,
+    pub tcp_flags: u8,
+    pub dir: u8,
+    pub verdict: u8,
+    pub match_type: u8,
+    pub is_reply: bool,
+}
+
+impl Event {
+    pub const SIZE: usize = 80;
+
+    /// Decodes a ring-buffer record; `None` if it is not one whole event.
+    pub fn decode(b: &[u8]) -> Option<Event> {
+        let b: &[u8; Self::SIZE] = b.get(..Self::SIZE)?.try_into().ok()?;
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let be16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        let mut saddr = [0; 16];
+        saddr.copy_from_slice(&b[8..24]);
+        let mut daddr = [0; 16];
+        daddr.copy_from_slice(&b[24..40]);
+        let mut ts = [0; 8];
+        ts.copy_from_slice(&b[0..8]);
+        Some(Event {
+            ts_ns: u64::from_ne_bytes(ts),
+            saddr: Addr(saddr),
+            daddr: Addr(daddr),
+            ep_id: u32_at(40),
+            src_identity: u32_at(44),
+            dst_identity: u32_at(48),
+            rule_id: u32_at(52),
+            ifindex: u32_at(56),
+            pkt_len: u32_at(60),
+            sport: be16_at(64),
+            dport: be16_at(66),
+            proxy_port: u16::from_ne_bytes([b[68], b[69]]),
+            kind: b[70],
+            sub_type: b[71],
+            proto: b[72],
+            ipver: b[73],
+            tcp_flags: b[74],
+            dir: b[75],
+            verdict: b[76],
+            match_type: b[77],
+            is_reply: b[78] != 0,
+        })
+    }
+
+    /// The inverse of `decode`, for tests and replay.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..8].copy_from_slice(&self.ts_ns.to_ne_bytes());
+        b[8..24].copy_from_slice(&self.saddr.0);
+        b[24..40].copy_from_slice(&self.daddr.0);
+        for (i, v) in [
+            self.ep_id,
+            self.src_identity,
+            self.dst_identity,
+            self.rule_id,
+            self.ifindex,
+            self.pkt_len,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[40 + 4 * i..44 + 4 * i].copy_from_slice(&v.to_ne_bytes());
+        }
+        b[64..66].copy_from_slice(&self.sport.to_be_bytes());
+        b[66..68].copy_from_slice(&self.dport.to_be_bytes());
+        b[68..70].copy_from_slice(&self.proxy_port.to_ne_bytes());
+        b[70] = self.kind;
+        b[71] = self.sub_type;
+        b[72] = self.proto;
+        b[73] = self.ipver;
+        b[74] = self.tcp_flags;
+        b[75] = self.dir;
+        b[76] = self.verdict;
+        b[77] = self.match_type;
+        b[78] = u8::from(self.is_reply);
+        b
+    }
+}
+
+const _: () = {
+    assert!(size_of::<Addr>() == 16);
+    assert!(size_of::<EndpointInfo>() == 16);
+    assert!(size_of::<IpcacheValue>() == 8);
+    assert!(size_of::<PolicyKey>() == 16);
+    assert!(size_of::<PolicyValue>() == 12);
+    assert!(size_of::<CtKey>() == 40);
+    assert!(size_of::<CtValue>() == 24);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_round_trip() {
+        for ip in ["10.244.1.17", "169.254.169.254", "fd00:ec2::254", "::1"] {
+            let ip: IpAddr = ip.parse().expect("test address");
+            assert_eq!(Addr::from(ip).ip(), ip);
+        }
+        assert_eq!(
+            Addr::from(IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4))).0[10..],
+            [0xff, 0xff, 1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let e = Event {
+            ts_ns: 123_456_789,
+            saddr: Addr::from(Ipv4Addr::new(10, 0, 0, 1)),
+            daddr: Addr::from(Ipv4Addr::new(169, 254, 169, 254)),
+            ep_id: 7,
+            src_identity: 14226,
+            dst_identity: 16_777_217,
+            rule_id: 3,
+            ifindex: 42,
+            pkt_len: 74,
+            sport: 40132,
+            dport: 80,
+            proxy_port: 15001,
+            kind: EV_POLICY_VERDICT,
+            sub_type: 0,
+            proto: 6,
+            ipver: 4,
+            tcp_flags: 2,
+            dir: DIR_EGRESS,
+            verdict: 2,
+            match_type: 1,
+            is_reply: false,
+        };
+        assert_eq!(Event::decode(&e.encode()), Some(e));
+        assert_eq!(Event::decode(&e.encode()[..79]), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! Keeps the datapath's tables equal to the engine's state: the ipcache, the endpoints and each
+//! endpoint's policy. Called after every change; writes only what differs.
+
+use crate::abi::IPC_PROTECTED;
+use crate::loader::{Datapath, DatapathError};
+use crate::tables::{RuleIds, endpoint_tables};
+use imdsguard_policy::Repository;
+use imdsguard_policy::repository::EndpointPolicy;
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Addresses that are never reachable from a pod whose policy is not in place yet: the cloud
+/// metadata services (Azure and AWS IMDS, GCP's metadata server, AWS's IPv6 IMDS, Azure's
+/// WireServer).
+pub const DEFAULT_PROTECTED: [&str; 3] = [
+    "169.254.169.254/32",
+    "fd00:ec2::254/128",
+    "168.63.129.16/32",
+];
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub audit: bool,
+    /// The L7 proxy's listening port, for entries that redirect.
+    pub proxy_port: u16,
+    pub protected: Vec<IpNet>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            audit: false,
+            proxy_port: 15001,
+            protected: DEFAULT_PROTECTED
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub ipcache_written: usize,
+    pub ipcache_removed: usize,
+    pub policies_applied: usize,
+    pub endpoints_pending: usize,
+    pub endpoints_removed: usize,
+}
+
+struct Applied {
+    ep_id: u32,
+    ips: Vec<IpAddr>,
+    identity: u32,
+    policy: Option<Arc<EndpointPolicy>>,
+}
+
+/// The engine → datapath writer. Endpoint IDs are small, stable numbers per endpoint key.
+pub struct TableSync {
+    opts: SyncOptions,
+    pub rule_ids: RuleIds,
+    ipcache: HashMap<IpNet, (u32, u32)>,
+    endpoints: HashMap<String, Applied>,
+    next_ep_id: u32,
+    synced: bool,
+}
+
+impl TableSync {
+    pub fn new(opts: SyncOptions) -> TableSync {
+        TableSync {
+            opts,
+            rule_ids: RuleIds::default(),
+            ipcache: HashMap::new(),
+            endpoints: HashMap::new(),
+            next_ep_id: 1,
+            synced: false,
+        }
+    }
+
+    /// The endpoint key (`namespace/name`) of an endpoint ID.
+    pub fn endpoint_key(&self, ep_id: u32) -> Option<&str> {
+        self.endpoints
+            .iter()
+            .find(|(_, a)| a.ep_id == ep_id)
+            .map(|(k, _)| k.as_str())
+    }
+
+    pub fn sync(
+        &mut self,
+        repo: &Repository,
+        dp: &mut Datapath,
+    ) -> Result<SyncStats, DatapathError> {
+        let mut stats = SyncStats::default();
+        let first = !self.synced;
+        if first {
+            // Start from what the maps hold (an earlier agent's state), so the diff removes
+            // what is no longer wanted.
+            self.ipcache = dp
+                .ipcache_entries()
+                .into_iter()
+                .map(|(net, v)| (net, (v.identity, v.flags)))
+                .collect();
+        }
+        self.sync_ipcache(repo, dp, &mut stats)?;
+        self.sync_endpoints(repo, dp, &mut stats)?;
+        if first {
+            let ips: Vec<IpAddr> = self
+                .endpoints
+                .values()
+                .flat_map(|a| a.ips.clone())
+                .collect();
+            let live: HashMap<u32, u32> = self
+                .endpoints
+                .values()
+                .filter_map(|a| Some((a.ep_id, dp.endpoint(*a.ips.first()?)?.generation)))
+                .collect();
+            dp.retain(&ips, &live)?;
+            self.synced = true;
+        }
+        Ok(stats)
+    }
+
+    fn sync_ipcache(
+        &mut self,
+        repo: &Repository,
+        dp: &mut Datapath,
+        stats: &mut SyncStats,
+    ) -> Result<(), DatapathError> {
+        let mut want: HashMap<IpNet, (u32, u32)> = repo
+            .ipcache()
+            .entries()
+            .iter()
+            .map(|(net, id)| (*net, (id.0, 0)))
+            .collect();
+        for (spec, identity) in repo.endpoints() {
+            for ip in &spec.ips {
+                want.insert(IpNet::from(*ip), (identity.0, 0));
+            }
+        }
+        for net in &self.opts.protected {
+            let entry = want
+                .entry(*net)
+                .or_insert_with(|| (repo.identity_of_ip(net.network()).0, 0));
+            entry.1 |= IPC_PROTECTED;
+        }
+        for (net, v) in &want {
+            if self.ipcache.get(net) != Some(v) {
+                dp.set_ipcache(*net, v.0, v.1)?;
+                stats.ipcache_written += 1;
+            }
+        }
+        let gone: Vec<IpNet> = self
+            .ipcache
+            .keys()
+            .filter(|n| !want.contains_key(n))
+            .copied()
+            .collect();
+        for net in gone {
+            dp.remove_ipcache(net)?;
+            stats.ipcache_removed += 1;
+        }
+        self.ipcache = want;
+        Ok(())
+    }
+
+    fn sync_endpoints(
+        &mut self,
+        repo: &Repository,
+        dp: &mut Datapath,
+        stats: &mut SyncStats,
+    ) -> Result<(), DatapathError> {
+        let mut seen = Vec::new();
+        for (spec, identity) in repo.endpoints() {
+            let key = spec.key();
+            let policy = repo.endpoint_policy(&key).cloned();
+            let ep_id = match self.endpoints.get(&key) {
+                Some(a) => a.ep_id,
+                None => {
+                    let id = self.next_ep_id;
+                    self.next_ep_id += 1;
+                    id
+                }
+            };
+            let unchanged = self.endpoints.get(&key).is_some_and(|a| {
+                a.ips == spec.ips
+                    && a.identity == identity.0
+                    && match (&a.policy, &policy) {
+                        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            });
+            seen.push(key.clone());
+            if unchanged {
+                continue;
+            }
+            if let Some(old) = self.endpoints.get(&key) {
+                let moved: Vec<IpAddr> = old
+                    .ips
+                    .iter()
+                    .filter(|ip| !spec.ips.contains(ip))
+                    .copied()
+                    .collect();
+                dp.remove_endpoint(&moved, ep_id)?;
+            }
+            match &policy {
+                Some(p) => {
+                    let (audit, proxy_port, ids) =
+                        (self.opts.audit, self.opts.proxy_port, &mut self.rule_ids);
+                    dp.apply_policy(&spec.ips, ep_id, identity.0, |generation| {
+                        endpoint_tables(ep_id, generation, p, audit, proxy_port, ids)
+                    })?;
+                    stats.policies_applied += 1;
+                }
+                None => {
+                    dp.add_pending_endpoint(&spec.ips, ep_id, identity.0)?;
+                    stats.endpoints_pending += 1;
+                }
+            }
+            self.endpoints.insert(
+                key,
+                Applied {
+                    ep_id,
+                    ips: spec.ips.clone(),
+                    identity: identity.0,
+                    policy,
+                },
+            );
+        }
+        let gone: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(a) = self.endpoints.remove(&key) {
+                dp.remove_endpoint(&a.ips, a.ep_id)?;
+                stats.endpoints_removed += 1;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,335 @@
+//! Root integration tests: real namespaces ("pods"), veths, the datapath attached to the host
+//! sides, and real curl and ping from inside the pods. The "metadata" server is a namespace of the
+//! test's own, marked protected in the ipcache like 169.254.169.254; nothing leaves the machine
+//! and no route of the machine is touched.
+
+use imdsguard_datapath::abi::{self, Event};
+use imdsguard_datapath::loader::{Datapath, EventReader, Options, unpin_all};
+use imdsguard_datapath::sync::{SyncOptions, TableSync};
+use imdsguard_manifest::Source;
+use imdsguard_netns::{Pod, can_create_namespaces, unique_name};
+use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Removes the test's pin tree, whatever happens.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        // A private bpffs instance, mounted by the datapath on first open.
+        let _ = unpin_all(&self.0);
+        let _ = imdsguard_netns::run("umount", &[&self.0.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Lab {
+    a: Pod,
+    b: Pod,
+    server: Pod,
+    _http: Server,
+    pins: Pins,
+}
+
+const POLICIES: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a-no-metadata, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egressDeny:
+    - toCIDR: [SERVER/32]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-to-server, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egress:
+    - toCIDR: [SERVER/32, SERVER6/128]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+    - toCIDR: [SERVER/32]
+      icmps: [{fields: [{type: 8}]}]
+"#;
+
+/// 10.<k>.<n>.0/24 for the n-th lab of this process: host routes must not collide between
+/// parallel tests or runs.
+fn subnet() -> (u8, u8) {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    (
+        200 + (std::process::id() % 50) as u8,
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+fn lab() -> Option<Lab> {
+    if !can_create_namespaces() {
+        eprintln!("skipped: creating network namespaces needs root");
+        return None;
+    }
+    let (k, n) = subnet();
+    let v6 = |h: u16| Ipv6Addr::new(0xfd00, 0x1e, u16::from(k), u16::from(n), 0, 0, 0, h);
+    let a =
+        Pod::create(&unique_name("iga"), Ipv4Addr::new(10, k, n, 2), Some(v6(2))).expect("pod a");
+    let b =
+        Pod::create(&unique_name("igb"), Ipv4Addr::new(10, k, n, 3), Some(v6(3))).expect("pod b");
+    let server =
+        Pod::create(&unique_name("igs"), Ipv4Addr::new(10, k, n, 4), Some(v6(4))).expect("server");
+    let http = server
+        .ns
+        .command("python3")
+        .args(["-m", "http.server", "8080", "--bind", "::"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    let pins = Pins(std::env::temp_dir().join(unique_name("igbpf")));
+    let lab = Lab {
+        a,
+        b,
+        server,
+        _http: Server(http),
+        pins,
+    };
+    // Every packet the test sends must stay on the test's own veths.
+    for pod in [&lab.a, &lab.b] {
+        assert_eq!(
+            pod.ns.route_dev(lab.server.ipv4.into()).expect("route"),
+            "eth0"
+        );
+    }
+    wait_for_server(&lab);
+    Some(lab)
+}
+
+fn wait_for_server(lab: &Lab) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if curl(&lab.b, IpAddr::V4(lab.server.ipv4)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the test server did not come up");
+}
+
+fn curl(from: &Pod, to: IpAddr) -> bool {
+    let url = match to {
+        IpAddr::V4(v4) => format!("http://{v4}:8080/"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:8080/"),
+    };
+    from.ns
+        .exec("curl", &["-s", "-o", "/dev/null", "--max-time", "1", &url])
+        .expect("curl")
+        .status
+        .success()
+}
+
+fn ping(from: &Pod, to: IpAddr) -> bool {
+    from.ns
+        .exec("ping", &["-c", "1", "-W", "1", &to.to_string()])
+        .expect("ping")
+        .status
+        .success()
+}
+
+fn repository(lab: &Lab) -> Repository {
+    let text = POLICIES
+        .replace("SERVER6", &lab.server.ipv6.expect("v6").to_string())
+        .replace("SERVER", &lab.server.ipv4.to_string());
+    let decoded = decode_source(
+        &Source::new("policies.yaml", text),
+        &DecodeOptions::default(),
+    );
+    assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+    let mut repo = Repository::new(EngineOptions::default());
+    repo.load(&decoded);
+    for (name, pod) in [("a", &lab.a), ("b", &lab.b)] {
+        repo.upsert_endpoint(EndpointSpec {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            labels: vec![("app".to_owned(), name.to_owned())],
+            ips: vec![pod.ipv4.into(), pod.ipv6.expect("v6").into()],
+            ..Default::default()
+        });
+    }
+    repo.resolve();
+    repo
+}
+
+fn sync_options(lab: &Lab) -> SyncOptions {
+    SyncOptions {
+        protected: vec![lab.server.ipv4.into(), lab.server.ipv6.expect("v6").into()]
+            .into_iter()
+            .map(|ip: IpAddr| ipnet::IpNet::from(ip))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn open(lab: &Lab) -> Datapath {
+    Datapath::open(&Options {
+        bpf_root: lab.pins.0.clone(),
+        ..Default::default()
+    })
+    .expect("load the datapath")
+}
+
+fn drain(reader: &mut EventReader) -> Vec<Event> {
+    let mut out = Vec::new();
+    reader.drain(|e| out.push(e));
+    out
+}
+
+fn from(events: &[Event], ip: Ipv4Addr) -> Vec<Event> {
+    let addr = abi::Addr::from(ip);
+    events.iter().filter(|e| e.saddr == addr).copied().collect()
+}
+
+#[test]
+fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
+    let Some(lab) = lab() else { return };
+    let repo = repository(&lab);
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync");
+    for pod in [&lab.a, &lab.b] {
+        let att = dp.attach(&pod.host_if).expect("attach");
+        assert!(
+            att.iter()
+                .all(|a| a.position == Some(0) && a.chain_len == 1),
+            "{att:?}"
+        );
+    }
+    let mut events = dp.take_events().expect("events");
+    let server = IpAddr::V4(lab.server.ipv4);
+
+    // a: the deny policy (drop reason 181, "denied by denylist"); b: allowed on 8080, L3-L4.
+    assert!(!curl(&lab.a, server), "a reached the protected server");
+    assert!(curl(&lab.b, server), "b could not reach the server");
+    // b: IPv6 too, and ICMP echo (the reply passes by connection tracking).
+    assert!(curl(&lab.b, IpAddr::V6(lab.server.ipv6.expect("v6"))));
+    assert!(ping(&lab.b, server), "b's ping was not allowed");
+    // a's ping is denied too: the deny names no ports, so it covers every protocol.
+    assert!(!ping(&lab.a, server), "a's ping reached the denied CIDR");
+
+    let evs = drain(&mut events);
+    let a_events = from(&evs, lab.a.ipv4);
+    let verdict = a_events
+        .iter()
+        .find(|e| e.kind == abi::EV_POLICY_VERDICT)
+        .expect("a policy verdict for a");
+    assert_eq!(
+        (verdict.verdict, verdict.match_type, verdict.dir),
+        (2, 1, abi::DIR_EGRESS)
+    );
+    assert_eq!(
+        sync.rule_ids
+            .policy(verdict.rule_id)
+            .map(|p| p.name.to_string()),
+        Some("a-no-metadata".to_owned())
+    );
+    let dropped = a_events
+        .iter()
+        .find(|e| e.kind == abi::EV_DROP)
+        .expect("a drop event for a");
+    assert_eq!(
+        (dropped.sub_type, dropped.dport, dropped.tcp_flags & 0x02),
+        (181, 8080, 0x02)
+    );
+    let b_events = from(&evs, lab.b.ipv4);
+    let allowed = b_events
+        .iter()
+        .find(|e| e.kind == abi::EV_POLICY_VERDICT && e.proto == 6)
+        .expect("a policy verdict for b");
+    assert_eq!((allowed.verdict, allowed.match_type), (1, 2));
+    assert_eq!(
+        sync.rule_ids
+            .policy(allowed.rule_id)
+            .map(|p| p.name.to_string()),
+        Some("b-to-server".to_owned())
+    );
+    // The reply direction is traced as a reply, once per connection start.
+    assert!(
+        evs.iter().any(|e| e.kind == abi::EV_TRACE && e.is_reply),
+        "no reply trace: {evs:?}"
+    );
+    let counters: std::collections::HashMap<_, _> =
+        dp.counters().expect("counters").into_iter().collect();
+    assert!(
+        counters["denied"] >= 2 && counters["allowed"] >= 3,
+        "{counters:?}"
+    );
+
+    // The agent goes away (SIGKILL drops the same way): the pinned links keep enforcing.
+    drop(events);
+    drop(dp);
+    assert!(
+        !curl(&lab.a, server),
+        "a reached the server with no agent running"
+    );
+    assert!(curl(&lab.b, server), "b lost access with no agent running");
+
+    // A new agent adopts the pins: no second program in the chain, the same verdicts.
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync after restart");
+    for pod in [&lab.a, &lab.b] {
+        let att = dp.attach(&pod.host_if).expect("adopt");
+        assert!(
+            att.iter()
+                .all(|a| a.position == Some(0) && a.chain_len == 1),
+            "{att:?}"
+        );
+    }
+    assert!(!curl(&lab.a, server));
+    assert!(curl(&lab.b, server));
+}
+
+#[test]
+fn a_pod_without_policy_is_closed_for_metadata_until_its_policy_lands() {
+    let Some(lab) = lab() else { return };
+    let mut repo = repository(&lab);
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync");
+    dp.attach(&lab.a.host_if).expect("attach");
+    // A new pod c appears on a's interface address space before the engine resolved it: simulate
+    // it by registering the endpoint as pending.
+    let c_ip = IpAddr::V4(lab.a.ipv4);
+    dp.add_pending_endpoint(&[c_ip], 99, 12345)
+        .expect("pending endpoint");
+    let server = IpAddr::V4(lab.server.ipv4);
+    assert!(
+        !curl(&lab.a, server),
+        "a pending pod reached a metadata address"
+    );
+    // Its policy lands (here: no policy selects it any more, so egress is open).
+    repo.remove_endpoint("default", "a");
+    repo.resolve();
+    repo.upsert_endpoint(EndpointSpec {
+        name: "c".to_owned(),
+        namespace: "default".to_owned(),
+        labels: vec![("app".to_owned(), "c".to_owned())],
+        ips: vec![c_ip],
+        ..Default::default()
+    });
+    repo.resolve();
+    sync.sync(&repo, &mut dp).expect("sync");
+    assert!(
+        curl(&lab.a, server),
+        "c could not reach the server once its policy was in place"
+    );
+}
