@@ -291,7 +291,8 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, con
 		return;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
-	/* The event keeps the packet's own direction; user space names the sides. */
+	/* Addresses and identities follow the packet (from_pod packets come from
+	 * the pod); is_reply tells user space which side opened the connection. */
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
 	e->ep_id = v->ep.ep_id;
@@ -301,12 +302,6 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, con
 	} else {
 		e->src_identity = v->remote;
 		e->dst_identity = v->ep.identity;
-	}
-	if (v->is_reply) {
-		__u32 t = e->src_identity;
-
-		e->src_identity = e->dst_identity;
-		e->dst_identity = t;
 	}
 	e->rule_id = v->pv.rule_id;
 	e->ifindex = skb->ifindex;

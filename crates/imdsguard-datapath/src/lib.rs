@@ -3,6 +3,7 @@
 //!
 //! - `abi`: the maps' keys and values and the event record, mirrored from `bpf/datapath.h`.
 //! - `tables`: the engine's resolved policy as table rows (pure).
+//! - `flows`: datapath events as Hubble flows (pure).
 //! - `loader` (Linux only): load, pin under `<bpf-root>/imdsguard/v<layout>/`, attach first in
 //!   the TCX chain, write the tables atomically per endpoint, read counters and events.
 //!
@@ -10,6 +11,7 @@
 //! header is taken as the L4 protocol); the proxy redirect is for TCP on pod egress.
 
 pub mod abi;
+pub mod flows;
 #[cfg(target_os = "linux")]
 pub mod loader;
 #[cfg(target_os = "linux")]

@@ -79,6 +79,11 @@ impl TableSync {
         }
     }
 
+    /// The endpoint ID of an endpoint key (`namespace/name`).
+    pub fn endpoint_id(&self, key: &str) -> Option<u32> {
+        self.endpoints.get(key).map(|a| a.ep_id)
+    }
+
     /// The endpoint key (`namespace/name`) of an endpoint ID.
     pub fn endpoint_key(&self, ep_id: u32) -> Option<&str> {
         self.endpoints

@@ -7,11 +7,10 @@ use imdsguard_datapath::abi::{self, Event};
 use imdsguard_datapath::loader::{Datapath, EventReader, Options, unpin_all};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
 use imdsguard_manifest::Source;
-use imdsguard_netns::{Pod, can_create_namespaces, unique_name};
+use imdsguard_netns::{Pod, Process, can_create_namespaces, unique_name};
 use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Removes the test's pin tree, whatever happens.
@@ -26,20 +25,11 @@ impl Drop for Pins {
     }
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Lab {
     a: Pod,
     b: Pod,
     server: Pod,
-    _http: Server,
+    _http: Process,
     pins: Pins,
 }
 
@@ -89,18 +79,14 @@ fn lab() -> Option<Lab> {
         Pod::create(&unique_name("igs"), Ipv4Addr::new(10, k, n, 4), Some(v6(4))).expect("server");
     let http = server
         .ns
-        .command("python3")
-        .args(["-m", "http.server", "8080", "--bind", "::"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        .spawn("python3", &["-m", "http.server", "8080", "--bind", "::"])
         .expect("python3 http.server");
     let pins = Pins(std::env::temp_dir().join(unique_name("igbpf")));
     let lab = Lab {
         a,
         b,
         server,
-        _http: Server(http),
+        _http: http,
         pins,
     };
     // Every packet the test sends must stay on the test's own veths.

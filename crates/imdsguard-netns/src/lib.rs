@@ -87,6 +87,20 @@ impl Netns {
         c
     }
 
+    /// Starts a long-running program inside the namespace (a server); it is killed on drop.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Result<Process> {
+        self.command(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Process)
+            .map_err(|source| NetnsError::Spawn {
+                command: format!("ip netns exec {} {program} {}", self.name, args.join(" ")),
+                source,
+            })
+    }
+
     /// Runs a command inside the namespace; its output whatever the exit status.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
         self.command(program)
@@ -109,6 +123,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A process this crate started; killed (only this pid) and reaped on drop.
+#[derive(Debug)]
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

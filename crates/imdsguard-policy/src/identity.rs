@@ -84,7 +84,7 @@ impl fmt::Display for Identity {
 }
 
 /// FNV-1a: a stable hash (unlike std's randomised one), so derived numbers survive restarts.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);

@@ -20,6 +20,7 @@ pub mod mapstate;
 pub mod repository;
 pub mod selector;
 pub mod selectorcache;
+pub mod store;
 pub mod subjectindex;
 pub mod verdict;
 

@@ -29,6 +29,47 @@ pub enum PolicyInput {
 pub struct ScenarioEndpoint {
     pub handle: String,
     pub spec: EndpointSpec,
+    /// The host side of the pod's veth (agent endpoints files; ignored by `policy test`).
+    pub interface: Option<String>,
+}
+
+/// The agent's `--endpoints` file: the `namespaces:` and `endpoints:` sections of a scenario.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointsFile {
+    pub namespaces: Vec<(String, Vec<(String, String)>)>,
+    pub endpoints: Vec<ScenarioEndpoint>,
+}
+
+/// Parses an endpoints file (one endpoint schema serves it and scenarios).
+pub fn parse_endpoints(source: &Source) -> Result<EndpointsFile, ScenarioError> {
+    let docs = imdsguard_manifest::parse_documents(&source.text).map_err(|(pos, message)| {
+        ScenarioError {
+            file: source.name.clone(),
+            line: pos.line,
+            column: pos.col,
+            field: String::new(),
+            message: format!("YAML syntax error: {message}"),
+        }
+    })?;
+    let Some(doc) = docs.into_iter().find(|d| !d.is_null()) else {
+        return Ok(EndpointsFile::default());
+    };
+    let parse = |root: &Field| -> R<EndpointsFile> {
+        let m = root.map(&["namespaces", "endpoints"])?;
+        let mut out = EndpointsFile::default();
+        if let Some(ns) = m.get("namespaces") {
+            for (n, labels) in ns.free_map()?.entries() {
+                out.namespaces.push((n.to_owned(), string_map(&labels)?));
+            }
+        }
+        if let Some(eps) = m.get("endpoints") {
+            for e in eps.seq()? {
+                out.endpoints.push(endpoint(&e)?);
+            }
+        }
+        Ok(out)
+    };
+    parse(&Field::root(&doc)).map_err(|e| ScenarioError::from_field(&source.name, e))
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +291,7 @@ fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
         "ip",
         "ips",
         "namedPorts",
+        "interface",
     ])?;
     let handle = m.required("name")?.str()?.to_owned();
     let namespace = m
@@ -312,7 +354,15 @@ fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
         named_ports,
         raw_labels,
     };
-    Ok(ScenarioEndpoint { handle, spec })
+    let interface = m
+        .get("interface")
+        .map(|i| i.str().map(str::to_owned))
+        .transpose()?;
+    Ok(ScenarioEndpoint {
+        handle,
+        spec,
+        interface,
+    })
 }
 
 fn peer(f: &Field, endpoints: &[ScenarioEndpoint]) -> R<CasePeer> {
@@ -651,5 +701,40 @@ fn compare(case: &Case, v: &FlowVerdict) -> Outcome {
         passed,
         expected: expected.join(" "),
         actual: actual.trim_end().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod endpoints_file_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_agent_endpoints_file() {
+        let text = r#"
+namespaces:
+  logging: {team: observability}
+endpoints:
+  - name: fluent-bit-qg7vq
+    namespace: logging
+    labels: {app.kubernetes.io/name: fluent-bit}
+    serviceAccount: fluent-bit
+    ips: [10.244.1.40, "fd00:10::40"]
+    interface: veth-fb0
+"#;
+        let f = parse_endpoints(&Source::new("endpoints.yaml", text)).expect("valid");
+        assert_eq!(f.namespaces[0].0, "logging");
+        let ep = &f.endpoints[0];
+        assert_eq!(ep.interface.as_deref(), Some("veth-fb0"));
+        assert_eq!(ep.spec.service_account, "fluent-bit");
+        assert_eq!(ep.spec.ips.len(), 2);
+        let err = parse_endpoints(&Source::new(
+            "endpoints.yaml",
+            "endpoints:\n  - name: a\n    ip: 10.0.0.300\n",
+        ))
+        .expect_err("bad ip");
+        assert_eq!(
+            err.to_string(),
+            "endpoints.yaml:3:9: endpoints[0].ip: not an IP address"
+        );
     }
 }

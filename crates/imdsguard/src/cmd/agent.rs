@@ -1,5 +1,6 @@
-//! `imdsguard agent`: the node agent. Until the datapath exists it serves flows replayed from a
-//! file (`--replay-flows`) over Hubble's gRPC API.
+//! `imdsguard agent`: the node agent. With `--endpoints` (and `--policies`) it enforces through
+//! the eBPF datapath; with `--replay-flows` it serves recorded flows (demos, UI trials). Either
+//! way flows are served over Hubble's gRPC API, as metrics and as a JSON export.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -18,6 +19,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
+    #[command(flatten)]
+    enforce: super::enforce::EnforceArgs,
     /// Replay flows recorded with `hubble observe -o jsonpb` (or `imdsguard observe -o json`).
     #[arg(long, value_name = "FILE")]
     replay_flows: Option<PathBuf>,
@@ -215,9 +218,26 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 .await
         });
     }
-    if args.hubble_listen_address.is_empty() && socket.is_none() {
-        bail!("nothing to serve: give --hubble-listen-address or --hubble-socket-path");
+    let enforcing = args.enforce.endpoints.is_some();
+    if args.hubble_listen_address.is_empty() && socket.is_none() && !enforcing {
+        bail!(
+            "nothing to do: give --endpoints to enforce, or --hubble-listen-address or --hubble-socket-path to serve flows"
+        );
     }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut datapath = if enforcing {
+        let (enforce, hub, node, stop) = (
+            args.enforce.clone(),
+            hub.clone(),
+            node.clone(),
+            stop.clone(),
+        );
+        Some(tokio::task::spawn_blocking(move || {
+            super::enforce::run(enforce, hub, node, stop)
+        }))
+    } else {
+        None
+    };
     if let Some(path) = &args.replay_flows {
         let flows = read_flows(path)?;
         eprintln!("replaying {} flows from {}", flows.len(), path.display());
@@ -248,15 +268,27 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             std::future::pending::<Result<(), tonic::transport::Error>>().await
         });
     }
+    let datapath_done = async {
+        match &mut datapath {
+            Some(handle) => match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("the datapath task failed: {e}")),
+            },
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
-        r = servers.join_next() => match r {
+        r = servers.join_next(), if !servers.is_empty() => match r {
             Some(Ok(Err(e))) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
             Some(Err(e)) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
             _ => Ok(()),
         },
+        r = datapath_done => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminated() => Ok(()),
     };
+    // The pinned programs and maps stay: enforcement continues while no agent runs.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = hub.flush_export() {
         eprintln!("flow export: {e}");
     }

@@ -1,3 +1,4 @@
 pub mod agent;
+pub mod enforce;
 pub mod observe;
 pub mod policy;

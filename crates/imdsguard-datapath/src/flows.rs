@@ -1,0 +1,349 @@
+//! Datapath events as Hubble flows (spec hubble.md §2 and §3.6). Pure: what the agent knows
+//! about endpoints, identities and policies comes in through `Directory`.
+
+use crate::abi::{DIR_EGRESS, EV_DROP, EV_POLICY_VERDICT, EV_TRACE, Event};
+use imdsguard_hubble_proto::flow::{
+    CiliumEventType, Endpoint, Flow, FlowType, IcmPv4, IcmPv6, Ip, IpVersion, Layer4,
+    NetworkInterface, Policy, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Udp, Verdict,
+    layer4,
+};
+use imdsguard_hubble_proto::wkt::Timestamp;
+use std::net::IpAddr;
+
+/// Cilium's monitor event types (`event_type.type`).
+const MONITOR_DROP: i32 = 1;
+const MONITOR_TRACE: i32 = 4;
+const MONITOR_POLICY_VERDICT: i32 = 5;
+
+/// What the agent knows about the world, for naming the two sides of a flow.
+pub trait Directory {
+    /// A local pod by address: ID, identity, namespace, labels, pod name, workloads.
+    fn endpoint(&self, ip: IpAddr) -> Option<Endpoint>;
+    /// The labels of any identity (`reserved:world`, `cidr:169.254.169.254/32` …).
+    fn identity_labels(&self, identity: u32) -> Vec<String>;
+    /// The policy behind a table entry's rule ID.
+    fn policy(&self, rule_id: u32) -> Option<Policy>;
+    fn interface_name(&self, ifindex: u32) -> Option<String>;
+}
+
+/// Converts one event. `wall_offset_ns` turns the event's CLOCK_MONOTONIC time into wall time.
+// `Summary` and `drop_reason` are deprecated in Hubble's proto, but the CLI reads them.
+#[allow(deprecated)]
+pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: i64) -> Flow {
+    let (src_ip, dst_ip) = (e.saddr.ip(), e.daddr.ip());
+    let side = |ip: IpAddr, identity: u32| match dir.endpoint(ip) {
+        Some(mut ep) => {
+            ep.identity = identity;
+            ep
+        }
+        None => Endpoint {
+            identity,
+            labels: dir.identity_labels(identity),
+            ..Default::default()
+        },
+    };
+    // A reply belongs to the connection, whose direction is the other hook's.
+    let egress = (e.dir == DIR_EGRESS) != e.is_reply;
+    let direction = if egress {
+        TrafficDirection::Egress
+    } else {
+        TrafficDirection::Ingress
+    };
+    let nanos = i64::try_from(e.ts_ns)
+        .unwrap_or(i64::MAX)
+        .saturating_add(wall_offset_ns);
+    let mut f = Flow {
+        time: Some(Timestamp::new(
+            nanos.div_euclid(1_000_000_000),
+            nanos.rem_euclid(1_000_000_000) as i32,
+        )),
+        ip: Some(Ip {
+            source: src_ip.to_string(),
+            destination: dst_ip.to_string(),
+            ip_version: if e.ipver == 6 {
+                IpVersion::IPv6
+            } else {
+                IpVersion::IPv4
+            } as i32,
+            ..Default::default()
+        }),
+        l4: layer4(e),
+        source: Some(side(src_ip, e.src_identity)),
+        destination: Some(side(dst_ip, e.dst_identity)),
+        r#type: FlowType::L3L4 as i32,
+        node_name: node_name.to_owned(),
+        traffic_direction: direction as i32,
+        interface: Some(NetworkInterface {
+            index: e.ifindex,
+            name: dir.interface_name(e.ifindex).unwrap_or_default(),
+        }),
+        summary: summary(e),
+        ..Default::default()
+    };
+    let policy = dir.policy(e.rule_id);
+    match e.kind {
+        EV_POLICY_VERDICT => {
+            f.event_type = Some(CiliumEventType {
+                r#type: MONITOR_POLICY_VERDICT,
+                sub_type: 0,
+            });
+            f.verdict = verdict(e.verdict) as i32;
+            f.policy_match_type = u32::from(e.match_type);
+            let denied = matches!(verdict(e.verdict), Verdict::Dropped | Verdict::Audit);
+            if let Some(p) = policy {
+                match (egress, denied) {
+                    (true, false) => f.egress_allowed_by.push(p),
+                    (true, true) => f.egress_denied_by.push(p),
+                    (false, false) => f.ingress_allowed_by.push(p),
+                    (false, true) => f.ingress_denied_by.push(p),
+                }
+            }
+            f.is_reply = Some(pbjson_types::BoolValue { value: false });
+        }
+        EV_DROP => {
+            f.event_type = Some(CiliumEventType {
+                r#type: MONITOR_DROP,
+                sub_type: i32::from(e.sub_type),
+            });
+            f.verdict = Verdict::Dropped as i32;
+            f.drop_reason = u32::from(e.sub_type);
+            f.drop_reason_desc = i32::from(e.sub_type);
+            // Cilium's drop notifications do not say whether the packet was a reply.
+        }
+        EV_TRACE => {
+            f.event_type = Some(CiliumEventType {
+                r#type: MONITOR_TRACE,
+                sub_type: i32::from(e.sub_type),
+            });
+            f.verdict = Verdict::Forwarded as i32;
+            f.trace_observation_point = match e.sub_type {
+                0 => TraceObservationPoint::ToEndpoint,
+                1 => TraceObservationPoint::ToProxy,
+                11 => TraceObservationPoint::ToNetwork,
+                _ => TraceObservationPoint::UnknownPoint,
+            } as i32;
+            f.is_reply = Some(pbjson_types::BoolValue { value: e.is_reply });
+            f.proxy_port = u32::from(e.proxy_port);
+        }
+        _ => {}
+    }
+    f
+}
+
+fn verdict(v: u8) -> Verdict {
+    Verdict::try_from(i32::from(v)).unwrap_or(Verdict::Unknown)
+}
+
+fn layer4(e: &Event) -> Option<Layer4> {
+    let protocol = match e.proto {
+        6 => layer4::Protocol::Tcp(Tcp {
+            source_port: u32::from(e.sport),
+            destination_port: u32::from(e.dport),
+            flags: Some(tcp_flags(e.tcp_flags)),
+        }),
+        17 => layer4::Protocol::Udp(Udp {
+            source_port: u32::from(e.sport),
+            destination_port: u32::from(e.dport),
+        }),
+        1 => layer4::Protocol::IcmPv4(IcmPv4 {
+            r#type: u32::from(e.dport),
+            code: u32::from(e.sport),
+        }),
+        58 => layer4::Protocol::IcmPv6(IcmPv6 {
+            r#type: u32::from(e.dport),
+            code: u32::from(e.sport),
+        }),
+        _ => return None,
+    };
+    Some(Layer4 {
+        protocol: Some(protocol),
+    })
+}
+
+fn tcp_flags(b: u8) -> TcpFlags {
+    TcpFlags {
+        fin: b & 0x01 != 0,
+        syn: b & 0x02 != 0,
+        rst: b & 0x04 != 0,
+        psh: b & 0x08 != 0,
+        ack: b & 0x10 != 0,
+        urg: b & 0x20 != 0,
+        ece: b & 0x40 != 0,
+        cwr: b & 0x80 != 0,
+        ns: false,
+    }
+}
+
+/// Hubble's L3/L4 summary: `TCP Flags: SYN, ACK` (in Hubble's order), `UDP`, `ICMPv4 EchoRequest`.
+pub fn summary(e: &Event) -> String {
+    match e.proto {
+        6 => {
+            const ORDER: [(u8, &str); 8] = [
+                (0x02, "SYN"),
+                (0x10, "ACK"),
+                (0x04, "RST"),
+                (0x01, "FIN"),
+                (0x08, "PSH"),
+                (0x20, "URG"),
+                (0x40, "ECE"),
+                (0x80, "CWR"),
+            ];
+            let set: Vec<&str> = ORDER
+                .iter()
+                .filter(|(bit, _)| e.tcp_flags & bit != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            format!("TCP Flags: {}", set.join(", "))
+        }
+        17 => "UDP".to_owned(),
+        132 => "SCTP".to_owned(),
+        1 => format!("ICMPv4 {}", icmp4_name(e.dport as u8, e.sport as u8)),
+        58 => format!("ICMPv6 {}", icmp6_name(e.dport as u8, e.sport as u8)),
+        _ if e.ipver == 6 => "IPv6".to_owned(),
+        _ => "IPv4".to_owned(),
+    }
+}
+
+/// gopacket's ICMPv4 TypeCode names.
+fn icmp4_name(t: u8, code: u8) -> String {
+    match t {
+        0 => "EchoReply".to_owned(),
+        3 => {
+            let c = [
+                "Net",
+                "Host",
+                "Protocol",
+                "Port",
+                "FragmentationNeeded",
+                "SourceRoutingFailed",
+            ];
+            match c.get(usize::from(code)) {
+                Some(c) => format!("DestinationUnreachable({c})"),
+                None => format!("DestinationUnreachable(Code: {code})"),
+            }
+        }
+        8 => "EchoRequest".to_owned(),
+        11 => "TimeExceeded(TTLExceeded)".to_owned(),
+        _ => format!("{t}(Code: {code})"),
+    }
+}
+
+/// gopacket's ICMPv6 TypeCode names.
+fn icmp6_name(t: u8, code: u8) -> String {
+    match t {
+        1 => format!("DestinationUnreachable(Code: {code})"),
+        128 => "EchoRequest".to_owned(),
+        129 => "EchoReply".to_owned(),
+        _ => format!("{t}(Code: {code})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{Addr, DIR_INGRESS};
+    use imdsguard_flow::printer::{PrintOptions, compact};
+    use std::net::Ipv4Addr;
+
+    struct Dir;
+
+    impl Directory for Dir {
+        fn endpoint(&self, ip: IpAddr) -> Option<Endpoint> {
+            (ip == IpAddr::V4(Ipv4Addr::new(10, 244, 1, 17))).then(|| Endpoint {
+                id: 1201,
+                namespace: "go-webapp".to_owned(),
+                pod_name: "go-webapp-847857f68-2qlnd".to_owned(),
+                labels: vec!["k8s:app=go-webapp".to_owned()],
+                ..Default::default()
+            })
+        }
+        fn identity_labels(&self, identity: u32) -> Vec<String> {
+            match identity {
+                16_777_217 => vec![
+                    "cidr:169.254.169.254/32".to_owned(),
+                    "reserved:world".to_owned(),
+                ],
+                _ => vec![],
+            }
+        }
+        fn policy(&self, rule_id: u32) -> Option<Policy> {
+            (rule_id == 1).then(|| Policy {
+                name: "azure-imds-deny".to_owned(),
+                kind: "CiliumClusterwideNetworkPolicy".to_owned(),
+                ..Default::default()
+            })
+        }
+        fn interface_name(&self, _: u32) -> Option<String> {
+            Some("lxc1".to_owned())
+        }
+    }
+
+    fn event(kind: u8, sub_type: u8, verdict: u8) -> Event {
+        Event {
+            ts_ns: 1_000_000_000,
+            saddr: Addr::from(Ipv4Addr::new(10, 244, 1, 17)),
+            daddr: Addr::from(Ipv4Addr::new(169, 254, 169, 254)),
+            ep_id: 1201,
+            src_identity: 14226,
+            dst_identity: 16_777_217,
+            rule_id: 1,
+            sport: 40132,
+            dport: 80,
+            kind,
+            sub_type,
+            proto: 6,
+            ipver: 4,
+            tcp_flags: 0x02,
+            dir: DIR_EGRESS,
+            verdict,
+            match_type: 1,
+            ..Default::default()
+        }
+    }
+
+    fn line(e: &Event) -> String {
+        // 2025-07-15T21:49:39.668Z, as in the seed.
+        let offset = 1_752_616_179_668_000_000 - 1_000_000_000;
+        let f = to_flow(e, &Dir, "aks-node", offset);
+        compact(&f, &PrintOptions::default())
+    }
+
+    #[test]
+    fn policy_verdict_and_drop_print_as_hubble_does() {
+        assert_eq!(
+            line(&event(EV_POLICY_VERDICT, 0, 2)),
+            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) -> \
+             169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS DENIED (TCP Flags: SYN)\n"
+        );
+        assert_eq!(
+            line(&event(EV_DROP, 181, 2)),
+            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) <> \
+             169.254.169.254:80 (ID:16777217) Policy denied by denylist DROPPED (TCP Flags: SYN)\n"
+        );
+        let f = to_flow(&event(EV_POLICY_VERDICT, 0, 2), &Dir, "n", 0);
+        assert_eq!(f.egress_denied_by[0].name, "azure-imds-deny");
+        assert_eq!(f.destination.as_ref().map(|d| d.labels.len()), Some(2));
+        assert_eq!(f.source.as_ref().map(|s| s.id), Some(1201));
+    }
+
+    #[test]
+    fn a_reply_at_the_ingress_hook_belongs_to_the_egress_connection() {
+        let mut e = event(EV_TRACE, 0, 1);
+        std::mem::swap(&mut e.saddr, &mut e.daddr);
+        std::mem::swap(&mut e.src_identity, &mut e.dst_identity);
+        std::mem::swap(&mut e.sport, &mut e.dport);
+        e.dir = DIR_INGRESS;
+        e.is_reply = true;
+        e.tcp_flags = 0x12;
+        let f = to_flow(&e, &Dir, "n", 0);
+        assert_eq!(f.traffic_direction, TrafficDirection::Egress as i32);
+        assert!(
+            line(&e).ends_with(
+                "go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) <- 169.254.169.254:80 \
+                 (ID:16777217) to-endpoint FORWARDED (TCP Flags: SYN, ACK)\n"
+            ),
+            "{}",
+            line(&e)
+        );
+    }
+}

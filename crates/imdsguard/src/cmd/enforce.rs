@@ -1,0 +1,344 @@
+//! The agent's standalone enforcement: policies from a directory and endpoints from a file, both
+//! watched, resolved by the engine, written to the datapath; datapath events become flows.
+
+use crate::sources;
+use anyhow::{Context, Result};
+use clap::Args;
+use imdsguard_datapath::flows::{Directory, to_flow};
+use imdsguard_datapath::loader::{Datapath, Options as DatapathOptions};
+use imdsguard_datapath::sync::{SyncOptions, TableSync};
+use imdsguard_hubble_proto::flow;
+use imdsguard_hubble_server::server::Hub;
+use imdsguard_manifest::Source;
+use imdsguard_policy::store::PolicyStore;
+use imdsguard_policy::{DecodeOptions, EngineOptions, Identity, Repository};
+use imdsguard_scenario::EndpointsFile;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct EnforceArgs {
+    /// Policies to enforce: a directory (or file) of CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy and CiliumCIDRGroup manifests, watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// The pods of this node (`namespaces:` and `endpoints:`, each endpoint with its
+    /// `interface:`), watched for changes. Enables the datapath.
+    #[arg(long, value_name = "FILE")]
+    pub endpoints: Option<PathBuf>,
+    /// Report denied flows as AUDIT and let them pass (Cilium's --policy-audit-mode).
+    #[arg(long)]
+    pub policy_audit_mode: bool,
+    /// The BPF filesystem (Cilium's --bpf-root); pins live under <bpf-root>/imdsguard/.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpf_root: PathBuf,
+    /// The L7 proxy's port, for policies with HTTP rules.
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// How often the policy directory and the endpoints file are checked for changes.
+    #[arg(long, default_value = "200ms")]
+    pub reload_interval: String,
+}
+
+/// The endpoints file as last read: its hash, and its content when it was valid.
+struct EndpointsState {
+    hash: u64,
+    file: EndpointsFile,
+}
+
+/// Runs until `stop` is set. Errors that stop enforcement from starting are returned; later
+/// errors (a bad file, an interface that vanished) are reported and the last good state stays.
+pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>) -> Result<()> {
+    let Some(endpoints_path) = args.endpoints.clone() else {
+        anyhow::bail!(
+            "--endpoints is required to enforce (it names the pods and their interfaces)"
+        );
+    };
+    let interval = imdsguard_flow::timespec::parse_duration(&args.reload_interval)
+        .with_context(|| format!("invalid --reload-interval {:?}", args.reload_interval))?;
+    let interval = Duration::from_nanos(interval.max(10_000_000) as u64);
+    let mut dp = Datapath::open(&DatapathOptions {
+        bpf_root: args.bpf_root.clone(),
+        ..Default::default()
+    })
+    .with_context(|| {
+        format!(
+            "loading the datapath (pins under {}; needs root, or CAP_BPF and CAP_NET_ADMIN)",
+            args.bpf_root.display()
+        )
+    })?;
+    let mut events = dp
+        .take_events()
+        .context("the datapath's event ring buffer is already taken")?;
+    let mut repo = Repository::new(EngineOptions::default());
+    let mut store = PolicyStore::new();
+    let mut sync = TableSync::new(SyncOptions {
+        audit: args.policy_audit_mode,
+        proxy_port: args.proxy_port,
+        ..Default::default()
+    });
+    let mut eps: Option<EndpointsState> = None;
+    let mut attached: HashMap<String, u32> = HashMap::new();
+    let mut directory = AgentDirectory::default();
+    let offset = wall_offset_ns();
+    let mut next_reload = Instant::now();
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next_reload {
+            next_reload = Instant::now() + interval;
+            let changed = reload_policies(&args, &mut store, &mut repo)
+                | reload_endpoints(&endpoints_path, &mut eps, &mut repo);
+            if changed || first {
+                let started = Instant::now();
+                repo.resolve();
+                match sync.sync(&repo, &mut dp) {
+                    Ok(stats) => {
+                        if stats.policies_applied + stats.endpoints_removed > 0 || first {
+                            eprintln!(
+                                "datapath: {} endpoint policies written, {} pending, {} removed, {} ipcache entries in {:.1} ms",
+                                stats.policies_applied,
+                                stats.endpoints_pending,
+                                stats.endpoints_removed,
+                                stats.ipcache_written,
+                                started.elapsed().as_secs_f64() * 1e3
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("datapath: writing the tables failed: {e}"),
+                }
+                if let Some(state) = &eps {
+                    attach_interfaces(&mut dp, &state.file, &mut attached);
+                }
+                directory.rebuild(&repo, &sync, &attached);
+                first = false;
+            }
+        }
+        events.drain(|e| hub.ingest(to_flow(&e, &directory, &node, offset)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn reload_policies(args: &EnforceArgs, store: &mut PolicyStore, repo: &mut Repository) -> bool {
+    let Some(dir) = &args.policies else {
+        return false;
+    };
+    let sources = match sources::load(std::slice::from_ref(dir)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("policies: {e:#}; the policies in force stay");
+            return false;
+        }
+    };
+    let up = store.reload(&sources, &DecodeOptions::default(), repo);
+    for e in &up.errors {
+        eprintln!("policy error: {e}");
+    }
+    for k in &up.kept {
+        eprintln!("policy: {k} is invalid now; its last good version stays in force");
+    }
+    if up.files_changed > 0 {
+        eprintln!(
+            "policies: {} file(s) changed, {} object(s) updated, {} deleted",
+            up.files_changed, up.policies_upserted, up.policies_deleted
+        );
+    }
+    up.files_changed > 0
+}
+
+fn reload_endpoints(
+    path: &PathBuf,
+    state: &mut Option<EndpointsState>,
+    repo: &mut Repository,
+) -> bool {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            if state.is_none() {
+                eprintln!("endpoints: cannot read {}: {e}", path.display());
+            }
+            return false;
+        }
+    };
+    let hash = imdsguard_policy::identity::fnv1a(text.as_bytes());
+    if state.as_ref().is_some_and(|s| s.hash == hash) {
+        return false;
+    }
+    let parsed =
+        imdsguard_scenario::parse_endpoints(&Source::new(path.display().to_string(), text));
+    let file = match parsed {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("endpoints error: {e}; the endpoints in force stay");
+            // Remember the hash so the same bad text is reported once.
+            match state {
+                Some(s) => s.hash = hash,
+                None => {
+                    *state = Some(EndpointsState {
+                        hash,
+                        file: EndpointsFile::default(),
+                    })
+                }
+            }
+            return false;
+        }
+    };
+    for (ns, labels) in &file.namespaces {
+        repo.set_namespace_labels(ns, labels.clone());
+    }
+    let keep: HashSet<String> = file.endpoints.iter().map(|e| e.spec.key()).collect();
+    let gone: Vec<(String, String)> = repo
+        .endpoints()
+        .filter(|(s, _)| !keep.contains(&s.key()))
+        .map(|(s, _)| (s.namespace.clone(), s.name.clone()))
+        .collect();
+    for (ns, name) in gone {
+        repo.remove_endpoint(&ns, &name);
+    }
+    for e in &file.endpoints {
+        repo.upsert_endpoint(e.spec.clone());
+    }
+    eprintln!(
+        "endpoints: {} pod(s) from {}",
+        file.endpoints.len(),
+        path.display()
+    );
+    *state = Some(EndpointsState { hash, file });
+    true
+}
+
+/// Attaches to every endpoint's interface and detaches from interfaces no endpoint has.
+fn attach_interfaces(dp: &mut Datapath, file: &EndpointsFile, attached: &mut HashMap<String, u32>) {
+    let want: HashSet<&str> = file
+        .endpoints
+        .iter()
+        .filter_map(|e| e.interface.as_deref())
+        .collect();
+    for ifname in &want {
+        if attached.contains_key(*ifname) {
+            continue;
+        }
+        match dp.attach(ifname) {
+            Ok(_) => {
+                let index = ifindex(ifname).unwrap_or(0);
+                eprintln!("datapath: attached to {ifname}");
+                attached.insert((*ifname).to_owned(), index);
+            }
+            Err(e) => eprintln!("datapath: {e}"),
+        }
+    }
+    let stale: Vec<String> = match dp.pinned_interfaces() {
+        Ok(pinned) => pinned
+            .into_iter()
+            .filter(|p| !want.contains(p.as_str()))
+            .collect(),
+        Err(e) => {
+            eprintln!("datapath: listing pinned links: {e}");
+            Vec::new()
+        }
+    };
+    for ifname in stale {
+        if let Err(e) = dp.detach(&ifname) {
+            eprintln!("datapath: detaching from {ifname}: {e}");
+        }
+        attached.remove(&ifname);
+    }
+}
+
+fn ifindex(ifname: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Wall time minus CLOCK_MONOTONIC, in nanoseconds: datapath events carry monotonic time.
+// time_t is not i64 on every target.
+#[allow(clippy::useless_conversion)]
+fn wall_offset_ns() -> i64 {
+    let mono = |clock| {
+        // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i64::from(ts.tv_sec) * 1_000_000_000 + i64::from(ts.tv_nsec)
+    };
+    mono(libc::CLOCK_REALTIME) - mono(libc::CLOCK_MONOTONIC)
+}
+
+/// What flows are named with, rebuilt after every change.
+#[derive(Default)]
+struct AgentDirectory {
+    endpoints: HashMap<IpAddr, flow::Endpoint>,
+    identity_labels: HashMap<u32, Vec<String>>,
+    policies: HashMap<u32, flow::Policy>,
+    interfaces: HashMap<u32, String>,
+}
+
+impl AgentDirectory {
+    fn rebuild(&mut self, repo: &Repository, sync: &TableSync, attached: &HashMap<String, u32>) {
+        self.identity_labels = repo
+            .identities()
+            .iter()
+            .map(|(id, labels)| (id.0, labels.iter().map(|l| l.to_string()).collect()))
+            .collect();
+        self.endpoints.clear();
+        for (spec, identity) in repo.endpoints() {
+            let ep = flow::Endpoint {
+                id: sync.endpoint_id(&spec.key()).unwrap_or(0),
+                identity: identity.0,
+                namespace: spec.namespace.clone(),
+                labels: self.labels(identity.0),
+                pod_name: spec.name.clone(),
+                ..Default::default()
+            };
+            for ip in &spec.ips {
+                self.endpoints.insert(*ip, ep.clone());
+            }
+        }
+        self.policies = (1..)
+            .map_while(|id| sync.rule_ids.policy(id).map(|p| (id, p)))
+            .map(|(id, p)| {
+                (
+                    id,
+                    flow::Policy {
+                        name: p.name.to_string(),
+                        namespace: p.namespace.to_string(),
+                        kind: p.kind.as_str().to_owned(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        self.interfaces = attached.iter().map(|(n, i)| (*i, n.clone())).collect();
+    }
+
+    fn labels(&self, identity: u32) -> Vec<String> {
+        if let Some(l) = self.identity_labels.get(&identity) {
+            return l.clone();
+        }
+        Identity(identity)
+            .reserved_labels()
+            .map(|l| l.iter().map(|l| l.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Directory for AgentDirectory {
+    fn endpoint(&self, ip: IpAddr) -> Option<flow::Endpoint> {
+        self.endpoints.get(&ip).cloned()
+    }
+    fn identity_labels(&self, identity: u32) -> Vec<String> {
+        self.labels(identity)
+    }
+    fn policy(&self, rule_id: u32) -> Option<flow::Policy> {
+        self.policies.get(&rule_id).cloned()
+    }
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.interfaces.get(&ifindex).cloned()
+    }
+}
