@@ -216,8 +216,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
-static __always_inline void ct_tuple(struct ct_key *k, const struct pkt *p, int reverse)
+static __always_inline void ct_tuple(struct ct_key *k, const struct pkt *p, int reverse,
+				     __u32 ep_id, __u8 dir)
 {
+	k->ep_id = ep_id;
+	k->dir = dir;
 	if (reverse) {
 		k->saddr = p->daddr;
 		k->daddr = p->saddr;
@@ -333,7 +336,7 @@ static __always_inline int drop_notify_due(const struct pkt *p)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 *last;
 
-	ct_tuple(&k, p, 0);
+	ct_tuple(&k, p, 0, 0, 0);
 	last = bpf_map_lookup_elem(&drop_notified, &k);
 	if (last && now - *last < drop_notify_interval_ns)
 		return 0;
@@ -368,9 +371,12 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 	struct bpf_sock *sk;
 	__u32 size;
 	long ret = -1;
+	__u8 reason = DROP_SOCKET_LOOKUP;
 
-	if (p->proto != IPPROTO_TCP)
+	if (p->proto != IPPROTO_TCP) {
+		reason = DROP_PROXY_PROTO;
 		goto fail;
+	}
 	if (p->ipver == 4) {
 		__builtin_memcpy(&t.ipv4.saddr, &p->saddr.b[12], 4);
 		__builtin_memcpy(&t.ipv4.daddr, &p->daddr.b[12], 4);
@@ -411,6 +417,8 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 	ret = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 done:
+	if (ret != 0)
+		reason = DROP_SOCKET_ASSIGN;
 	if (ret == 0) {
 		skb->mark = proxy_mark;
 		if (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
@@ -422,7 +430,7 @@ done:
 fail:
 	count(CNT_PROXY_DOWN);
 	v->verdict = VERDICT_DROPPED;
-	return drop(skb, p, v, DROP_PROXY_UNAVAILABLE, 0);
+	return drop(skb, p, v, reason, 0);
 }
 
 /* Judges a packet of endpoint v->ep in direction v->dir. */
@@ -436,8 +444,8 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 	int found;
 
 	count(CNT_PACKETS);
-	/* A packet of a connection this direction opened. */
-	ct_tuple(&key, p, 0);
+	/* A packet of a connection this endpoint opened in this direction. */
+	ct_tuple(&key, p, 0, v->ep.ep_id, v->dir);
 	c = bpf_map_lookup_elem(&ct, &key);
 	if (c) {
 		c->last_seen_ns = now;
@@ -453,8 +461,8 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		}
 		return TCX_NEXT;
 	}
-	/* A reply to a connection the other direction opened. */
-	ct_tuple(&key, p, 1);
+	/* A reply to a connection this endpoint accepted or opened the other way. */
+	ct_tuple(&key, p, 1, v->ep.ep_id, v->dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
 	c = bpf_map_lookup_elem(&ct, &key);
 	if (c) {
 		c->last_seen_ns = now;
@@ -510,7 +518,7 @@ track: {
 		.flags = v->verdict == VERDICT_AUDIT ? CT_AUDITED : 0,
 	};
 
-	ct_tuple(&key, p, 0);
+	ct_tuple(&key, p, 0, v->ep.ep_id, v->dir);
 	bpf_map_update_elem(&ct, &key, &nv, BPF_ANY);
 }
 	if (v->verdict == VERDICT_REDIRECTED) {

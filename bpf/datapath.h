@@ -68,14 +68,18 @@ struct policy_value {
 	__u32 rule_id; /* the origin, for "allowed by" / "denied by" */
 };
 
-/* ct: connection tracking, keyed by the tuple of the first packet. */
+/* ct: connection tracking, keyed by the tuple of the first packet and the
+ * endpoint and direction that judged it. Two local pods each keep their own
+ * entry, so the receiver's ingress policy is never skipped. */
 struct ct_key {
 	struct addr saddr;
 	struct addr daddr;
 	__be16 sport;
 	__be16 dport;
+	__u32 ep_id;
 	__u8 proto;
-	__u8 pad[3];
+	__u8 dir;
+	__u8 pad[2];
 };
 
 #define CT_SEEN_REPLY (1u << 0)
@@ -119,7 +123,9 @@ enum counter {
 /* Drop reasons (Cilium's numbers). */
 #define DROP_POLICY 133
 #define DROP_POLICY_DENY 181
-#define DROP_PROXY_UNAVAILABLE 205 /* "Punt to proxy" is the closest Cilium text */
+#define DROP_SOCKET_LOOKUP 178 /* no proxy listening: never pass instead */
+#define DROP_SOCKET_ASSIGN 179
+#define DROP_PROXY_PROTO 180 /* the proxy only takes TCP */
 
 #define VERDICT_FORWARDED 1
 #define VERDICT_DROPPED 2
@@ -153,7 +159,7 @@ struct event {
 
 _Static_assert(sizeof(struct event) == 80, "event size is part of the ABI");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
-_Static_assert(sizeof(struct ct_key) == 40, "ct_key size");
+_Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
 _Static_assert(sizeof(struct ct_value) == 24, "ct_value size");
 
 #endif

@@ -116,8 +116,10 @@ pub struct CtKey {
     pub daddr: Addr,
     pub sport_be: u16,
     pub dport_be: u16,
+    pub ep_id: u32,
     pub proto: u8,
-    pub pad: [u8; 3],
+    pub dir: u8,
+    pub pad: [u8; 2],
 }
 
 #[repr(C)]
@@ -239,7 +241,7 @@ const _: () = {
     assert!(size_of::<IpcacheValue>() == 8);
     assert!(size_of::<PolicyKey>() == 16);
     assert!(size_of::<PolicyValue>() == 12);
-    assert!(size_of::<CtKey>() == 40);
+    assert!(size_of::<CtKey>() == 44);
     assert!(size_of::<CtValue>() == 24);
 };
 

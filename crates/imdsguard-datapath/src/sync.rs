@@ -7,7 +7,7 @@ use crate::tables::{RuleIds, endpoint_tables};
 use imdsguard_policy::Repository;
 use imdsguard_policy::repository::EndpointPolicy;
 use ipnet::IpNet;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -22,7 +22,10 @@ pub const DEFAULT_PROTECTED: [&str; 3] = [
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
+    /// Audit mode for every endpoint (Cilium's --policy-audit-mode).
     pub audit: bool,
+    /// Audit mode for these endpoints (`namespace/name`) only.
+    pub audit_endpoints: HashSet<String>,
     /// The L7 proxy's listening port, for entries that redirect.
     pub proxy_port: u16,
     pub protected: Vec<IpNet>,
@@ -32,6 +35,7 @@ impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             audit: false,
+            audit_endpoints: HashSet::new(),
             proxy_port: 15001,
             protected: DEFAULT_PROTECTED
                 .iter()
@@ -52,6 +56,7 @@ pub struct SyncStats {
 
 struct Applied {
     ep_id: u32,
+    audit: bool,
     ips: Vec<IpAddr>,
     identity: u32,
     policy: Option<Arc<EndpointPolicy>>,
@@ -77,6 +82,11 @@ impl TableSync {
             next_ep_id: 1,
             synced: false,
         }
+    }
+
+    /// Sets which endpoints are in audit mode; the next `sync` rewrites those that changed.
+    pub fn set_audit_endpoints(&mut self, keys: HashSet<String>) {
+        self.opts.audit_endpoints = keys;
     }
 
     /// The endpoint ID of an endpoint key (`namespace/name`).
@@ -188,8 +198,10 @@ impl TableSync {
                     id
                 }
             };
+            let audit = self.opts.audit || self.opts.audit_endpoints.contains(&key);
             let unchanged = self.endpoints.get(&key).is_some_and(|a| {
                 a.ips == spec.ips
+                    && a.audit == audit
                     && a.identity == identity.0
                     && match (&a.policy, &policy) {
                         (Some(x), Some(y)) => Arc::ptr_eq(x, y),
@@ -212,8 +224,7 @@ impl TableSync {
             }
             match &policy {
                 Some(p) => {
-                    let (audit, proxy_port, ids) =
-                        (self.opts.audit, self.opts.proxy_port, &mut self.rule_ids);
+                    let (proxy_port, ids) = (self.opts.proxy_port, &mut self.rule_ids);
                     dp.apply_policy(&spec.ips, ep_id, identity.0, |generation| {
                         endpoint_tables(ep_id, generation, p, audit, proxy_port, ids)
                     })?;
@@ -228,6 +239,7 @@ impl TableSync {
                 key,
                 Applied {
                     ep_id,
+                    audit,
                     ips: spec.ips.clone(),
                     identity: identity.0,
                     policy,

@@ -132,7 +132,11 @@ fn ping(from: &Pod, to: IpAddr) -> bool {
 }
 
 fn repository(lab: &Lab) -> Repository {
-    let text = POLICIES
+    repository_with(lab, POLICIES)
+}
+
+fn repository_with(lab: &Lab, policies: &str) -> Repository {
+    let text = policies
         .replace("SERVER6", &lab.server.ipv6.expect("v6").to_string())
         .replace("SERVER", &lab.server.ipv4.to_string());
     let decoded = decode_source(
@@ -318,4 +322,132 @@ fn a_pod_without_policy_is_closed_for_metadata_until_its_policy_lands() {
         curl(&lab.a, server),
         "c could not reach the server once its policy was in place"
     );
+}
+
+#[test]
+fn audit_mode_lets_denials_pass_and_reports_them() {
+    let Some(lab) = lab() else { return };
+    let repo = repository(&lab);
+    let mut dp = open(&lab);
+    // Per endpoint: only a is audited.
+    let mut opts = sync_options(&lab);
+    opts.audit_endpoints.insert("default/a".to_owned());
+    let mut sync = TableSync::new(opts);
+    sync.sync(&repo, &mut dp).expect("sync");
+    dp.attach(&lab.a.host_if).expect("attach");
+    let mut events = dp.take_events().expect("events");
+    let server = IpAddr::V4(lab.server.ipv4);
+    assert!(
+        curl(&lab.a, server),
+        "audit mode still dropped a's connection"
+    );
+    let evs = drain(&mut events);
+    let verdicts: Vec<u8> = from(&evs, lab.a.ipv4)
+        .iter()
+        .filter(|e| e.kind == abi::EV_POLICY_VERDICT)
+        .map(|e| e.verdict)
+        .collect();
+    assert_eq!(verdicts, [6], "{evs:?}");
+    assert!(
+        !from(&evs, lab.a.ipv4)
+            .iter()
+            .any(|e| e.kind == abi::EV_DROP)
+    );
+    // Audit off again: the deny is back for new connections.
+    sync.set_audit_endpoints(Default::default());
+    sync.sync(&repo, &mut dp).expect("sync");
+    assert!(
+        !curl(&lab.a, server),
+        "the deny did not come back after audit mode"
+    );
+}
+
+const INGRESS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-ingress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: a}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  egress:
+    - toCIDR: [192.0.2.1/32]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a-http-only, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: b}}]
+    - toCIDR: [SERVER/32]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+          rules: {http: [{method: GET}]}
+"#;
+
+#[test]
+fn ingress_policy_replies_and_a_missing_proxy() {
+    let Some(lab) = lab() else { return };
+    // b serves too, so that a can be its client.
+    let _b_http = lab
+        .b
+        .ns
+        .spawn("python3", &["-m", "http.server", "8080", "--bind", "::"])
+        .expect("b's server");
+    let repo = repository_with(&lab, INGRESS);
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync");
+    for pod in [&lab.a, &lab.b] {
+        dp.attach(&pod.host_if).expect("attach");
+    }
+    let mut events = dp.take_events().expect("events");
+    let b = IpAddr::V4(lab.b.ipv4);
+    // a -> b:8080 is allowed by b's ingress, and b's replies pass its egress default deny.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !curl(&lab.a, b) {
+        assert!(Instant::now() < deadline, "a never reached b");
+    }
+    // The server has no ingress allow for b's peers other than a: b -> a is b's egress, denied.
+    assert!(
+        !curl(&lab.b, IpAddr::V4(lab.a.ipv4)),
+        "b's egress default deny let it out"
+    );
+    let evs = drain(&mut events);
+    let ingress_allowed = evs.iter().any(|e| {
+        e.kind == abi::EV_POLICY_VERDICT
+            && e.dir == abi::DIR_INGRESS
+            && e.verdict == 1
+            && e.daddr == abi::Addr::from(lab.b.ipv4)
+    });
+    assert!(ingress_allowed, "no ingress verdict for a -> b: {evs:?}");
+    assert!(
+        evs.iter().any(|e| e.kind == abi::EV_TRACE
+            && e.is_reply
+            && e.saddr == abi::Addr::from(lab.b.ipv4)),
+        "b's reply was not traced as a reply"
+    );
+    // a -> server:8080 has HTTP rules: redirected to the proxy, which is not running. The
+    // connection is dropped (socket lookup failed), never passed.
+    assert!(
+        !curl(&lab.a, IpAddr::V4(lab.server.ipv4)),
+        "passed without the proxy"
+    );
+    let evs = drain(&mut events);
+    let verdict = from(&evs, lab.a.ipv4)
+        .into_iter()
+        .find(|e| e.kind == abi::EV_POLICY_VERDICT)
+        .expect("a verdict for the redirect");
+    assert_eq!((verdict.verdict, verdict.proxy_port), (5, 15001));
+    assert!(
+        from(&evs, lab.a.ipv4)
+            .iter()
+            .any(|e| e.kind == abi::EV_DROP && e.sub_type == 178),
+        "no 'Socket lookup failed' drop: {evs:?}"
+    );
+    let counters: std::collections::HashMap<_, _> =
+        dp.counters().expect("counters").into_iter().collect();
+    assert!(counters["proxy_down"] >= 1, "{counters:?}");
 }

@@ -33,6 +33,8 @@ pub fn drop_reason_text(code: u32) -> Cow<'static, str> {
         171 => "Invalid identity",
         174 => "Is a ClusterIP",
         177 => "Denied by LB src range check",
+        178 => "Socket lookup failed",
+        179 => "Socket assign failed",
         180 => "Proxy redirection not supported for protocol",
         181 => "Policy denied by denylist",
         182 => "VLAN traffic disallowed by VLAN filter",

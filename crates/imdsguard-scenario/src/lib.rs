@@ -31,6 +31,9 @@ pub struct ScenarioEndpoint {
     pub spec: EndpointSpec,
     /// The host side of the pod's veth (agent endpoints files; ignored by `policy test`).
     pub interface: Option<String>,
+    /// Cilium's per-endpoint PolicyAuditMode: denials pass and are reported as AUDIT (agent
+    /// endpoints files; `policy test` uses the scenario's `auditMode`).
+    pub policy_audit_mode: bool,
 }
 
 /// The agent's `--endpoints` file: the `namespaces:` and `endpoints:` sections of a scenario.
@@ -292,6 +295,7 @@ fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
         "ips",
         "namedPorts",
         "interface",
+        "policyAuditMode",
     ])?;
     let handle = m.required("name")?.str()?.to_owned();
     let namespace = m
@@ -358,10 +362,16 @@ fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
         .get("interface")
         .map(|i| i.str().map(str::to_owned))
         .transpose()?;
+    let policy_audit_mode = m
+        .get("policyAuditMode")
+        .map(|f| f.bool())
+        .transpose()?
+        .unwrap_or(false);
     Ok(ScenarioEndpoint {
         handle,
         spec,
         interface,
+        policy_audit_mode,
     })
 }
 
@@ -720,11 +730,13 @@ endpoints:
     serviceAccount: fluent-bit
     ips: [10.244.1.40, "fd00:10::40"]
     interface: veth-fb0
+    policyAuditMode: true
 "#;
         let f = parse_endpoints(&Source::new("endpoints.yaml", text)).expect("valid");
         assert_eq!(f.namespaces[0].0, "logging");
         let ep = &f.endpoints[0];
         assert_eq!(ep.interface.as_deref(), Some("veth-fb0"));
+        assert!(ep.policy_audit_mode);
         assert_eq!(ep.spec.service_account, "fluent-bit");
         assert_eq!(ep.spec.ips.len(), 2);
         let err = parse_endpoints(&Source::new(

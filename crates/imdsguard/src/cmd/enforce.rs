@@ -95,6 +95,17 @@ pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>
             if changed || first {
                 let started = Instant::now();
                 repo.resolve();
+                if let Some(state) = &eps {
+                    sync.set_audit_endpoints(
+                        state
+                            .file
+                            .endpoints
+                            .iter()
+                            .filter(|e| e.policy_audit_mode)
+                            .map(|e| e.spec.key())
+                            .collect(),
+                    );
+                }
                 match sync.sync(&repo, &mut dp) {
                     Ok(stats) => {
                         if stats.policies_applied + stats.endpoints_removed > 0 || first {
