@@ -602,3 +602,103 @@ pub fn unpin_all(bpf_root: &Path) -> std::io::Result<()> {
         r => r,
     }
 }
+
+/// The datapath as the kernel holds it, read from the pins: works whether or not an agent runs.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub pin_dir: PathBuf,
+    pub endpoints: Vec<(IpAddr, EndpointInfo)>,
+    pub ipcache: Vec<(IpNet, IpcacheValue)>,
+    pub counters: Vec<(&'static str, u64)>,
+    pub interfaces: Vec<InterfaceState>,
+}
+
+/// One pinned interface and where our programs sit in its TCX chains.
+#[derive(Debug, Clone)]
+pub struct InterfaceState {
+    pub ifname: String,
+    /// `None` when the interface no longer exists (a stale pin).
+    pub chains: Option<Vec<Attachment>>,
+}
+
+/// Reads the pinned datapath under `bpf_root`.
+pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
+    let dir = Datapath::pin_dir(bpf_root);
+    let map = |name: &'static str| -> Result<MapData> {
+        let path = dir.join("maps").join(name);
+        MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })
+    };
+    let endpoints: BpfHashMap<MapData, Addr, EndpointInfo> =
+        BpfHashMap::try_from(aya::maps::Map::HashMap(map("endpoints")?))
+            .map_err(map_err("endpoints"))?;
+    let ipcache: LpmTrie<MapData, Addr, IpcacheValue> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(map("ipcache")?)).map_err(map_err("ipcache"))?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map("counters")?))
+            .map_err(map_err("counters"))?;
+    let mut endpoint_list: Vec<(IpAddr, EndpointInfo)> = endpoints
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(a, e)| (a.ip(), e))
+        .collect();
+    endpoint_list.sort_by_key(|(ip, e)| (e.ep_id, *ip));
+    let ipcache_list = ipcache
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter_map(|(k, v)| {
+            let ip = k.data().ip();
+            let len = match ip {
+                IpAddr::V4(_) => k.prefix_len().checked_sub(96)?,
+                IpAddr::V6(_) => k.prefix_len(),
+            };
+            Some((IpNet::new(ip, u8::try_from(len).ok()?).ok()?, v))
+        })
+        .collect();
+    let counter_list = COUNTER_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let v = counters
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            (*name, v)
+        })
+        .collect();
+    let links = dir.join("links");
+    let mut interfaces = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| unescape_ifname(&e.file_name().to_string_lossy()))
+            .collect();
+        names.sort();
+        for ifname in names {
+            let exists = Path::new("/sys/class/net").join(&ifname).exists();
+            let chains = exists.then(|| {
+                PROGRAMS
+                    .iter()
+                    .map(|(program, direction)| {
+                        let chain = SchedClassifier::query_tcx(&ifname, *direction)
+                            .map(|(_, c)| c)
+                            .unwrap_or_default();
+                        Attachment {
+                            ifname: ifname.clone(),
+                            program,
+                            position: chain.iter().position(|p| p.name_as_str() == Some(*program)),
+                            chain_len: chain.len(),
+                        }
+                    })
+                    .collect()
+            });
+            interfaces.push(InterfaceState { ifname, chains });
+        }
+    }
+    Ok(Inspection {
+        pin_dir: dir,
+        endpoints: endpoint_list,
+        ipcache: ipcache_list,
+        counters: counter_list,
+        interfaces,
+    })
+}

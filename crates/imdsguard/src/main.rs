@@ -24,8 +24,10 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Observe flows, as `hubble observe` does (filters, formats, --input-file).
     Observe(Box<cmd::observe::ObserveArgs>),
-    /// Run the node agent (today: Hubble's API over replayed flows).
+    /// Run the node agent: enforce policies through the eBPF datapath and serve flows.
     Agent(cmd::agent::AgentArgs),
+    /// Show the datapath as the kernel holds it: interfaces, endpoints, counters.
+    Status(cmd::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Observe(a) => cmd::observe::run(*a),
         Command::Agent(a) => cmd::agent::run(a),
+        Command::Status(a) => cmd::status::run(a),
     };
     match result {
         Ok(code) => code,

@@ -294,6 +294,38 @@ fn the_agent_enforces_watched_files_reports_flows_and_survives_sigkill() {
     agent.wait_log(&format!("attached to {}", a.host_if));
     assert!(!curl(&a, s.ipv4));
     assert!(curl(&b, s.ipv4));
+
+    // status reads the pins: both programs first (and alone) in each chain, no duplicates
+    // after the restart, both endpoints with their policy in place, the counters.
+    let status = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["status", "--bpf-root", &bpf_root])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for pod in [&a, &b] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&pod.host_if))
+            .unwrap_or_else(|| panic!("no line for {} in:\n{text}", pod.host_if));
+        assert!(line.contains("from_pod 1 of 1, to_pod 1 of 1"), "{line}");
+    }
+    assert!(text.contains("Endpoints:    2"), "{text}");
+    assert!(
+        text.contains("169.254.169.254/32"),
+        "IMDS is not closed by default:\n{text}"
+    );
+    let json = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["status", "--bpf-root", &bpf_root, "-o", "json"])
+        .output()
+        .expect("status json");
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status -o json");
+    assert!(v["counters"]["denied"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert_eq!(v["endpoints"].as_array().map(Vec::len), Some(2));
     drop(agent);
     drop(bpf);
 }

@@ -2,3 +2,4 @@ pub mod agent;
 pub mod enforce;
 pub mod observe;
 pub mod policy;
+pub mod status;

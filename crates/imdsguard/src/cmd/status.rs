@@ -1,0 +1,154 @@
+//! `imdsguard status`: the datapath as the kernel holds it (endpoints, policy revisions, the TCX
+//! chains, which `tc filter show` cannot list, and counters), read from the pins.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use imdsguard_datapath::abi::{EP_AUDIT, EP_EGRESS_ENFORCED, EP_INGRESS_ENFORCED, EP_READY};
+use imdsguard_datapath::loader::{Inspection, inspect};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The BPF filesystem the agent pins to (its --bpf-root).
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpf_root: PathBuf,
+    /// Output format: text or json.
+    #[arg(short = 'o', long, default_value = "text")]
+    output: String,
+}
+
+pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    let state = inspect(&args.bpf_root).with_context(|| {
+        format!(
+            "reading the datapath pinned under {} (is an agent running with --bpf-root {}? reading pins needs root)",
+            args.bpf_root.display(),
+            args.bpf_root.display()
+        )
+    })?;
+    let out = match args.output.as_str() {
+        "json" => serde_json::to_string_pretty(&json(&state))? + "\n",
+        "text" => text(&state),
+        other => anyhow::bail!("unknown output format {other:?}: use text or json"),
+    };
+    print!("{out}");
+    // Exit 1 when enforcement is not complete: a program that is not first, or a stale pin.
+    let healthy = state.interfaces.iter().all(|i| {
+        i.chains
+            .as_ref()
+            .is_some_and(|c| c.iter().all(|a| a.position == Some(0)))
+    });
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn enabled(flags: u32, bit: u32) -> &'static str {
+    if flags & bit != 0 {
+        "Enabled"
+    } else {
+        "Disabled"
+    }
+}
+
+fn text(s: &Inspection) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "Datapath:     pinned at {}", s.pin_dir.display());
+    let _ = writeln!(o, "Interfaces:   {}", s.interfaces.len());
+    for i in &s.interfaces {
+        match &i.chains {
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  {:<16} gone (stale pin; the agent removes it)",
+                    i.ifname
+                );
+            }
+            Some(chains) => {
+                let parts: Vec<String> = chains
+                    .iter()
+                    .map(|a| match a.position {
+                        Some(p) => format!("{} {} of {}", a.program, p + 1, a.chain_len),
+                        None => format!("{} NOT ATTACHED", a.program),
+                    })
+                    .collect();
+                let _ = writeln!(o, "  {:<16} {}", i.ifname, parts.join(", "));
+            }
+        }
+    }
+    let _ = writeln!(o, "Endpoints:    {}", s.endpoints.len());
+    let _ = writeln!(
+        o,
+        "  {:<10} {:<10} {:<26} {:<16} {:<18} {:<17} AUDIT",
+        "ENDPOINT", "IDENTITY", "IP", "POLICY REVISION", "POLICY (ingress)", "POLICY (egress)"
+    );
+    for (ip, e) in &s.endpoints {
+        let revision = if e.flags & EP_READY != 0 {
+            e.generation.to_string()
+        } else {
+            "pending (metadata closed)".to_owned()
+        };
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<10} {:<26} {:<16} {:<18} {:<17} {}",
+            e.ep_id,
+            e.identity,
+            ip,
+            revision,
+            enabled(e.flags, EP_INGRESS_ENFORCED),
+            enabled(e.flags, EP_EGRESS_ENFORCED),
+            enabled(e.flags, EP_AUDIT)
+        );
+    }
+    let protected: Vec<String> = s
+        .ipcache
+        .iter()
+        .filter(|(_, v)| v.flags & imdsguard_datapath::abi::IPC_PROTECTED != 0)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let _ = writeln!(
+        o,
+        "IPCache:      {} entries; metadata addresses closed to pods without policy: {}",
+        s.ipcache.len(),
+        protected.join(", ")
+    );
+    let _ = writeln!(o, "Counters:");
+    for (name, v) in &s.counters {
+        let _ = writeln!(o, "  {name:<14} {v}");
+    }
+    o
+}
+
+fn json(s: &Inspection) -> serde_json::Value {
+    serde_json::json!({
+        "pin_dir": s.pin_dir,
+        "interfaces": s.interfaces.iter().map(|i| serde_json::json!({
+            "name": i.ifname,
+            "present": i.chains.is_some(),
+            "programs": i.chains.iter().flatten().map(|a| serde_json::json!({
+                "program": a.program,
+                "position": a.position,
+                "chain_length": a.chain_len,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|(ip, e)| serde_json::json!({
+            "id": e.ep_id,
+            "identity": e.identity,
+            "ip": ip,
+            "policy_revision": e.generation,
+            "ready": e.flags & EP_READY != 0,
+            "ingress_enforced": e.flags & EP_INGRESS_ENFORCED != 0,
+            "egress_enforced": e.flags & EP_EGRESS_ENFORCED != 0,
+            "audit": e.flags & EP_AUDIT != 0,
+        })).collect::<Vec<_>>(),
+        "ipcache": s.ipcache.iter().map(|(n, v)| serde_json::json!({
+            "prefix": n.to_string(),
+            "identity": v.identity,
+            "protected": v.flags & imdsguard_datapath::abi::IPC_PROTECTED != 0,
+        })).collect::<Vec<_>>(),
+        "counters": s.counters.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+    })
+}
