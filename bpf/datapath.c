@@ -118,8 +118,10 @@ struct pkt {
 struct verdict {
 	struct endpoint_info ep;
 	struct policy_value pv;
-	__u32 remote;
+	__u32 remote; /* looked up only when needed: known connections skip the LPM */
 	__u32 remote_flags;
+	__u8 remote_known;
+	__u8 ep_known; /* likewise the endpoint */
 	__u8 dir;
 	__u8 verdict;
 	__u8 reason;
@@ -216,23 +218,34 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
-static __always_inline void ct_tuple(struct ct_key *k, const struct pkt *p, int reverse,
-				     __u32 ep_id, __u8 dir)
+/* Fills the direction-independent key; returns 1 when the packet comes from
+ * the lower side. */
+static __always_inline int ct_tuple(struct ct_key *k, const struct pkt *p, __u32 ifindex)
 {
-	k->ep_id = ep_id;
-	k->dir = dir;
-	if (reverse) {
-		k->saddr = p->daddr;
-		k->daddr = p->saddr;
-		k->sport = p->ct_dport;
-		k->dport = p->ct_sport;
+	const __u64 *s = (const __u64 *)p->saddr.b;
+	const __u64 *d = (const __u64 *)p->daddr.b;
+	int from_lo;
+
+	if (s[0] != d[0])
+		from_lo = bpf_be64_to_cpu(s[0]) < bpf_be64_to_cpu(d[0]);
+	else if (s[1] != d[1])
+		from_lo = bpf_be64_to_cpu(s[1]) < bpf_be64_to_cpu(d[1]);
+	else
+		from_lo = bpf_ntohs(p->ct_sport) <= bpf_ntohs(p->ct_dport);
+	if (from_lo) {
+		k->lo_addr = p->saddr;
+		k->hi_addr = p->daddr;
+		k->lo_port = p->ct_sport;
+		k->hi_port = p->ct_dport;
 	} else {
-		k->saddr = p->saddr;
-		k->daddr = p->daddr;
-		k->sport = p->ct_sport;
-		k->dport = p->ct_dport;
+		k->lo_addr = p->daddr;
+		k->hi_addr = p->saddr;
+		k->lo_port = p->ct_dport;
+		k->hi_port = p->ct_sport;
 	}
+	k->ifindex = ifindex;
 	k->proto = p->proto;
+	return from_lo;
 }
 
 static __always_inline struct ipcache_value *ipcache_lookup(const struct addr *a)
@@ -241,6 +254,35 @@ static __always_inline struct ipcache_value *ipcache_lookup(const struct addr *a
 
 	k.addr = *a;
 	return bpf_map_lookup_elem(&ipcache, &k);
+}
+
+/* The pod's endpoint: the source for egress, the destination for ingress.
+ * Returns 0 when the address is not a known endpoint. */
+static __always_inline int load_endpoint(struct verdict *v, const struct pkt *p)
+{
+	struct endpoint_info *ep;
+
+	if (v->ep_known)
+		return v->ep.identity != 0 || v->ep.ep_id != 0;
+	v->ep_known = 1;
+	ep = bpf_map_lookup_elem(&endpoints, v->dir == DIR_EGRESS ? &p->saddr : &p->daddr);
+	if (!ep)
+		return 0;
+	v->ep = *ep;
+	return 1;
+}
+
+/* The peer's identity: the destination for egress, the source for ingress. */
+static __always_inline void resolve_remote(struct verdict *v, const struct pkt *p)
+{
+	struct ipcache_value *r;
+
+	if (v->remote_known)
+		return;
+	r = ipcache_lookup(v->dir == DIR_EGRESS ? &p->daddr : &p->saddr);
+	v->remote = r ? r->identity : IDENTITY_WORLD;
+	v->remote_flags = r ? r->flags : 0;
+	v->remote_known = 1;
 }
 
 /* The 1.17+ lookup (spec cilium-policy §5.3): the longest match for the peer's
@@ -284,10 +326,14 @@ static __always_inline int policy_lookup(struct verdict *v, const struct pkt *p)
 	return 1;
 }
 
-static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, const struct verdict *v,
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, struct verdict *v,
 				 __u8 kind, __u8 sub_type)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct event *e;
+
+	load_endpoint(v, p);
+	resolve_remote(v, p);
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
 		count(CNT_RB_FULL);
@@ -336,7 +382,7 @@ static __always_inline int drop_notify_due(const struct pkt *p)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 *last;
 
-	ct_tuple(&k, p, 0, 0, 0);
+	ct_tuple(&k, p, 0);
 	last = bpf_map_lookup_elem(&drop_notified, &k);
 	if (last && now - *last < drop_notify_interval_ns)
 		return 0;
@@ -438,17 +484,15 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 {
 	struct ct_key key = {};
 	struct ct_value *c;
-	__u64 now = bpf_ktime_get_ns();
 	__u32 enforced = v->dir == DIR_EGRESS ? EP_EGRESS_ENFORCED : EP_INGRESS_ENFORCED;
 	__u8 trace = v->dir == DIR_EGRESS ? TRACE_TO_NETWORK : TRACE_TO_ENDPOINT;
-	int found;
+	int found, from_lo;
 
 	count(CNT_PACKETS);
-	/* A packet of a connection this endpoint opened in this direction. */
-	ct_tuple(&key, p, 0, v->ep.ep_id, v->dir);
+	from_lo = ct_tuple(&key, p, skb->ifindex);
 	c = bpf_map_lookup_elem(&ct, &key);
-	if (c) {
-		c->last_seen_ns = now;
+	if (c && from_lo == c->orig_lo) {
+		/* Another packet of the connection, from the side that opened it. */
 		v->pv.rule_id = c->rule_id;
 		v->pv.proxy_port = c->proxy_port;
 		count(CNT_ESTABLISHED);
@@ -461,11 +505,8 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		}
 		return TCX_NEXT;
 	}
-	/* A reply to a connection this endpoint accepted or opened the other way. */
-	ct_tuple(&key, p, 1, v->ep.ep_id, v->dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
-	c = bpf_map_lookup_elem(&ct, &key);
 	if (c) {
-		c->last_seen_ns = now;
+		/* A reply. */
 		count(CNT_REPLY);
 		v->is_reply = 1;
 		v->pv.rule_id = c->rule_id;
@@ -477,8 +518,21 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		return TCX_NEXT;
 	}
 
-	/* A new connection. Until its policy is in place a pod may not reach a
-	 * metadata address (fail closed); anything else waits for the policy. */
+	/* A new connection. */
+	resolve_remote(v, p);
+	if (!load_endpoint(v, p)) {
+		/* Egress from a source this interface should not carry (not yet
+		 * known, or spoofed): never to a metadata address. Ingress to an
+		 * address that is not a pod here: not ours to judge. */
+		if (v->dir == DIR_EGRESS && (v->remote_flags & IPC_PROTECTED)) {
+			count(CNT_NOT_READY);
+			v->verdict = VERDICT_DROPPED;
+			return drop(skb, p, v, DROP_POLICY, 1);
+		}
+		return TCX_NEXT;
+	}
+	/* Until its policy is in place a pod may not reach a metadata address
+	 * (fail closed); anything else waits for the policy. */
 	if (!(v->ep.flags & EP_READY)) {
 		count(CNT_NOT_READY);
 		if (v->dir == DIR_EGRESS && (v->remote_flags & IPC_PROTECTED)) {
@@ -511,14 +565,14 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 	emit(skb, p, v, EV_POLICY_VERDICT, 0);
 track: {
 	struct ct_value nv = {
-		.last_seen_ns = now,
+		.created_ns = bpf_ktime_get_ns(),
 		.rule_id = v->pv.rule_id,
 		.proxy_port = v->verdict == VERDICT_REDIRECTED ? v->pv.proxy_port : 0,
 		.dir = v->dir,
+		.orig_lo = from_lo,
 		.flags = v->verdict == VERDICT_AUDIT ? CT_AUDITED : 0,
 	};
 
-	ct_tuple(&key, p, 0, v->ep.ep_id, v->dir);
 	bpf_map_update_elem(&ct, &key, &nv, BPF_ANY);
 }
 	if (v->verdict == VERDICT_REDIRECTED) {
@@ -535,26 +589,9 @@ int from_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct verdict v = { .dir = DIR_EGRESS };
-	struct endpoint_info *ep;
-	struct ipcache_value *r;
 
 	if (parse(skb, &p) || p.neighbor_discovery)
 		return TCX_NEXT;
-	r = ipcache_lookup(&p.daddr);
-	v.remote = r ? r->identity : IDENTITY_WORLD;
-	v.remote_flags = r ? r->flags : 0;
-	ep = bpf_map_lookup_elem(&endpoints, &p.saddr);
-	if (!ep) {
-		/* A source this interface should not carry (not yet known, or
-		 * spoofed): never to a metadata address. */
-		if (v.remote_flags & IPC_PROTECTED) {
-			count(CNT_NOT_READY);
-			v.verdict = VERDICT_DROPPED;
-			return drop(skb, &p, &v, DROP_POLICY, 1);
-		}
-		return TCX_NEXT;
-	}
-	v.ep = *ep;
 	return judge(skb, &p, &v);
 }
 
@@ -563,17 +600,15 @@ int to_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct verdict v = { .dir = DIR_INGRESS };
-	struct endpoint_info *ep;
-	struct ipcache_value *r;
 
 	if (parse(skb, &p) || p.neighbor_discovery)
 		return TCX_NEXT;
-	ep = bpf_map_lookup_elem(&endpoints, &p.daddr);
-	if (!ep)
-		return TCX_NEXT;
-	v.ep = *ep;
-	r = ipcache_lookup(&p.saddr);
-	v.remote = r ? r->identity : IDENTITY_WORLD;
-	v.remote_flags = r ? r->flags : 0;
 	return judge(skb, &p, &v);
+}
+
+/* Passes everything: the floor for per-packet cost measurements (BENCHMARKS.md). */
+SEC("classifier")
+int noop(struct __sk_buff *skb)
+{
+	return TCX_NEXT;
 }

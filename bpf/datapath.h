@@ -68,18 +68,19 @@ struct policy_value {
 	__u32 rule_id; /* the origin, for "allowed by" / "denied by" */
 };
 
-/* ct: connection tracking, keyed by the tuple of the first packet and the
- * endpoint and direction that judged it. Two local pods each keep their own
- * entry, so the receiver's ingress policy is never skipped. */
+/* ct: connection tracking. One entry per connection and pod interface, under
+ * a key that is the same for both directions (the lower address/port pair
+ * first), so a packet of a known connection costs one lookup and no endpoint
+ * lookup. Two local pods each keep their own entry, so the receiver's ingress
+ * policy is never skipped; a new pod reusing an IP has a new interface. */
 struct ct_key {
-	struct addr saddr;
-	struct addr daddr;
-	__be16 sport;
-	__be16 dport;
-	__u32 ep_id;
+	struct addr lo_addr;
+	struct addr hi_addr;
+	__be16 lo_port;
+	__be16 hi_port;
+	__u32 ifindex;
 	__u8 proto;
-	__u8 dir;
-	__u8 pad[2];
+	__u8 pad[3];
 };
 
 #define CT_SEEN_REPLY (1u << 0)
@@ -87,12 +88,13 @@ struct ct_key {
 #define CT_AUDITED (1u << 2)
 
 struct ct_value {
-	__u64 last_seen_ns;
+	__u64 created_ns;
 	__u32 flags;
 	__u32 rule_id;
 	__u16 proxy_port;
-	__u8 dir;
-	__u8 pad[5];
+	__u8 dir;     /* the direction the first packet was judged in */
+	__u8 orig_lo; /* the first packet came from the lower side */
+	__u8 pad[4];
 };
 
 /* Counters (per CPU). */

@@ -112,25 +112,25 @@ pub struct PolicyValue {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CtKey {
-    pub saddr: Addr,
-    pub daddr: Addr,
-    pub sport_be: u16,
-    pub dport_be: u16,
-    pub ep_id: u32,
+    pub lo_addr: Addr,
+    pub hi_addr: Addr,
+    pub lo_port_be: u16,
+    pub hi_port_be: u16,
+    pub ifindex: u32,
     pub proto: u8,
-    pub dir: u8,
-    pub pad: [u8; 2],
+    pub pad: [u8; 3],
 }
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CtValue {
-    pub last_seen_ns: u64,
+    pub created_ns: u64,
     pub flags: u32,
     pub rule_id: u32,
     pub proxy_port: u16,
     pub dir: u8,
-    pub pad: [u8; 5],
+    pub orig_lo: u8,
+    pub pad: [u8; 4],
 }
 
 /// One datapath event, decoded from the ring buffer.

@@ -256,6 +256,37 @@ impl Datapath {
         Ok(found)
     }
 
+    /// Attaches the do-nothing `noop` program first on `ifname`, unpinned (it goes when this
+    /// datapath is dropped): the floor for per-packet cost measurements.
+    pub fn attach_noop(&mut self, ifname: &str) -> Result<()> {
+        let prog = classifier(&mut self.bpf, "noop")?;
+        if prog.fd().is_err() {
+            prog.load().map_err(prog_err("noop"))?;
+        }
+        prog.attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(|e| DatapathError::Interface {
+            ifname: ifname.to_owned(),
+            message: format!("attaching noop: {e}"),
+        })?;
+        Ok(())
+    }
+
+    /// Run time and run count of each loaded program, counted while
+    /// `aya::sys::enable_stats(Stats::RunTime)` is held (`kernel.bpf_stats_enabled`).
+    pub fn program_stats(&self) -> Vec<(&'static str, Duration, u64)> {
+        ["from_pod", "to_pod", "noop"]
+            .into_iter()
+            .filter_map(|name| {
+                let info = self.bpf.program(name)?.info().ok()?;
+                Some((name, info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
     /// Where our programs sit in `ifname`'s TCX chains (TCX links are invisible to `tc filter`).
     pub fn attachments(&self, ifname: &str) -> Result<Vec<Attachment>> {
         let mut out = Vec::new();

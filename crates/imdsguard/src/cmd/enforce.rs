@@ -39,8 +39,9 @@ pub struct EnforceArgs {
     /// The L7 proxy's port, for policies with HTTP rules.
     #[arg(long, default_value_t = 15001)]
     pub proxy_port: u16,
-    /// How often the policy directory and the endpoints file are checked for changes.
-    #[arg(long, default_value = "200ms")]
+    /// How often the policy directory and the endpoints file are checked for changes besides
+    /// inotify, which reloads at once (the check catches what inotify cannot see).
+    #[arg(long, default_value = "1s")]
     pub reload_interval: String,
 }
 
@@ -85,10 +86,14 @@ pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>
     let mut attached: HashMap<String, u32> = HashMap::new();
     let mut directory = AgentDirectory::default();
     let offset = wall_offset_ns();
+    let touched = Arc::new(AtomicBool::new(false));
+    let mut watched = vec![endpoints_path.clone()];
+    watched.extend(args.policies.clone());
+    let _watcher = watch(&watched, touched.clone());
     let mut next_reload = Instant::now();
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
-        if Instant::now() >= next_reload {
+        if touched.swap(false, Ordering::Relaxed) || Instant::now() >= next_reload {
             next_reload = Instant::now() + interval;
             let changed = reload_policies(&args, &mut store, &mut repo)
                 | reload_endpoints(&endpoints_path, &mut eps, &mut repo);
@@ -125,6 +130,12 @@ pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>
                     attach_interfaces(&mut dp, &state.file, &mut attached);
                 }
                 directory.rebuild(&repo, &sync, &attached);
+                if !first && let Some(age) = newest_change(&watched) {
+                    eprintln!(
+                        "enforced {:.1} ms after the last file change",
+                        age.as_secs_f64() * 1e3
+                    );
+                }
                 first = false;
             }
         }
@@ -132,6 +143,55 @@ pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Sets `touched` whenever something under `paths` changes (a file's directory is watched:
+/// editors and config management replace files by renaming).
+fn watch(paths: &[PathBuf], touched: Arc<AtomicBool>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut w = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        touched.store(true, Ordering::Relaxed)
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("watching files: {e}; falling back to the --reload-interval check");
+            return None;
+        }
+    };
+    for p in paths {
+        let target = if p.is_dir() {
+            p.as_path()
+        } else {
+            p.parent().unwrap_or(p.as_path())
+        };
+        if let Err(e) = w.watch(target, notify::RecursiveMode::Recursive) {
+            eprintln!(
+                "watching {}: {e}; falling back to the --reload-interval check",
+                target.display()
+            );
+        }
+    }
+    Some(w)
+}
+
+/// The time since the newest modification among `paths` (files, and files in directories).
+fn newest_change(paths: &[PathBuf]) -> Option<Duration> {
+    let mut newest = None;
+    for p in paths {
+        let mut files = vec![p.clone()];
+        if p.is_dir() {
+            files = std::fs::read_dir(p)
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+        }
+        for f in files {
+            if let Ok(m) = std::fs::metadata(&f).and_then(|m| m.modified()) {
+                newest = newest.max(Some(m));
+            }
+        }
+    }
+    newest?.elapsed().ok()
 }
 
 fn reload_policies(args: &EnforceArgs, store: &mut PolicyStore, repo: &mut Repository) -> bool {

@@ -1,0 +1,259 @@
+//! Datapath benchmark (needs root, wrk and nginx: `apt-get install wrk nginx-light`).
+//!
+//! A client pod and an nginx pod on one machine, and wrk from the client, measured in one run:
+//! - no program on the client's veth (the baseline);
+//! - the `noop` program (the floor of bpf_stats' per-packet cost);
+//! - the datapath enforcing an allow policy, with 1 endpoint and then with 1,000;
+//! - the same policy as nftables rules for 1,000 pod IPs (forward chain, the client's rule last).
+//!
+//! `cargo run --release -p imdsguard-datapath --example datapath_bench -- [SECONDS]`
+
+use imdsguard_datapath::loader::{Datapath, Options, unpin_all};
+use imdsguard_datapath::sync::{SyncOptions, TableSync};
+use imdsguard_manifest::Source;
+use imdsguard_netns::{Pod, Process, run, unique_name};
+use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+struct BpfRoot(PathBuf);
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let _ = unpin_all(&self.0);
+        let _ = run("umount", &[&self.0.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+struct NftTable(String);
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let _ = run("nft", &["delete", "table", "inet", &self.0]);
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Wrk {
+    keepalive_rps: f64,
+    close_rps: f64,
+}
+
+fn wrk(client: &Pod, url: &str, secs: u64, close: bool) -> f64 {
+    let d = format!("{secs}s");
+    let mut args = vec!["-t1", "-c16", "-d", &d];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = client.ns.exec("wrk", &args).expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+fn measure(client: &Pod, url: &str, secs: u64) -> Wrk {
+    Wrk {
+        keepalive_rps: wrk(client, url, secs, false),
+        close_rps: wrk(client, url, secs, true),
+    }
+}
+
+fn policy(server: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: to-server, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: client}}}}
+  egress:
+    - toCIDR: [{server}/32]
+      toPorts: [{{ports: [{{port: "8080", protocol: TCP}}]}}]
+"#
+    )
+}
+
+fn endpoint(name: &str, ip: IpAddr) -> EndpointSpec {
+    EndpointSpec {
+        name: name.to_owned(),
+        namespace: "default".to_owned(),
+        labels: vec![("app".to_owned(), "client".to_owned())],
+        ips: vec![ip],
+        ..Default::default()
+    }
+}
+
+/// ns per run of each program over a measured interval.
+fn per_packet(dp: &Datapath, f: impl FnOnce()) -> Vec<(&'static str, f64, u64)> {
+    let before = dp.program_stats();
+    f();
+    let after = dp.program_stats();
+    after
+        .iter()
+        .filter_map(|(name, t, n)| {
+            let (_, t0, n0) = before.iter().find(|(b, _, _)| b == name)?;
+            let runs = n - n0;
+            (runs > 0).then(|| (*name, (*t - *t0).as_nanos() as f64 / runs as f64, runs))
+        })
+        .collect()
+}
+
+fn main() {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let k = 100 + (std::process::id() % 50) as u8;
+    let client =
+        Pod::create(&unique_name("bnc"), Ipv4Addr::new(10, k, 1, 2), None).expect("client");
+    let server =
+        Pod::create(&unique_name("bns"), Ipv4Addr::new(10, k, 1, 3), None).expect("server");
+    let conf_dir = std::env::temp_dir().join(unique_name("bnginx"));
+    std::fs::create_dir_all(&conf_dir).expect("mkdir");
+    let conf = conf_dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1; daemon off; pid {dir}/nginx.pid; error_log stderr;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+               fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+               server {{ listen {ip}:8080; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            dir = conf_dir.display(),
+            ip = server.ipv4
+        ),
+    )
+    .expect("nginx.conf");
+    let _nginx: Process = server
+        .ns
+        .spawn("nginx", &["-c", &conf.to_string_lossy()])
+        .expect("nginx");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        client.ns.route_dev(server.ipv4.into()).expect("route"),
+        "eth0"
+    );
+    let url = format!("http://{}:8080/", server.ipv4);
+
+    eprintln!("[1/5] no program");
+    let baseline = measure(&client, &url, secs);
+
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
+    let bpf = BpfRoot(std::env::temp_dir().join(unique_name("bnbpf")));
+    let opts = Options {
+        bpf_root: bpf.0.clone(),
+        ..Default::default()
+    };
+    eprintln!("[2/5] noop program");
+    let mut noop_wrk = Wrk::default();
+    let noop_cost = {
+        let mut dp = Datapath::open(&opts).expect("load");
+        dp.attach_noop(&client.host_if).expect("attach noop");
+        let cost = per_packet(&dp, || {
+            noop_wrk.keepalive_rps = wrk(&client, &url, secs, false)
+        });
+        drop(dp);
+        cost
+    };
+    let _ = unpin_all(&bpf.0);
+
+    let decoded = decode_source(
+        &Source::new("policy.yaml", policy(server.ipv4)),
+        &DecodeOptions::default(),
+    );
+    let mut repo = Repository::new(EngineOptions::default());
+    repo.load(&decoded);
+    repo.upsert_endpoint(endpoint("client", client.ipv4.into()));
+    repo.resolve();
+    let mut dp = Datapath::open(&opts).expect("load");
+    let mut sync = TableSync::new(SyncOptions::default());
+    sync.sync(&repo, &mut dp).expect("sync");
+    dp.attach(&client.host_if).expect("attach");
+    eprintln!("[3/5] imdsguard, 1 endpoint");
+    let mut one = Wrk::default();
+    let one_cost = per_packet(&dp, || one = measure(&client, &url, secs));
+
+    // 999 more pods selected by the same policy, each with its own table rows.
+    for i in 0..999u32 {
+        let ip = Ipv4Addr::new(10, k, 10 + (i / 250) as u8, 1 + (i % 250) as u8);
+        repo.upsert_endpoint(endpoint(&format!("pod{i}"), ip.into()));
+    }
+    repo.resolve();
+    sync.sync(&repo, &mut dp).expect("sync 1000");
+    eprintln!("[4/5] imdsguard, 1,000 endpoints");
+    let mut thousand = Wrk::default();
+    let thousand_cost = per_packet(&dp, || thousand = measure(&client, &url, secs));
+    drop(dp);
+    drop(bpf);
+    drop(stats);
+
+    // The same policy in nftables: established traffic first, then one rule per pod.
+    let table = NftTable(unique_name("imdsgbench"));
+    let mut script = format!(
+        "table inet {t} {{ chain pods {{ type filter hook forward priority 0; policy accept;\n\
+         ct state established,related accept\n",
+        t = table.0
+    );
+    for i in 0..999u32 {
+        let ip = Ipv4Addr::new(10, k, 10 + (i / 250) as u8, 1 + (i % 250) as u8);
+        script += &format!(
+            "ip saddr {ip} ip daddr {} tcp dport 8080 accept\n",
+            server.ipv4
+        );
+    }
+    script += &format!(
+        "ip saddr {} ip daddr {} tcp dport 8080 accept\nip daddr {} drop\n}}\n}}\n",
+        client.ipv4, server.ipv4, server.ipv4
+    );
+    let file = conf_dir.join("rules.nft");
+    std::fs::write(&file, script).expect("rules");
+    run("nft", &["-f", &file.to_string_lossy()]).expect("nft -f");
+    eprintln!("[5/5] nftables, 1,000 rules");
+    let nft = measure(&client, &url, secs);
+    drop(table);
+    let _ = std::fs::remove_dir_all(&conf_dir);
+
+    let pct = |v: f64, base: f64| format!("{:+.1} %", (v / base - 1.0) * 100.0);
+    println!("wrk -t1 -c16 -d{secs}s from the client pod to nginx in the server pod\n");
+    println!("| setup | keep-alive req/s | vs none | new connection req/s | vs none |");
+    println!("|---|---|---|---|---|");
+    for (name, w) in [
+        ("no program (baseline)", baseline),
+        ("noop program", noop_wrk),
+        ("imdsguard, 1 endpoint", one),
+        ("imdsguard, 1,000 endpoints", thousand),
+        ("nftables, 1,000 pod rules", nft),
+    ] {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} |",
+            w.keepalive_rps,
+            pct(w.keepalive_rps, baseline.keepalive_rps),
+            if w.close_rps > 0.0 {
+                format!("{:.0}", w.close_rps)
+            } else {
+                "-".into()
+            },
+            if w.close_rps > 0.0 {
+                pct(w.close_rps, baseline.close_rps)
+            } else {
+                "-".into()
+            },
+        );
+    }
+    println!("\nbpf_stats (run_time_ns / run_cnt over the measured runs):\n");
+    println!("| program | setup | ns/packet | packets |");
+    println!("|---|---|---|---|");
+    for (setup, costs) in [
+        ("floor", &noop_cost),
+        ("1 endpoint", &one_cost),
+        ("1,000 endpoints", &thousand_cost),
+    ] {
+        for (name, ns, n) in costs {
+            println!("| {name} | {setup} | {ns:.0} | {n} |");
+        }
+    }
+}
