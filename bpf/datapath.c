@@ -73,6 +73,13 @@ struct {
 } drop_notified SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
 	__type(key, __u32);
@@ -127,6 +134,14 @@ struct verdict {
 	__u8 reason;
 	__u8 is_reply;
 };
+
+static __always_inline __u32 policy_epoch(void)
+{
+	__u32 zero = 0;
+	struct config *c = bpf_map_lookup_elem(&config, &zero);
+
+	return c ? c->policy_epoch : 0;
+}
 
 static __always_inline void count(__u32 idx)
 {
@@ -491,6 +506,12 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 	count(CNT_PACKETS);
 	from_lo = ct_tuple(&key, p, skb->ifindex);
 	c = bpf_map_lookup_elem(&ct, &key);
+	if (c && from_lo == c->orig_lo && c->epoch != policy_epoch()) {
+		/* The tables changed since this connection was judged: judge it
+		 * again, as a new one. */
+		bpf_map_delete_elem(&ct, &key);
+		c = NULL;
+	}
 	if (c && from_lo == c->orig_lo) {
 		/* Another packet of the connection, from the side that opened it. */
 		v->pv.rule_id = c->rule_id;
@@ -570,6 +591,7 @@ track: {
 		.proxy_port = v->verdict == VERDICT_REDIRECTED ? v->pv.proxy_port : 0,
 		.dir = v->dir,
 		.orig_lo = from_lo,
+		.epoch = policy_epoch(),
 		.flags = v->verdict == VERDICT_AUDIT ? CT_AUDITED : 0,
 	};
 

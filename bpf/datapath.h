@@ -94,7 +94,18 @@ struct ct_value {
 	__u16 proxy_port;
 	__u8 dir;     /* the direction the first packet was judged in */
 	__u8 orig_lo; /* the first packet came from the lower side */
-	__u8 pad[4];
+	__u8 pad[2];
+	__u32 epoch; /* the policy epoch it was judged under */
+	__u32 pad2;
+};
+
+/* config: one entry. The agent bumps policy_epoch after every table change;
+ * a connection judged under an older epoch is judged again on its next
+ * packet from the side that opened it (as Cilium enforces policy on every
+ * non-reply packet), so a new deny also cuts existing connections. */
+struct config {
+	__u32 policy_epoch;
+	__u32 pad;
 };
 
 /* Counters (per CPU). */
@@ -162,6 +173,6 @@ struct event {
 _Static_assert(sizeof(struct event) == 80, "event size is part of the ABI");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
-_Static_assert(sizeof(struct ct_value) == 24, "ct_value size");
+_Static_assert(sizeof(struct ct_value) == 32, "ct_value size");
 
 #endif

@@ -130,7 +130,17 @@ pub struct CtValue {
     pub proxy_port: u16,
     pub dir: u8,
     pub orig_lo: u8,
-    pub pad: [u8; 4],
+    pub pad: [u8; 2],
+    pub epoch: u32,
+    pub pad2: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Bumped after every table change: connections judged under an older epoch are judged again.
+    pub policy_epoch: u32,
+    pub pad: u32,
 }
 
 /// One datapath event, decoded from the ring buffer.
@@ -242,7 +252,8 @@ const _: () = {
     assert!(size_of::<PolicyKey>() == 16);
     assert!(size_of::<PolicyValue>() == 12);
     assert!(size_of::<CtKey>() == 44);
-    assert!(size_of::<CtValue>() == 24);
+    assert!(size_of::<CtValue>() == 32);
+    assert!(size_of::<Config>() == 8);
 };
 
 #[cfg(test)]

@@ -6,11 +6,12 @@
 //! moment without a program on an interface.
 
 use crate::abi::{
-    Addr, COUNTER_NAMES, EndpointInfo, Event, IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyValue,
+    Addr, COUNTER_NAMES, Config, EndpointInfo, Event, IpcacheValue, LAYOUT_VERSION, PolicyKey,
+    PolicyValue,
 };
 use crate::tables::EndpointTables;
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
@@ -30,6 +31,7 @@ unsafe impl aya::Pod for EndpointInfo {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for Config {}
 
 /// The programs, and where each attaches on the host side of a pod's veth.
 pub const PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -37,7 +39,8 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
     ("to_pod", TcAttachType::Egress),
 ];
 
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 8] = [
+    "config",
     "endpoints",
     "ipcache",
     "policy",
@@ -133,6 +136,7 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     counters: PerCpuArray<MapData, u64>,
+    config: Array<MapData, Config>,
     events: Option<RingBuf<MapData>>,
     written: HashMap<u32, Written>,
 }
@@ -179,6 +183,7 @@ impl Datapath {
         let counters =
             PerCpuArray::try_from(take(&mut bpf, "counters")?).map_err(map_err("counters"))?;
         let events = RingBuf::try_from(take(&mut bpf, "events")?).map_err(map_err("events"))?;
+        let config = Array::try_from(take(&mut bpf, "config")?).map_err(map_err("config"))?;
         Ok(Datapath {
             bpf,
             dir,
@@ -186,6 +191,7 @@ impl Datapath {
             ipcache,
             policy,
             counters,
+            config,
             events: Some(events),
             written: HashMap::new(),
         })
@@ -453,6 +459,15 @@ impl Datapath {
             .collect();
         self.remove_rows(&stale_rows);
         Ok(stale_eps.len() + stale_rows.len())
+    }
+
+    /// Tells the datapath that the tables changed: every connection is judged again on its next
+    /// packet from the side that opened it, so a new deny also cuts existing connections.
+    pub fn bump_policy_epoch(&mut self) -> Result<u32> {
+        let mut c = self.config.get(&0, 0).map_err(map_err("config"))?;
+        c.policy_epoch = c.policy_epoch.wrapping_add(1);
+        self.config.set(0, c, 0).map_err(map_err("config"))?;
+        Ok(c.policy_epoch)
     }
 
     /// Forgets an endpoint: its addresses, then its rows.

@@ -134,6 +134,9 @@ impl TableSync {
             dp.retain(&ips, &live)?;
             self.synced = true;
         }
+        if first || stats != SyncStats::default() {
+            dp.bump_policy_epoch()?;
+        }
         Ok(stats)
     }
 

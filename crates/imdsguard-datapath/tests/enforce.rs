@@ -451,3 +451,96 @@ fn ingress_policy_replies_and_a_missing_proxy() {
         dp.counters().expect("counters").into_iter().collect();
     assert!(counters["proxy_down"] >= 1, "{counters:?}");
 }
+
+const ECHO_SERVER: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9090))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        while (d := c.recv(64)):
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+const ECHO_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9090), timeout=2)
+s.sendall(b"first\n")
+print(s.recv(64).decode().strip(), flush=True)
+sys.stdin.readline()
+try:
+    s.sendall(b"second\n")
+    print(s.recv(64).decode().strip() or "closed", flush=True)
+except OSError as e:
+    print("failed:", e, flush=True)
+"#;
+
+const B_ECHO: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-echo, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egress:
+    - toCIDR: [SERVER/32]
+      toPorts: [{ports: [{port: "9090", protocol: TCP}]}]
+"#;
+
+const B_DENY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-deny, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egressDeny:
+    - toCIDR: [SERVER/32]
+"#;
+
+#[test]
+fn a_new_deny_cuts_an_established_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(lab) = lab() else { return };
+    let _echo = lab
+        .server
+        .ns
+        .spawn("python3", &["-c", ECHO_SERVER])
+        .expect("echo server");
+    let mut repo = repository_with(&lab, B_ECHO);
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync");
+    dp.attach(&lab.b.host_if).expect("attach");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = imdsguard_netns::Process(
+        lab.b
+            .ns
+            .command("python3")
+            .args(["-c", ECHO_CLIENT, &lab.server.ipv4.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo client"),
+    );
+    let mut out = BufReader::new(client.0.stdout.take().expect("stdout")).lines();
+    assert_eq!(out.next().and_then(Result::ok).as_deref(), Some("first"));
+    // The policy changes under the open connection.
+    let deny = B_DENY.replace("SERVER", &lab.server.ipv4.to_string());
+    let decoded = decode_source(&Source::new("deny.yaml", deny), &DecodeOptions::default());
+    repo.load(&decoded);
+    repo.resolve();
+    sync.sync(&repo, &mut dp).expect("sync");
+    let mut stdin = client.0.stdin.take().expect("stdin");
+    writeln!(stdin).expect("go on");
+    let second = out.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        second.starts_with("failed"),
+        "the connection survived the deny: {second:?}"
+    );
+}
