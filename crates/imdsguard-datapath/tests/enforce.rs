@@ -117,7 +117,7 @@ fn curl(from: &Pod, to: IpAddr) -> bool {
         IpAddr::V6(v6) => format!("http://[{v6}]:8080/"),
     };
     from.ns
-        .exec("curl", &["-s", "-o", "/dev/null", "--max-time", "1", &url])
+        .exec("curl", &["-s", "-o", "/dev/null", "--max-time", "2", &url])
         .expect("curl")
         .status
         .success()
@@ -337,11 +337,9 @@ fn audit_mode_lets_denials_pass_and_reports_them() {
     dp.attach(&lab.a.host_if).expect("attach");
     let mut events = dp.take_events().expect("events");
     let server = IpAddr::V4(lab.server.ipv4);
-    assert!(
-        curl(&lab.a, server),
-        "audit mode still dropped a's connection"
-    );
+    let passed = curl(&lab.a, server);
     let evs = drain(&mut events);
+    assert!(passed, "audit mode still dropped a's connection: {evs:?}");
     let verdicts: Vec<u8> = from(&evs, lab.a.ipv4)
         .iter()
         .filter(|e| e.kind == abi::EV_POLICY_VERDICT)

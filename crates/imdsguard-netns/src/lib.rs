@@ -192,9 +192,11 @@ impl Pod {
         pod.ns
             .ip(&["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
         let h = pod.host_if.as_str();
-        // Proxy ARP lets the host side answer for the gateway without an address of its own.
+        // Proxy ARP lets the host side answer for the gateway without an address of its own;
+        // without proxy_delay 0 the kernel waits up to 0.8 s before answering (Calico sets it too).
         for (key, value) in [
             (format!("net/ipv4/conf/{h}/proxy_arp"), "1"),
+            (format!("net/ipv4/neigh/{h}/proxy_delay"), "0"),
             (format!("net/ipv4/conf/{h}/forwarding"), "1"),
             (format!("net/ipv6/conf/{h}/forwarding"), "1"),
         ] {

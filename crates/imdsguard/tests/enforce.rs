@@ -115,7 +115,7 @@ fn curl(from: &Pod, to: Ipv4Addr) -> bool {
                 "-o",
                 "/dev/null",
                 "--max-time",
-                "1",
+                "2",
                 &format!("http://{to}:8080/"),
             ],
         )
