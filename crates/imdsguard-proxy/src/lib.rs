@@ -1,0 +1,11 @@
+//! The L7 HTTP proxy. The datapath hands it connections whose policy has HTTP rules
+//! (`bpf_sk_assign` to an IP_TRANSPARENT listener); it judges each request against the rules of
+//! the client's identity for that destination and port, answers as Cilium's Envoy does (403
+//! `Access denied`), and forwards allowed requests faithfully to the original destination.
+//!
+//! - `http1`: a strict request/response head parser that refuses anything the upstream could read
+//!   differently (pure).
+//!
+//! Limits: HTTP/1.x only (no HTTP/2, no upgrades); one upstream connection per client connection.
+
+pub mod http1;
