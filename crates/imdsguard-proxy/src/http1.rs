@@ -312,7 +312,9 @@ fn origin_form(target: &str) -> Result<(), Refusal> {
             if i < query_at {
                 let v =
                     u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("00"), 16).unwrap_or(0);
-                if matches!(v, b'?' | b'/' | b'.' | b'%' | b'#' | b'\\') || v < 0x20 || v >= 0x7f {
+                if matches!(v, b'?' | b'/' | b'.' | b'%' | b'#' | b'\\')
+                    || !(0x20..0x7f).contains(&v)
+                {
                     return Err(Refusal::BadTarget(
                         "percent-encoded ?, /, ., %, # or non-printable byte in the path",
                     ));

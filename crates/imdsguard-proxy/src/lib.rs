@@ -5,7 +5,13 @@
 //!
 //! - `http1`: a strict request/response head parser that refuses anything the upstream could read
 //!   differently (pure).
+//! - `flows`: the access log as Hubble `http-request` / `http-response` flows (pure).
+//! - `server` (Linux): the transparent listener, per-connection judging and forwarding, timeouts
+//!   and per-identity connection limits.
 //!
 //! Limits: HTTP/1.x only (no HTTP/2, no upgrades); one upstream connection per client connection.
 
+pub mod flows;
 pub mod http1;
+#[cfg(target_os = "linux")]
+pub mod server;

@@ -1,0 +1,234 @@
+//! The proxy's access log as Hubble L7 flows: `http-request` and `http-response` (spec hubble.md
+//! §3.6): `HTTP/1.1 GET http://169.254.169.254:80/metadata/instance` and
+//! `HTTP/1.1 200 3ms (GET http://…)`.
+
+use crate::http1::Request;
+use imdsguard_hubble_proto::flow::{
+    CiliumEventType, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, L7FlowType, Layer4,
+    Layer7, Policy, Tcp, TrafficDirection, Verdict, layer4, layer7,
+};
+use imdsguard_hubble_proto::wkt::Timestamp;
+use std::net::SocketAddr;
+
+/// Cilium's monitor type for L7 access logs.
+const MONITOR_ACCESS_LOG: i32 = 129;
+
+/// One request as the proxy saw it, with what the flows need.
+#[derive(Debug, Clone)]
+pub struct Exchange<'a> {
+    pub client: SocketAddr,
+    /// The original destination.
+    pub server: SocketAddr,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    pub request: &'a Request,
+    pub node_name: &'a str,
+    /// The policies that allowed the request (empty when denied).
+    pub allowed_by: Vec<Policy>,
+}
+
+impl Exchange<'_> {
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.server, self.request.path)
+    }
+
+    fn http(&self, code: u32) -> Http {
+        let mut headers: Vec<HttpHeader> = self
+            .request
+            .headers
+            .iter()
+            .map(|(k, v)| HttpHeader {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        headers.sort_by(|a, b| a.key.cmp(&b.key));
+        Http {
+            code,
+            method: self.request.method.clone(),
+            url: self.url(),
+            protocol: format!("HTTP/1.{}", self.request.minor_version),
+            headers,
+        }
+    }
+
+    // `Summary` is deprecated in Hubble's proto, but the CLI prints it.
+    #[allow(deprecated)]
+    fn flow(&self, reply: bool, verdict: Verdict, l7: Layer7, summary: String) -> Flow {
+        let (src, dst, s, d) = if reply {
+            (self.server, self.client, &self.destination, &self.source)
+        } else {
+            (self.client, self.server, &self.source, &self.destination)
+        };
+        Flow {
+            time: Some(Timestamp::now()),
+            verdict: verdict as i32,
+            ip: Some(Ip {
+                source: src.ip().to_string(),
+                destination: dst.ip().to_string(),
+                ip_version: if src.is_ipv6() {
+                    IpVersion::IPv6
+                } else {
+                    IpVersion::IPv4
+                } as i32,
+                ..Default::default()
+            }),
+            l4: Some(Layer4 {
+                protocol: Some(layer4::Protocol::Tcp(Tcp {
+                    source_port: u32::from(src.port()),
+                    destination_port: u32::from(dst.port()),
+                    flags: None,
+                })),
+            }),
+            source: Some(s.clone()),
+            destination: Some(d.clone()),
+            r#type: FlowType::L7 as i32,
+            node_name: self.node_name.to_owned(),
+            l7: Some(l7),
+            event_type: Some(CiliumEventType {
+                r#type: MONITOR_ACCESS_LOG,
+                sub_type: 0,
+            }),
+            traffic_direction: TrafficDirection::Egress as i32,
+            is_reply: Some(pbjson_types::BoolValue { value: reply }),
+            egress_allowed_by: self.allowed_by.clone(),
+            summary,
+            ..Default::default()
+        }
+    }
+
+    /// `http-request FORWARDED|DROPPED (HTTP/1.1 GET http://…)`.
+    pub fn request_flow(&self, forwarded: bool) -> Flow {
+        let http = self.http(0);
+        let summary = format!("{} {} {}", http.protocol, http.method, http.url);
+        self.flow(
+            false,
+            if forwarded {
+                Verdict::Forwarded
+            } else {
+                Verdict::Dropped
+            },
+            Layer7 {
+                r#type: L7FlowType::Request as i32,
+                latency_ns: 0,
+                record: Some(layer7::Record::Http(http)),
+            },
+            summary,
+        )
+    }
+
+    /// `http-response FORWARDED (HTTP/1.1 200 3ms (GET http://…))`.
+    pub fn response_flow(&self, status: u16, latency_ns: u64) -> Flow {
+        let http = self.http(u32::from(status));
+        let summary = format!(
+            "{} {} {}ms ({} {})",
+            http.protocol,
+            status,
+            latency_ns / 1_000_000,
+            http.method,
+            http.url
+        );
+        self.flow(
+            true,
+            Verdict::Forwarded,
+            Layer7 {
+                r#type: L7FlowType::Response as i32,
+                latency_ns,
+                record: Some(layer7::Record::Http(http)),
+            },
+            summary,
+        )
+    }
+}
+
+/// A request refused before it could be judged (malformed or ambiguous): `http-request DROPPED`
+/// with the reason as the summary.
+#[allow(deprecated)]
+pub fn refused_flow(
+    client: SocketAddr,
+    server: SocketAddr,
+    source: &Endpoint,
+    destination: &Endpoint,
+    node_name: &str,
+    reason: &crate::http1::Refusal,
+) -> Flow {
+    let placeholder = Request {
+        method: String::new(),
+        target: String::new(),
+        path: String::new(),
+        minor_version: 1,
+        headers: Vec::new(),
+        host: String::new(),
+        body: crate::http1::Body::None,
+        close: true,
+        head_len: 0,
+    };
+    let x = Exchange {
+        client,
+        server,
+        source: source.clone(),
+        destination: destination.clone(),
+        request: &placeholder,
+        node_name,
+        allowed_by: Vec::new(),
+    };
+    let mut f = x.request_flow(false);
+    f.summary = format!("HTTP request refused: {reason}");
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::{Limits, Parse, parse_request};
+    use imdsguard_flow::printer::{PrintOptions, compact};
+
+    #[test]
+    fn request_and_response_print_as_hubble_does() {
+        let Parse::Done(req) = parse_request(
+            b"GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n",
+            "169.254.169.254:80",
+            &Limits::default(),
+        ) else {
+            panic!("request")
+        };
+        let x = Exchange {
+            client: "10.244.1.17:40132".parse().expect("addr"),
+            server: "169.254.169.254:80".parse().expect("addr"),
+            source: Endpoint {
+                identity: 14226,
+                namespace: "go-webapp".into(),
+                pod_name: "go-webapp-847857f68-2qlnd".into(),
+                ..Default::default()
+            },
+            destination: Endpoint {
+                identity: 16_777_217,
+                ..Default::default()
+            },
+            request: &req,
+            node_name: "n",
+            allowed_by: vec![],
+        };
+        let line = compact(&x.request_flow(true), &PrintOptions::default());
+        assert!(
+            line.ends_with(
+                ": go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) -> 169.254.169.254:80 (ID:16777217) \
+                 http-request FORWARDED (HTTP/1.1 GET http://169.254.169.254:80/metadata/instance?api-version=2021-02-01)\n"
+            ),
+            "{line}"
+        );
+        let line = compact(&x.response_flow(200, 3_400_000), &PrintOptions::default());
+        assert!(
+            line.ends_with(
+                ": go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) <- 169.254.169.254:80 (ID:16777217) \
+                 http-response FORWARDED (HTTP/1.1 200 3ms (GET http://169.254.169.254:80/metadata/instance?api-version=2021-02-01))\n"
+            ),
+            "{line}"
+        );
+        let line = compact(&x.request_flow(false), &PrintOptions::default());
+        assert!(
+            line.contains("http-request DROPPED (HTTP/1.1 GET "),
+            "{line}"
+        );
+    }
+}

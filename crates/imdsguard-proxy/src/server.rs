@@ -1,0 +1,508 @@
+//! The proxy's sockets: a transparent listener, one task per client connection, a faithful
+//! forwarder to the original destination, and Envoy's answers for what is not forwarded.
+
+use crate::flows::Exchange;
+use crate::http1::{
+    Body, ChunkedFramer, Limits, Parse, Refusal, Request, parse_request, parse_response,
+};
+use imdsguard_hubble_proto::flow::{Endpoint, Flow, Policy};
+use imdsguard_policy::Identity;
+use imdsguard_policy::l7::HttpRequest;
+use imdsguard_policy::mapstate::Origin;
+use imdsguard_policy::repository::EndpointPolicy;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Time for a client to send a whole request head.
+    pub header_timeout: Duration,
+    /// Time a kept-alive client connection may stay silent.
+    pub idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// Time for the upstream to send its response head.
+    pub upstream_timeout: Duration,
+    /// Open client connections per source identity, so one pod cannot starve the others.
+    pub max_connections_per_identity: usize,
+    /// The most request body the proxy reads and throws away to keep a connection after a 403.
+    pub max_discarded_body: u64,
+    pub limits: Limits,
+    pub node_name: String,
+    /// Tests: connect here instead of the original destination.
+    pub upstream_override: Option<SocketAddr>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(15),
+            max_connections_per_identity: 64,
+            max_discarded_body: 64 * 1024,
+            limits: Limits::default(),
+            node_name: String::new(),
+            upstream_override: None,
+        }
+    }
+}
+
+/// A client pod as the agent knows it.
+#[derive(Clone)]
+pub struct Client {
+    /// For flows: ID, identity, namespace, pod name, labels.
+    pub endpoint: Endpoint,
+    pub policy: Arc<EndpointPolicy>,
+}
+
+/// What the proxy asks the agent.
+pub trait Authority: Send + Sync + 'static {
+    fn client(&self, ip: IpAddr) -> Option<Client>;
+    /// The destination's identity and labels.
+    fn destination(&self, ip: IpAddr) -> Endpoint;
+}
+
+/// Where flows go (the agent's Hubble ring buffer).
+pub trait FlowSink: Send + Sync + 'static {
+    fn flow(&self, f: Flow);
+}
+
+const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\ncontent-type: text/plain\r\n\r\nAccess denied\r\n";
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nBad Request";
+const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 91\r\ncontent-type: text/plain\r\n\r\nupstream connect error or disconnect/reset before headers. reset reason: connection failure";
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 37\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\ntoo many connections from this source";
+
+/// A listener for connections the datapath assigns with `bpf_sk_assign`: IP_TRANSPARENT lets it
+/// accept connections to addresses that are not local (the original destination).
+pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let one: libc::c_int = 1;
+    let (level, name) = if addr.is_ipv4() {
+        (libc::SOL_IP, libc::IP_TRANSPARENT)
+    } else {
+        (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+    };
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("setting IP_TRANSPARENT ({e}); it needs CAP_NET_ADMIN"),
+        ));
+    }
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Open connections per identity.
+#[derive(Default)]
+struct Slots(Mutex<HashMap<u32, usize>>);
+
+struct Slot<'a>(&'a Slots, u32);
+
+impl Slots {
+    fn take(&self, identity: u32, max: usize) -> Option<Slot<'_>> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(identity).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self, identity))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.0.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+struct Ctx {
+    cfg: ProxyConfig,
+    authority: Arc<dyn Authority>,
+    sink: Arc<dyn FlowSink>,
+    slots: Slots,
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: ProxyConfig,
+    authority: Arc<dyn Authority>,
+    sink: Arc<dyn FlowSink>,
+) -> io::Result<()> {
+    let ctx = Arc::new(Ctx {
+        cfg,
+        authority,
+        sink,
+        slots: Slots::default(),
+    });
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            // With IP_TRANSPARENT the local address is the original destination.
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            connection(stream, peer, local, &ctx).await;
+        });
+    }
+}
+
+fn policy_of(origin: &Origin) -> Option<Policy> {
+    match origin {
+        Origin::Rule { policy, .. } => Some(Policy {
+            name: policy.name.to_string(),
+            namespace: policy.namespace.to_string(),
+            kind: policy.kind.as_str().to_owned(),
+            ..Default::default()
+        }),
+        _ => None,
+    }
+}
+
+/// Reads until a request head is complete. `None` at a clean end of stream.
+async fn read_head(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    authority: &str,
+    limits: &Limits,
+    first_byte: Duration,
+    rest: Duration,
+) -> Result<Option<Request>, Option<Refusal>> {
+    let mut deadline = None;
+    loop {
+        if !buf.is_empty() {
+            match parse_request(buf, authority, limits) {
+                Parse::Done(r) => return Ok(Some(r)),
+                Parse::Refused(e) => return Err(Some(e)),
+                Parse::Partial => {}
+            }
+            deadline.get_or_insert_with(|| Instant::now() + rest);
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => first_byte,
+        };
+        let mut chunk = [0u8; 8192];
+        let n = match timeout(wait, s.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            // A timeout or a reset: nothing to answer.
+            _ => return Err(None),
+        };
+        if n == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(None) };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Moves one message body from `from` (whose first bytes are already in `buf`) to `to` (or
+/// nowhere), without buffering it. Leaves in `buf` whatever follows the body.
+async fn pass_body(
+    from: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    body: Body,
+    mut to: Option<&mut TcpStream>,
+) -> io::Result<()> {
+    let mut chunk = vec![0u8; 16 * 1024];
+    match body {
+        Body::None => Ok(()),
+        Body::Length(mut left) => {
+            let take = (buf.len() as u64).min(left) as usize;
+            if let Some(t) = to.as_deref_mut() {
+                t.write_all(&buf[..take]).await?;
+            }
+            buf.drain(..take);
+            left -= take as u64;
+            while left > 0 {
+                let want = (left as usize).min(chunk.len());
+                let n = from.read(&mut chunk[..want]).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                if let Some(t) = to.as_deref_mut() {
+                    t.write_all(&chunk[..n]).await?;
+                }
+                left -= n as u64;
+            }
+            Ok(())
+        }
+        Body::Chunked => {
+            let mut framer = ChunkedFramer::default();
+            loop {
+                let used = framer
+                    .feed(buf)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                if let Some(t) = to.as_deref_mut() {
+                    t.write_all(&buf[..used]).await?;
+                }
+                buf.drain(..used);
+                if framer.done() {
+                    return Ok(());
+                }
+                let n = from.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        Body::UntilClose => {
+            if let Some(t) = to.as_deref_mut() {
+                t.write_all(buf).await?;
+            }
+            buf.clear();
+            loop {
+                let n = from.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                if let Some(t) = to.as_deref_mut() {
+                    t.write_all(&chunk[..n]).await?;
+                }
+            }
+        }
+    }
+}
+
+/// The request head as forwarded: the request line as received, then the fields in order minus
+/// the hop-by-hop ones (RFC 9110 §7.6.1). Nothing is added: no Via, no X-Forwarded-For.
+fn forwarded_head(req: &Request) -> Vec<u8> {
+    const HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "proxy-authorization",
+    ];
+    let listed: Vec<String> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let mut out = Vec::with_capacity(req.head_len + 32);
+    out.extend_from_slice(
+        format!(
+            "{} {} HTTP/1.{}\r\n",
+            req.method, req.target, req.minor_version
+        )
+        .as_bytes(),
+    );
+    for (n, v) in &req.headers {
+        let lower = n.to_ascii_lowercase();
+        if HOP.contains(&lower.as_str()) || listed.contains(&lower) {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if req.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+async fn connect(addr: SocketAddr, within: Duration) -> io::Result<TcpStream> {
+    match timeout(within, TcpStream::connect(addr)).await {
+        Ok(r) => {
+            let s = r?;
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
+    let cfg = &ctx.cfg;
+    let authority = local.to_string();
+    let destination = ctx.authority.destination(local.ip());
+    let Some(c) = ctx.authority.client(peer.ip()) else {
+        // The datapath only redirects known pods; one that just went away gets a refusal.
+        let _ = client.write_all(FORBIDDEN).await;
+        return;
+    };
+    let Some(_slot) = ctx
+        .slots
+        .take(c.endpoint.identity, cfg.max_connections_per_identity)
+    else {
+        let _ = client.write_all(OVERLOADED).await;
+        return;
+    };
+    let mut buf = Vec::with_capacity(4096);
+    let mut upstream: Option<(TcpStream, Vec<u8>)> = None;
+    let mut first = true;
+    loop {
+        let wait = if first {
+            cfg.header_timeout
+        } else {
+            cfg.idle_timeout
+        };
+        first = false;
+        let req = match read_head(
+            &mut client,
+            &mut buf,
+            &authority,
+            &cfg.limits,
+            wait,
+            cfg.header_timeout,
+        )
+        .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(None) => return,
+            Err(Some(refusal)) => {
+                ctx.sink.flow(crate::flows::refused_flow(
+                    peer,
+                    local,
+                    &c.endpoint,
+                    &destination,
+                    &cfg.node_name,
+                    &refusal,
+                ));
+                let _ = client.write_all(BAD_REQUEST).await;
+                return;
+            }
+        };
+        buf.drain(..req.head_len);
+        let http = HttpRequest {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            host: req.host.clone(),
+            headers: req.headers.clone(),
+        };
+        let (allowed, origins) =
+            c.policy
+                .egress
+                .http_allows(Identity(destination.identity), local.port(), &http);
+        let exchange = Exchange {
+            client: peer,
+            server: local,
+            source: c.endpoint.clone(),
+            destination: destination.clone(),
+            request: &req,
+            node_name: &cfg.node_name,
+            allowed_by: origins.iter().filter_map(|o| policy_of(o)).collect(),
+        };
+        ctx.sink.flow(exchange.request_flow(allowed));
+        if !allowed {
+            // Read the body away so the connection stays usable; a large one ends it.
+            let small = match req.body {
+                Body::Length(n) => n <= cfg.max_discarded_body,
+                _ => true,
+            };
+            if !small
+                || pass_body(&mut client, &mut buf, req.body, None)
+                    .await
+                    .is_err()
+            {
+                let _ = client.write_all(FORBIDDEN).await;
+                return;
+            }
+            if client.write_all(FORBIDDEN).await.is_err() || req.close {
+                return;
+            }
+            continue;
+        }
+        let started = Instant::now();
+        if upstream.is_none() {
+            let target = cfg.upstream_override.unwrap_or(local);
+            match connect(target, cfg.upstream_connect_timeout).await {
+                Ok(s) => upstream = Some((s, Vec::with_capacity(4096))),
+                Err(_) => {
+                    ctx.sink
+                        .flow(exchange.response_flow(503, elapsed_ns(started)));
+                    if pass_body(&mut client, &mut buf, req.body, None)
+                        .await
+                        .is_err()
+                        || client.write_all(UNAVAILABLE).await.is_err()
+                        || req.close
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some((up, upbuf)) = upstream.as_mut() else {
+            return;
+        };
+        let sent = async {
+            up.write_all(&forwarded_head(&req)).await?;
+            pass_body(&mut client, &mut buf, req.body, Some(up)).await
+        }
+        .await;
+        if sent.is_err() {
+            let _ = client.write_all(UNAVAILABLE).await;
+            return;
+        }
+        // The response head, then its body, passed through unchanged.
+        let resp = loop {
+            match parse_response(upbuf, &req.method, &cfg.limits) {
+                Parse::Done(r) => break Some(r),
+                Parse::Refused(_) => break None,
+                Parse::Partial => {}
+            }
+            let mut chunk = [0u8; 8192];
+            match timeout(cfg.upstream_timeout, up.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => upbuf.extend_from_slice(&chunk[..n]),
+                _ => break None,
+            }
+        };
+        let Some(resp) = resp else {
+            ctx.sink
+                .flow(exchange.response_flow(503, elapsed_ns(started)));
+            let _ = client.write_all(UNAVAILABLE).await;
+            return;
+        };
+        if client.write_all(&upbuf[..resp.head_len]).await.is_err() {
+            return;
+        }
+        upbuf.drain(..resp.head_len);
+        let done = pass_body(up, upbuf, resp.body, Some(&mut client)).await;
+        ctx.sink
+            .flow(exchange.response_flow(resp.status, elapsed_ns(started)));
+        if done.is_err() || req.close || resp.close {
+            return;
+        }
+    }
+}
+
+fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
