@@ -14,4 +14,6 @@
 pub mod flows;
 pub mod http1;
 #[cfg(target_os = "linux")]
+pub mod routing;
+#[cfg(target_os = "linux")]
 pub mod server;

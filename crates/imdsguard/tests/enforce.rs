@@ -170,6 +170,8 @@ fn the_agent_enforces_watched_files_reports_flows_and_survives_sigkill() {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
+    let _serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
+    let _routing = ProxyRouting::take();
     let k = 150 + (std::process::id() % 50) as u8;
     let a = Pod::create(&unique_name("eta"), Ipv4Addr::new(10, k, 9, 2), None).expect("pod a");
     let b = Pod::create(&unique_name("etb"), Ipv4Addr::new(10, k, 9, 3), None).expect("pod b");
@@ -328,4 +330,243 @@ fn the_agent_enforces_watched_files_reports_flows_and_survives_sigkill() {
     assert_eq!(v["endpoints"].as_array().map(Vec::len), Some(2));
     drop(agent);
     drop(bpf);
+}
+
+/// Agent tests install the proxy's policy routing (a machine-wide ip rule): one at a time, and
+/// each removes what it added.
+static ROUTING: Mutex<()> = Mutex::new(());
+
+struct ProxyRouting {
+    added: bool,
+}
+
+impl ProxyRouting {
+    fn take() -> ProxyRouting {
+        let rules = imdsguard_netns::run("ip", &["rule", "show"]).unwrap_or_default();
+        ProxyRouting {
+            added: !rules.contains("lookup 2004"),
+        }
+    }
+}
+
+impl Drop for ProxyRouting {
+    fn drop(&mut self) {
+        if self.added {
+            for family in ["-4", "-6"] {
+                let _ = imdsguard_netns::run(
+                    "ip",
+                    &[
+                        family,
+                        "rule",
+                        "del",
+                        "fwmark",
+                        "0x200/0xf00",
+                        "lookup",
+                        "2004",
+                    ],
+                );
+                let _ = imdsguard_netns::run("ip", &[family, "route", "flush", "table", "2004"]);
+            }
+        }
+    }
+}
+
+/// A stand-in for IMDS: answers every GET and POST with what it saw, and logs each request.
+const UPSTREAM: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(n)
+        body = ("upstream saw %s %s" % (self.command, self.path)).encode()
+        print(self.command, self.path, flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
+"#;
+
+fn http(from: &Pod, method: &str, url: &str) -> (u16, String) {
+    let out = from
+        .ns
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "--max-time",
+                "3",
+                "-X",
+                method,
+                "-H",
+                "Metadata: true",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ],
+        )
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn the_proxy_enforces_http_rules_on_redirected_connections() {
+    if !can_create_namespaces() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let _serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
+    let _routing = ProxyRouting::take();
+    let k = 150 + (std::process::id() % 50) as u8;
+    let c = Pod::create(&unique_name("epc"), Ipv4Addr::new(10, k, 11, 2), None).expect("pod c");
+    let d = Pod::create(&unique_name("epd"), Ipv4Addr::new(10, k, 11, 3), None).expect("pod d");
+    let f = Pod::create(&unique_name("epf"), Ipv4Addr::new(10, k, 11, 4), None).expect("pod f");
+    let s = Pod::create(&unique_name("eps"), Ipv4Addr::new(10, k, 11, 5), None).expect("imds");
+    let dir = TempDir(std::env::temp_dir().join(unique_name("epdir")));
+    std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
+    let upstream_log = dir.0.join("upstream.log");
+    let _upstream = imdsguard_netns::Process(
+        s.ns.command("python3")
+            .args(["-c", UPSTREAM])
+            .stdout(std::fs::File::create(&upstream_log).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("upstream"),
+    );
+    let imds = s.ipv4;
+    for pod in [&c, &d, &f] {
+        assert_eq!(pod.ns.route_dev(imds.into()).expect("route"), "eth0");
+    }
+    eventually("the upstream answers", || {
+        http(&c, "GET", &format!("http://{imds}/x")).0 == 200
+    });
+    // The readiness probe's lines; the server keeps its file offset, so count rather than truncate.
+    let probes = std::fs::read_to_string(&upstream_log)
+        .expect("log")
+        .lines()
+        .count();
+
+    // c: GET /metadata/.*; d: path "/metadata", a full match. f: the seed's own policies (its
+    // CIDR group pointed at the stand-in), as a Fluent Bit pod in namespace logging.
+    let rule = |name: &str, app: &str, path: &str| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: {app}}}}}\n  egress:\n    - toCIDR: [{imds}/32]\n      \
+             toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET, path: \"{path}\"}}]}}}}]\n"
+        )
+    };
+    let policies = dir.0.join("policies");
+    std::fs::write(
+        policies.join("c.yaml"),
+        rule("c-metadata", "c", "/metadata/.*"),
+    )
+    .expect("c");
+    std::fs::write(
+        policies.join("d.yaml"),
+        rule("d-metadata", "d", "/metadata"),
+    )
+    .expect("d");
+    let endpoints = dir.0.join("endpoints.yaml");
+    std::fs::write(
+        &endpoints,
+        format!(
+            "namespaces: {{logging: {{}}}}\nendpoints:\n\
+             - {{name: c, labels: {{app: c}}, ip: {}, interface: {}}}\n\
+             - {{name: d, labels: {{app: d}}, ip: {}, interface: {}}}\n\
+             - {{name: fluent-bit-qg7vq, namespace: logging, labels: {{app.kubernetes.io/name: fluent-bit}}, ip: {}, interface: {}}}\n",
+            c.ipv4, c.host_if, d.ipv4, d.host_if, f.ipv4, f.host_if
+        ),
+    )
+    .expect("endpoints");
+    let bpf = BpfRoot(dir.0.join("bpf"));
+    let proxy_port = (16000 + std::process::id() % 1000).to_string();
+    let args = [
+        "--policies",
+        &policies.to_string_lossy(),
+        "--endpoints",
+        &endpoints.to_string_lossy(),
+        "--bpf-root",
+        &bpf.0.to_string_lossy(),
+        "--hubble-listen-address",
+        "127.0.0.1:0",
+        "--proxy-port",
+        &proxy_port,
+        "--node-name",
+        "lab-node",
+    ]
+    .map(|s| s.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&args);
+    for pod in [&c, &d, &f] {
+        agent.wait_log(&format!("attached to {}", pod.host_if));
+    }
+
+    let token = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://api.kusto.windows.net";
+    let instance = "/metadata/instance?api-version=2021-02-01";
+    let (code, body) = http(&c, "GET", &format!("http://{imds}{instance}"));
+    assert_eq!(
+        (code, body.as_str()),
+        (200, format!("upstream saw GET {instance}").as_str()),
+        "agent log:\n{}\nflows:\n{}",
+        agent.logged(),
+        agent.observe()
+    );
+    assert_eq!(
+        http(&c, "POST", &format!("http://{imds}{instance}")),
+        (403, "Access denied\r\n".to_owned())
+    );
+    assert_eq!(http(&c, "GET", &format!("http://{imds}/other")).0, 403);
+    // `path: /metadata` is a full match: it does not allow /metadata/instance?….
+    assert_eq!(http(&d, "GET", &format!("http://{imds}{instance}")).0, 403);
+    // Now the seed's own policies, alone (its deny would also select c and d).
+    // Only the allowed request reached the upstream: not the POST, /other, or d's request.
+    let seen: Vec<String> = std::fs::read_to_string(&upstream_log)
+        .expect("log")
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert_eq!(seen[probes..], [format!("GET {instance}")]);
+    std::fs::remove_file(policies.join("c.yaml")).expect("rm");
+    std::fs::remove_file(policies.join("d.yaml")).expect("rm");
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-imds");
+    for file in [
+        "azure-imds-allow.yaml",
+        "azure-imds-deny.yaml",
+        "cidrgroup.yaml",
+    ] {
+        let text = std::fs::read_to_string(seed.join(file))
+            .expect("seed policy")
+            .replace("169.254.169.254/32", &format!("{imds}/32"));
+        write(&policies.join(file), &text);
+    }
+    eventually("the seed's deny is in force for c", || {
+        http(&c, "GET", &format!("http://{imds}{instance}")).0 == 0
+    });
+    // The seed's allow policy sets enableDefaultDeny.egress: false. Cilium then adds a wildcard
+    // to the HTTP rules of that port, so `GET /metadata` restricts nothing: the Fluent Bit pod's
+    // token request is forwarded (and seen: every request on the port goes through the proxy).
+    let (code, body) = http(&f, "GET", &format!("http://{imds}{token}"));
+    assert_eq!((code, body), (200, format!("upstream saw GET {token}")));
+
+    let seen: Vec<String> = std::fs::read_to_string(&upstream_log)
+        .expect("log")
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert_eq!(seen.last(), Some(&format!("GET {token}")));
+    eventually("the L7 flows are served", || {
+        let flows = agent.observe();
+        flows.contains("http-request DROPPED (HTTP/1.1 POST")
+            && flows.contains(&format!(
+                "http-request FORWARDED (HTTP/1.1 GET http://{imds}:80{instance})"
+            ))
+            && flows.contains("http-response FORWARDED (HTTP/1.1 200")
+    });
 }

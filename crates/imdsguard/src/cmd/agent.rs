@@ -226,6 +226,8 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut datapath = if enforcing {
+        let view = Arc::new(super::enforce::ProxyShared::default());
+        start_proxy(&args, &node, &hub, view.clone(), &mut servers)?;
         let (enforce, hub, node, stop) = (
             args.enforce.clone(),
             hub.clone(),
@@ -233,7 +235,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             stop.clone(),
         );
         Some(tokio::task::spawn_blocking(move || {
-            super::enforce::run(enforce, hub, node, stop)
+            super::enforce::run(enforce, hub, node, view, stop)
         }))
     } else {
         None
@@ -297,6 +299,57 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     }
     result.map(|_| ExitCode::SUCCESS)
 }
+
+/// The L7 proxy: the routing its redirect needs, then transparent listeners on loopback, where
+/// the datapath assigns connections whose policy has HTTP rules.
+fn start_proxy(
+    args: &AgentArgs,
+    node: &str,
+    hub: &Arc<Hub>,
+    view: Arc<super::enforce::ProxyShared>,
+    servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
+) -> Result<()> {
+    use imdsguard_proxy::server::{ProxyConfig, serve, transparent_listener};
+    imdsguard_proxy::routing::install(PROXY_MARK, PROXY_TABLE)
+        .context("installing the proxy's policy routing (needs CAP_NET_ADMIN)")?;
+    let port = args.enforce.proxy_port;
+    let cfg = ProxyConfig {
+        node_name: node.to_owned(),
+        ..Default::default()
+    };
+    let sink: Arc<dyn imdsguard_proxy::server::FlowSink> =
+        Arc::new(super::enforce::HubSink(hub.clone()));
+    for addr in [
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ] {
+        match transparent_listener(addr) {
+            Ok(l) => {
+                eprintln!("proxy: listening on {addr} (transparent)");
+                let (cfg, view, sink) = (cfg.clone(), view.clone(), sink.clone());
+                let authority: Arc<dyn imdsguard_proxy::server::Authority> = view;
+                servers.spawn(async move {
+                    if let Err(e) = serve(l, cfg, authority, sink).await {
+                        eprintln!("proxy on {addr}: {e}");
+                    }
+                    std::future::pending().await
+                });
+            }
+            Err(e) if addr.is_ipv6() => eprintln!("proxy: not listening on {addr}: {e}"),
+            Err(e) => {
+                return Err(anyhow::anyhow!(e).context(format!(
+                    "listening on {addr} for the L7 proxy (is --proxy-port {port} in use?)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The mark the datapath sets on packets it assigns to the proxy, and the routing table that
+/// mark selects (as Cilium's 0x200 and 2004).
+const PROXY_MARK: u32 = 0x200;
+const PROXY_TABLE: u32 = 2004;
 
 /// SIGTERM (how Kubernetes and tests stop the agent).
 async fn terminated() {

@@ -12,6 +12,7 @@ use imdsguard_hubble_server::server::Hub;
 use imdsguard_manifest::Source;
 use imdsguard_policy::store::PolicyStore;
 use imdsguard_policy::{DecodeOptions, EngineOptions, Identity, Repository};
+use imdsguard_proxy::server::{Authority, Client, FlowSink};
 use imdsguard_scenario::EndpointsFile;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -53,7 +54,13 @@ struct EndpointsState {
 
 /// Runs until `stop` is set. Errors that stop enforcement from starting are returned; later
 /// errors (a bad file, an interface that vanished) are reported and the last good state stays.
-pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn run(
+    args: EnforceArgs,
+    hub: Arc<Hub>,
+    node: String,
+    proxy: Arc<ProxyShared>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let Some(endpoints_path) = args.endpoints.clone() else {
         anyhow::bail!(
             "--endpoints is required to enforce (it names the pods and their interfaces)"
@@ -130,6 +137,7 @@ pub fn run(args: EnforceArgs, hub: Arc<Hub>, node: String, stop: Arc<AtomicBool>
                     attach_interfaces(&mut dp, &state.file, &mut attached);
                 }
                 directory.rebuild(&repo, &sync, &attached);
+                proxy.update(ProxyView::build(&repo, &directory));
                 if !first && let Some(age) = newest_change(&watched) {
                     eprintln!(
                         "enforced {:.1} ms after the last file change",
@@ -411,5 +419,91 @@ impl Directory for AgentDirectory {
     }
     fn interface_name(&self, ifindex: u32) -> Option<String> {
         self.interfaces.get(&ifindex).cloned()
+    }
+}
+
+/// What the L7 proxy needs from the agent: the client pods with their policies, and names for
+/// destinations. Rebuilt after every change and swapped in whole.
+#[derive(Default)]
+pub struct ProxyView {
+    clients: HashMap<IpAddr, Client>,
+    pods: HashMap<IpAddr, u32>,
+    ipcache: imdsguard_policy::ipcache::IpCache,
+    labels: HashMap<u32, Vec<String>>,
+}
+
+impl ProxyView {
+    fn build(repo: &Repository, directory: &AgentDirectory) -> ProxyView {
+        let mut clients = HashMap::new();
+        let mut pods = HashMap::new();
+        for (spec, identity) in repo.endpoints() {
+            let Some(policy) = repo.endpoint_policy(&spec.key()) else {
+                continue;
+            };
+            for ip in &spec.ips {
+                pods.insert(*ip, identity.0);
+                if let Some(endpoint) = directory.endpoints.get(ip) {
+                    clients.insert(
+                        *ip,
+                        Client {
+                            endpoint: endpoint.clone(),
+                            policy: policy.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        ProxyView {
+            clients,
+            pods,
+            ipcache: repo.ipcache().clone(),
+            labels: directory.identity_labels.clone(),
+        }
+    }
+}
+
+/// The proxy's view of the agent, shared between the reload loop and the proxy's tasks.
+#[derive(Default)]
+pub struct ProxyShared(std::sync::RwLock<Arc<ProxyView>>);
+
+impl ProxyShared {
+    fn update(&self, view: ProxyView) {
+        if let Ok(mut v) = self.0.write() {
+            *v = Arc::new(view);
+        }
+    }
+
+    fn view(&self) -> Arc<ProxyView> {
+        self.0.read().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Authority for ProxyShared {
+    fn client(&self, ip: IpAddr) -> Option<Client> {
+        self.view().clients.get(&ip).cloned()
+    }
+
+    fn destination(&self, ip: IpAddr) -> flow::Endpoint {
+        let v = self.view();
+        let identity = v
+            .pods
+            .get(&ip)
+            .copied()
+            .or_else(|| v.ipcache.lookup(ip).map(|(_, id)| id.0))
+            .unwrap_or(Identity::WORLD.0);
+        flow::Endpoint {
+            identity,
+            labels: v.labels.get(&identity).cloned().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Proxy flows go into the agent's Hubble ring buffer.
+pub struct HubSink(pub Arc<Hub>);
+
+impl FlowSink for HubSink {
+    fn flow(&self, f: flow::Flow) {
+        self.0.ingest(f);
     }
 }
