@@ -149,6 +149,42 @@ struct Ctx {
     authority: Arc<dyn Authority>,
     sink: Arc<dyn FlowSink>,
     slots: Slots,
+    /// Idle upstream connections by destination, reused across client connections (as nginx's
+    /// `keepalive`): no connect per request, and no TIME_WAIT pile-up on the proxy's ports.
+    pool: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+}
+
+/// Idle upstream connections kept per destination.
+const POOL_PER_DESTINATION: usize = 64;
+
+impl Ctx {
+    /// A pooled connection that is still open, or a new one.
+    async fn upstream(&self, target: SocketAddr) -> io::Result<TcpStream> {
+        loop {
+            let pooled = self
+                .pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.get_mut(&target).and_then(Vec::pop));
+            let Some(s) = pooled else {
+                return connect(target, self.cfg.upstream_connect_timeout).await;
+            };
+            // Open and silent is the only reusable state: EOF or stray bytes mean it is not.
+            let mut probe = [0u8; 1];
+            if matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                return Ok(s);
+            }
+        }
+    }
+
+    fn give_back(&self, target: SocketAddr, s: TcpStream) {
+        if let Ok(mut p) = self.pool.lock() {
+            let idle = p.entry(target).or_default();
+            if idle.len() < POOL_PER_DESTINATION {
+                idle.push(s);
+            }
+        }
+    }
 }
 
 /// Accepts connections until the listener fails.
@@ -163,6 +199,7 @@ pub async fn serve(
         authority,
         sink,
         slots: Slots::default(),
+        pool: Mutex::new(HashMap::new()),
     });
     loop {
         let (stream, peer) = listener.accept().await?;
@@ -330,10 +367,25 @@ fn forwarded_head(req: &Request) -> Vec<u8> {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if req.close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
+    // Connection is per hop: the client's `close` ends the client's connection, not the pooled
+    // upstream one.
     out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A response head with its Connection and Keep-Alive fields replaced by `Connection: close`.
+fn closing_head(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + 19);
+    let body = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
+    for (i, line) in body.split(|&c| c == b'\n').enumerate() {
+        let lower = line.to_ascii_lowercase();
+        if i > 0 && (lower.starts_with(b"connection:") || lower.starts_with(b"keep-alive:")) {
+            continue;
+        }
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
     out
 }
 
@@ -349,6 +401,42 @@ async fn connect(addr: SocketAddr, within: Duration) -> io::Result<TcpStream> {
 }
 
 async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
+    let target = ctx.cfg.upstream_override.unwrap_or(local);
+    let mut upstream = None;
+    exchanges(&mut client, peer, local, ctx, &mut upstream).await;
+    if let Some(Upstream {
+        stream,
+        reusable: true,
+        ..
+    }) = upstream
+    {
+        ctx.give_back(target, stream);
+    }
+    // Let the client close first: the side that closes first keeps the TIME_WAIT, and one left
+    // on the proxy's side would make the kernel refuse the next SYN that reuses the client's
+    // port (the redirected SYN goes to the listener, not through TIME_WAIT recycling).
+    let mut sink = [0u8; 1024];
+    let _ = timeout(Duration::from_secs(2), async {
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// The upstream connection of one client connection.
+struct Upstream {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// The last response ended cleanly and the upstream keeps the connection open.
+    reusable: bool,
+}
+
+async fn exchanges(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: &Ctx,
+    upstream: &mut Option<Upstream>,
+) {
     let cfg = &ctx.cfg;
     let authority = local.to_string();
     let destination = ctx.authority.destination(local.ip());
@@ -365,7 +453,6 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
         return;
     };
     let mut buf = Vec::with_capacity(4096);
-    let mut upstream: Option<(TcpStream, Vec<u8>)> = None;
     let mut first = true;
     loop {
         let wait = if first {
@@ -375,7 +462,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
         };
         first = false;
         let req = match read_head(
-            &mut client,
+            client,
             &mut buf,
             &authority,
             &cfg.limits,
@@ -426,11 +513,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
                 Body::Length(n) => n <= cfg.max_discarded_body,
                 _ => true,
             };
-            if !small
-                || pass_body(&mut client, &mut buf, req.body, None)
-                    .await
-                    .is_err()
-            {
+            if !small || pass_body(client, &mut buf, req.body, None).await.is_err() {
                 let _ = client.write_all(FORBIDDEN).await;
                 return;
             }
@@ -442,14 +525,18 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
         let started = Instant::now();
         if upstream.is_none() {
             let target = cfg.upstream_override.unwrap_or(local);
-            match connect(target, cfg.upstream_connect_timeout).await {
-                Ok(s) => upstream = Some((s, Vec::with_capacity(4096))),
+            match ctx.upstream(target).await {
+                Ok(stream) => {
+                    *upstream = Some(Upstream {
+                        stream,
+                        buf: Vec::with_capacity(4096),
+                        reusable: false,
+                    })
+                }
                 Err(_) => {
                     ctx.sink
                         .flow(exchange.response_flow(503, elapsed_ns(started)));
-                    if pass_body(&mut client, &mut buf, req.body, None)
-                        .await
-                        .is_err()
+                    if pass_body(client, &mut buf, req.body, None).await.is_err()
                         || client.write_all(UNAVAILABLE).await.is_err()
                         || req.close
                     {
@@ -459,12 +546,18 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
                 }
             }
         }
-        let Some((up, upbuf)) = upstream.as_mut() else {
+        let Some(Upstream {
+            stream: up,
+            buf: upbuf,
+            reusable,
+        }) = upstream.as_mut()
+        else {
             return;
         };
+        *reusable = false;
         let sent = async {
             up.write_all(&forwarded_head(&req)).await?;
-            pass_body(&mut client, &mut buf, req.body, Some(up)).await
+            pass_body(client, &mut buf, req.body, Some(up)).await
         }
         .await;
         if sent.is_err() {
@@ -490,13 +583,22 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
             let _ = client.write_all(UNAVAILABLE).await;
             return;
         };
-        if client.write_all(&upbuf[..resp.head_len]).await.is_err() {
+        // The upstream connection stays open (Connection is per hop), so a client that asked
+        // to close must hear it from us.
+        let head = &upbuf[..resp.head_len];
+        let written = if req.close && !resp.close {
+            client.write_all(&closing_head(head)).await
+        } else {
+            client.write_all(head).await
+        };
+        if written.is_err() {
             return;
         }
         upbuf.drain(..resp.head_len);
-        let done = pass_body(up, upbuf, resp.body, Some(&mut client)).await;
+        let done = pass_body(up, upbuf, resp.body, Some(client)).await;
         ctx.sink
             .flow(exchange.response_flow(resp.status, elapsed_ns(started)));
+        *reusable = done.is_ok() && !resp.close && upbuf.is_empty();
         if done.is_err() || req.close || resp.close {
             return;
         }
@@ -505,4 +607,18 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
 
 fn elapsed_ns(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closing_head_says_close_once() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n";
+        assert_eq!(
+            closing_head(head),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n".to_vec()
+        );
+    }
 }

@@ -1,0 +1,390 @@
+//! Proxy benchmark (needs root, wrk and nginx: `apt-get install wrk nginx-light`).
+//!
+//! A client pod runs wrk against an nginx upstream pod, measured in one run:
+//! - directly (no proxy);
+//! - through nginx as a plain reverse proxy in its own pod (keep-alive to the upstream);
+//! - through imdsguard: the datapath redirects the client's connections to this process's
+//!   transparent proxy, which judges every request against an HTTP rule and forwards it.
+//!
+//! Then the proxy's memory with 1,000 open client connections.
+//!
+//! `cargo run --release -p imdsguard-proxy --example proxy_bench -- [SECONDS]`
+
+use imdsguard_datapath::loader::{Datapath, Options, unpin_all};
+use imdsguard_datapath::sync::{SyncOptions, TableSync};
+use imdsguard_hubble_proto::flow::{Endpoint, Flow};
+use imdsguard_manifest::Source;
+use imdsguard_netns::{Pod, Process, run, unique_name};
+use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
+use imdsguard_proxy::server::{
+    Authority, Client, FlowSink, ProxyConfig, serve, transparent_listener,
+};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+struct Cleanup {
+    bpf: PathBuf,
+    dir: PathBuf,
+    routing_added: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = unpin_all(&self.bpf);
+        let _ = run("umount", &[&self.bpf.to_string_lossy()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.routing_added {
+            for family in ["-4", "-6"] {
+                let _ = run(
+                    "ip",
+                    &[
+                        family,
+                        "rule",
+                        "del",
+                        "fwmark",
+                        "0x200/0xf00",
+                        "lookup",
+                        "2004",
+                    ],
+                );
+                let _ = run("ip", &[family, "route", "flush", "table", "2004"]);
+            }
+        }
+    }
+}
+
+struct Auth(Repository);
+
+impl Authority for Auth {
+    fn client(&self, ip: IpAddr) -> Option<Client> {
+        let (key, identity) = self.0.endpoint_by_ip(ip)?;
+        Some(Client {
+            endpoint: Endpoint {
+                identity: identity.0,
+                ..Default::default()
+            },
+            policy: self.0.endpoint_policy(key)?.clone(),
+        })
+    }
+    fn destination(&self, ip: IpAddr) -> Endpoint {
+        Endpoint {
+            identity: self.0.identity_of_ip(ip).0,
+            ..Default::default()
+        }
+    }
+}
+
+/// Counts flows instead of keeping them, as a ring buffer would cost little either.
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl FlowSink for Count {
+    fn flow(&self, _: Flow) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn micros(v: &str) -> f64 {
+    let v = v.trim();
+    for (unit, f) in [("us", 1.0), ("ms", 1e3), ("s", 1e6)] {
+        if let Some(n) = v.strip_suffix(unit) {
+            return n.parse::<f64>().map(|n| n * f).unwrap_or(f64::NAN);
+        }
+    }
+    f64::NAN
+}
+
+fn wrk(client: &Pod, url: &str, secs: u64, close: bool) -> Run {
+    wrk_c(client, url, secs, close, "16")
+}
+
+/// Latency without queueing: one connection, one request at a time.
+fn wrk_c(client: &Pod, url: &str, secs: u64, close: bool, conns: &str) -> Run {
+    let d = format!("{secs}s");
+    let mut args = vec!["-t1", "-c", conns, "-d", &d, "--latency"];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = client.ns.exec("wrk", &args).expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = Run::default();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = l.strip_prefix("50%") {
+            r.p50_us = micros(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            r.p99_us = micros(v);
+        }
+    }
+    assert!(r.rps > 0.0, "no result from wrk:\n{text}");
+    r
+}
+
+fn nginx(pod: &Pod, dir: &Path, name: &str, server: &str) -> Process {
+    let conf = dir.join(format!("{name}.conf"));
+    let tmp = dir.join(name);
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1; daemon off; pid {t}/pid; error_log stderr;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {t}; proxy_temp_path {t};\n\
+               fastcgi_temp_path {t}; uwsgi_temp_path {t}; scgi_temp_path {t};\n{server} }}\n",
+            t = tmp.display()
+        ),
+    )
+    .expect("conf");
+    pod.ns
+        .spawn("nginx", &["-c", &conf.to_string_lossy()])
+        .expect("nginx")
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+const HOLD: &str = r#"
+import socket, sys, time
+conns = []
+for i in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 80), timeout=5)
+    s.sendall(b"GET /held HTTP/1.1\r\nHost: imds\r\n\r\n")
+    s.recv(4096)
+    conns.append(s)
+print("open", len(conns), flush=True)
+time.sleep(float(sys.argv[3]))
+"#;
+
+fn main() {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let k = 120 + (std::process::id() % 50) as u8;
+    let client =
+        Pod::create(&unique_name("pbc"), Ipv4Addr::new(10, k, 2, 2), None).expect("client");
+    let upstream =
+        Pod::create(&unique_name("pbu"), Ipv4Addr::new(10, k, 2, 3), None).expect("upstream");
+    let middle =
+        Pod::create(&unique_name("pbn"), Ipv4Addr::new(10, k, 2, 4), None).expect("nginx proxy");
+    let dir = std::env::temp_dir().join(unique_name("pbdir"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let routing_added = !run("ip", &["rule", "show"])
+        .unwrap_or_default()
+        .contains("lookup 2004");
+    let cleanup = Cleanup {
+        bpf: dir.join("bpf"),
+        dir: dir.clone(),
+        routing_added,
+    };
+    let _up = nginx(
+        &upstream,
+        &dir,
+        "upstream",
+        &format!(
+            "server {{ listen {}:80 reuseport; keepalive_requests 1000000; location / {{ return 200 \"ok\\n\"; }} }}",
+            upstream.ipv4
+        ),
+    );
+    let _mid = nginx(
+        &middle,
+        &dir,
+        "middle",
+        &format!(
+            "upstream u {{ server {}:80; keepalive 64; }}\n\
+             server {{ listen {}:8080; keepalive_requests 1000000; location / {{ proxy_pass http://u; \
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+            upstream.ipv4, middle.ipv4
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        client.ns.route_dev(upstream.ipv4.into()).expect("route"),
+        "eth0"
+    );
+    let direct_url = format!("http://{}:80/metadata/instance", upstream.ipv4);
+    let nginx_url = format!("http://{}:8080/metadata/instance", middle.ipv4);
+
+    eprintln!("[1/4] direct");
+    let direct = (
+        wrk(&client, &direct_url, secs, false),
+        wrk(&client, &direct_url, secs, true),
+    );
+    let direct_1 = wrk_c(&client, &direct_url, secs, false, "1");
+    eprintln!("[2/4] nginx reverse proxy");
+    let via_nginx = (
+        wrk(&client, &nginx_url, secs, false),
+        wrk(&client, &nginx_url, secs, true),
+    );
+    let nginx_1 = wrk_c(&client, &nginx_url, secs, false, "1");
+
+    // imdsguard: the client's egress to the upstream carries an HTTP rule, so the datapath
+    // redirects it to the proxy below.
+    let policy = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: l7, namespace: default}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n    - toCIDR: [{}/32]\n      \
+         toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET, path: \"/metadata/.*\"}}]}}}}]\n",
+        upstream.ipv4
+    );
+    // Two identical engines: one for the proxy's task, one for the table sync (identities are
+    // derived from labels and CIDRs, so both number them alike).
+    let build = || {
+        let decoded = decode_source(
+            &Source::new("l7.yaml", policy.clone()),
+            &DecodeOptions::default(),
+        );
+        let mut repo = Repository::new(EngineOptions::default());
+        repo.load(&decoded);
+        repo.upsert_endpoint(EndpointSpec {
+            name: "client".into(),
+            namespace: "default".into(),
+            labels: vec![("app".into(), "client".into())],
+            ips: vec![client.ipv4.into()],
+            ..Default::default()
+        });
+        repo.resolve();
+        repo
+    };
+    let repo = build();
+    let proxy_port = 17000 + (std::process::id() % 1000) as u16;
+    imdsguard_proxy::routing::install(0x200, 2004).expect("routing");
+    // The proxy's runtime is dropped before the pods, so its sockets close while the routes to
+    // the pods exist (after that, a FIN would take the machine's default route).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = rt.enter();
+    let listener = transparent_listener((Ipv4Addr::LOCALHOST, proxy_port).into()).expect("listen");
+    let flows = Arc::new(Count::default());
+    let sink: Arc<dyn FlowSink> = flows.clone();
+    let proxy = tokio::spawn(serve(
+        listener,
+        ProxyConfig::default(),
+        Arc::new(Auth(build())),
+        sink,
+    ));
+    let mut dp = Datapath::open(&Options {
+        bpf_root: cleanup.bpf.clone(),
+        ..Default::default()
+    })
+    .expect("datapath");
+    let mut sync = TableSync::new(SyncOptions {
+        proxy_port,
+        ..Default::default()
+    });
+    sync.sync(&repo, &mut dp).expect("sync");
+    dp.attach(&client.host_if).expect("attach");
+    eprintln!("[3/4] imdsguard proxy");
+    let ours = (
+        wrk(&client, &direct_url, secs, false),
+        wrk(&client, &direct_url, secs, true),
+    );
+    let ours_1 = wrk_c(&client, &direct_url, secs, false, "1");
+
+    eprintln!("datapath counters: {:?}", dp.counters().unwrap_or_default());
+    if std::env::var_os("PROBE").is_some() {
+        let script = format!(
+            "for i in $(seq 200); do curl -s -o /dev/null -w '%{{time_connect}} %{{time_starttransfer}}\\n' -H 'Connection: close' {direct_url}; done"
+        );
+        let out = client.ns.exec("sh", &["-c", &script]).expect("probe");
+        let mut t: Vec<(f64, f64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect();
+        t.sort_by(|a, b| a.1.total_cmp(&b.1));
+        eprintln!(
+            "probe (connect, first byte) p50 {:?} p90 {:?} max {:?}",
+            t.get(t.len() / 2),
+            t.get(t.len() * 9 / 10),
+            t.last()
+        );
+    }
+    eprintln!("[4/4] 1,000 open connections");
+    let before = rss_kb();
+    let mut hold = client
+        .ns
+        .command("python3")
+        .args(["-c", HOLD, &upstream.ipv4.to_string(), "1000", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(Process)
+        .expect("hold");
+    let mut line = String::new();
+    if let Some(out) = hold.0.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let during = rss_kb();
+    drop(hold);
+    drop(dp);
+    proxy.abort();
+    drop(guard);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let row = |name: &str, (ka, nc): (Run, Run)| {
+        println!(
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs |",
+            ka.rps, ka.p50_us, ka.p99_us, nc.rps, nc.p50_us, nc.p99_us
+        );
+    };
+    println!(
+        "wrk -t1 -c16 -d{secs}s --latency from the client pod; the upstream is nginx returning 200\n"
+    );
+    println!("| path | keep-alive req/s | p50 | p99 | new connection req/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    row("direct", direct);
+    row("nginx reverse proxy", via_nginx);
+    row("imdsguard proxy (redirected, judged)", ours);
+    println!("\nOne keep-alive connection, one request at a time (latency without queueing):\n");
+    println!("| path | req/s | p50 | p99 | p99 added over direct |");
+    println!("|---|---|---|---|---|");
+    for (name, r) in [
+        ("direct", direct_1),
+        ("nginx reverse proxy", nginx_1),
+        ("imdsguard proxy", ours_1),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.p99_us - direct_1.p99_us
+        );
+    }
+    println!(
+        "1,000 open connections ({}): proxy process RSS {} kB -> {} kB ({:+} kB)",
+        line.trim(),
+        before,
+        during,
+        during as i64 - before as i64
+    );
+    println!("flows emitted: {}", flows.0.load(Ordering::Relaxed));
+    drop(cleanup);
+}
