@@ -28,6 +28,8 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Show the datapath as the kernel holds it: interfaces, endpoints, counters.
     Status(cmd::status::StatusArgs),
+    /// Serve a stand-in for the cloud metadata service (Azure, AWS IMDSv2 or GCP).
+    ImdsEmulator(cmd::imds::EmulatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Observe(a) => cmd::observe::run(*a),
         Command::Agent(a) => cmd::agent::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::ImdsEmulator(a) => cmd::imds::run(a),
     };
     match result {
         Ok(code) => code,
