@@ -61,6 +61,8 @@ pub fn unique_name(prefix: &str) -> String {
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
+    /// Set by `keep`: the namespace outlives this value (a lab that stays up).
+    kept: bool,
 }
 
 impl Netns {
@@ -68,6 +70,7 @@ impl Netns {
         ip(&["netns", "add", name])?;
         let ns = Netns {
             name: name.to_owned(),
+            kept: false,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -122,8 +125,20 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
+        if !self.kept {
+            let _ = ip(&["netns", "del", &self.name]);
+        }
     }
+}
+
+/// Deletes a namespace by name (one that was kept).
+pub fn delete_netns(name: &str) -> Result<()> {
+    ip(&["netns", "del", name]).map(|_| ())
+}
+
+/// Deletes an interface by name (the host side of a kept pod; its peer and routes go with it).
+pub fn delete_link(name: &str) -> Result<()> {
+    ip(&["link", "del", name]).map(|_| ())
 }
 
 /// A process this crate started; killed (only this pid) and reaped on drop.
@@ -157,6 +172,7 @@ pub struct Pod {
     pub host_if: String,
     pub ipv4: std::net::Ipv4Addr,
     pub ipv6: Option<std::net::Ipv6Addr>,
+    kept: bool,
 }
 
 /// The host side of every pod answers as this gateway (as Calico does with 169.254.1.1), so pods
@@ -170,6 +186,17 @@ impl Pod {
         ipv4: std::net::Ipv4Addr,
         ipv6: Option<std::net::Ipv6Addr>,
     ) -> Result<Pod> {
+        Pod::create_routed(name, ipv4, ipv6, None)
+    }
+
+    /// `create`, with the host's route to the pod in routing table `table` instead of main: for
+    /// a namespace that must be reachable only by traffic a rule sends there (the lab's IMDS).
+    pub fn create_routed(
+        name: &str,
+        ipv4: std::net::Ipv4Addr,
+        ipv6: Option<std::net::Ipv6Addr>,
+        table: Option<u32>,
+    ) -> Result<Pod> {
         let ns = Netns::create(name)?;
         let host_if = name.to_owned();
         let peer = format!("{name}p");
@@ -181,6 +208,7 @@ impl Pod {
             host_if,
             ipv4,
             ipv6,
+            kept: false,
         };
         ip(&["link", "set", &peer, "netns", &pod.ns.name])?;
         pod.ns.ip(&["link", "set", &peer, "name", "eth0"])?;
@@ -209,7 +237,14 @@ impl Pod {
             sysctl(&force, "1")?;
         }
         ip(&["link", "set", h, "up"])?;
-        ip(&["route", "add", &format!("{ipv4}/32"), "dev", h])?;
+        let table = table.map(|t| t.to_string());
+        let mut route = vec!["route", "add"];
+        let dst = format!("{ipv4}/32");
+        route.extend([dst.as_str(), "dev", h]);
+        if let Some(t) = &table {
+            route.extend(["table", t.as_str()]);
+        }
+        ip(&route)?;
         if let Some(v6) = ipv6 {
             pod.ns
                 .ip(&["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"])?;
@@ -242,10 +277,21 @@ impl Pod {
     }
 }
 
+impl Pod {
+    /// Leaves the pod in place after this value goes (`lab up`); `delete_link` and
+    /// `delete_netns` remove it later.
+    pub fn keep(mut self) {
+        self.kept = true;
+        self.ns.kept = true;
+    }
+}
+
 impl Drop for Pod {
     fn drop(&mut self) {
-        // Deleting one end deletes the pair, and with it the host routes.
-        let _ = ip(&["link", "del", &self.host_if]);
+        if !self.kept {
+            // Deleting one end deletes the pair, and with it the host routes.
+            let _ = ip(&["link", "del", &self.host_if]);
+        }
     }
 }
 
