@@ -36,6 +36,9 @@ pub struct ProxyConfig {
     pub node_name: String,
     /// Tests: connect here instead of the original destination.
     pub upstream_override: Option<SocketAddr>,
+    /// SO_MARK for upstream connections, so policy routing can steer them (the lab routes its
+    /// mark to its IMDS emulator). None: the main routing table, the real metadata service.
+    pub upstream_mark: Option<u32>,
 }
 
 impl Default for ProxyConfig {
@@ -50,6 +53,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             node_name: String::new(),
             upstream_override: None,
+            upstream_mark: None,
         }
     }
 }
@@ -167,7 +171,12 @@ impl Ctx {
                 .ok()
                 .and_then(|mut p| p.get_mut(&target).and_then(Vec::pop));
             let Some(s) = pooled else {
-                return connect(target, self.cfg.upstream_connect_timeout).await;
+                return connect(
+                    target,
+                    self.cfg.upstream_connect_timeout,
+                    self.cfg.upstream_mark,
+                )
+                .await;
             };
             // Open and silent is the only reusable state: EOF or stray bytes mean it is not.
             let mut probe = [0u8; 1];
@@ -389,8 +398,30 @@ fn closing_head(head: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn connect(addr: SocketAddr, within: Duration) -> io::Result<TcpStream> {
-    match timeout(within, TcpStream::connect(addr)).await {
+async fn connect(addr: SocketAddr, within: Duration, mark: Option<u32>) -> io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mark) = mark {
+        let value = mark as libc::c_int;
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    match timeout(within, socket.connect(addr)).await {
         Ok(r) => {
             let s = r?;
             let _ = s.set_nodelay(true);

@@ -284,7 +284,8 @@ fn string_map(f: &Field) -> R<Vec<(String, String)>> {
         .collect()
 }
 
-fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
+/// One entry of an `endpoints:` list (scenarios, agent endpoints files, lab topologies).
+pub fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
     let m = f.map(&[
         "name",
         "namespace",

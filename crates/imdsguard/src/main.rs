@@ -30,6 +30,9 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Serve a stand-in for the cloud metadata service (Azure, AWS IMDSv2 or GCP).
     ImdsEmulator(cmd::imds::EmulatorArgs),
+    /// The seed's node on this machine: pods as network namespaces and an IMDS emulator.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::ImdsEmulator(a) => cmd::imds::run(a),
+        Command::Lab(c) => cmd::lab::run(c),
     };
     match result {
         Ok(code) => code,

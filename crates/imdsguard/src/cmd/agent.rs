@@ -315,6 +315,7 @@ fn start_proxy(
     let port = args.enforce.proxy_port;
     let cfg = ProxyConfig {
         node_name: node.to_owned(),
+        upstream_mark: args.enforce.proxy_upstream_mark,
         ..Default::default()
     };
     let sink: Arc<dyn imdsguard_proxy::server::FlowSink> =

@@ -40,10 +40,22 @@ pub struct EnforceArgs {
     /// The L7 proxy's port, for policies with HTTP rules.
     #[arg(long, default_value_t = 15001)]
     pub proxy_port: u16,
+    /// Mark the proxy's upstream connections (SO_MARK) so policy routing can steer them: the lab
+    /// routes this mark to its IMDS emulator (`imdsguard lab up` prints the value).
+    #[arg(long, value_parser = parse_mark)]
+    pub proxy_upstream_mark: Option<u32>,
     /// How often the policy directory and the endpoints file are checked for changes besides
     /// inotify, which reloads at once (the check catches what inotify cannot see).
     #[arg(long, default_value = "1s")]
     pub reload_interval: String,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a mark (a number such as 0xa00)"))
 }
 
 /// The endpoints file as last read: its hash, and its content when it was valid.

@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod enforce;
 pub mod imds;
+pub mod lab;
 pub mod observe;
 pub mod policy;
 pub mod status;

@@ -369,7 +369,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     let (mut passed, mut failed) = (0usize, 0usize);
     for src in files
         .into_iter()
-        .filter(|s| !imdsguard_scenario::is_manifest(s))
+        .filter(|s| !imdsguard_scenario::is_manifest(s) && !imdsguard_lab::topology::is_topology(s))
     {
         let scenario = match imdsguard_scenario::parse(&src) {
             Ok(s) => s,

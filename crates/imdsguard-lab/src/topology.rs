@@ -1,0 +1,294 @@
+//! The lab's topology file: the pods of one node (the agent's endpoint schema), the processes
+//! ("containers") each runs, and which metadata service the emulator plays. Pure.
+//!
+//! ```yaml
+//! podCIDR: 10.244.1.0/24          # pods without an ip: get the next free address
+//! imds: azure                     # azure | aws | gcp
+//! namespaces: {logging: {team: observability}}
+//! endpoints:
+//!   - {name: fluent-bit-qg7vq, namespace: logging, labels: {app.kubernetes.io/name: fluent-bit}}
+//! containers:
+//!   fluent-bit-qg7vq:
+//!     - name: fluent-bit
+//!       command: [sh, -c, "while true; do curl -s …; sleep 10; done"]
+//! ```
+
+use imdsguard_manifest::{Field, FieldError, Source};
+use imdsguard_scenario::{ScenarioEndpoint, ScenarioError};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabPod {
+    pub endpoint: ScenarioEndpoint,
+    pub ipv4: Ipv4Addr,
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub imds_flavor: String,
+    pub namespaces: Vec<(String, Vec<(String, String)>)>,
+    pub pods: Vec<LabPod>,
+}
+
+/// Whether a YAML file is a lab topology (it has `podCIDR`, `imds` or `containers`), so that
+/// `policy test` does not read it as a scenario.
+pub fn is_topology(source: &Source) -> bool {
+    imdsguard_manifest::parse_documents(&source.text)
+        .ok()
+        .and_then(|docs| docs.into_iter().find(|d| !d.is_null()))
+        .is_some_and(|d| {
+            ["podCIDR", "imds", "containers"]
+                .iter()
+                .any(|k| d.get(k).is_some())
+        })
+}
+
+fn error(file: &Arc<str>, e: FieldError) -> ScenarioError {
+    ScenarioError {
+        file: file.clone(),
+        line: e.pos.line,
+        column: e.pos.col,
+        field: e.path,
+        message: e.message,
+    }
+}
+
+/// Parses a topology and gives every pod an IPv4 address.
+pub fn parse(source: &Source) -> Result<Topology, ScenarioError> {
+    let docs = imdsguard_manifest::parse_documents(&source.text).map_err(|(pos, message)| {
+        ScenarioError {
+            file: source.name.clone(),
+            line: pos.line,
+            column: pos.col,
+            field: String::new(),
+            message: format!("YAML syntax error: {message}"),
+        }
+    })?;
+    let doc = docs
+        .into_iter()
+        .find(|d| !d.is_null())
+        .ok_or_else(|| ScenarioError {
+            file: source.name.clone(),
+            line: 1,
+            column: 1,
+            field: String::new(),
+            message: "empty topology".into(),
+        })?;
+    parse_doc(&Field::root(&doc)).map_err(|e| error(&source.name, e))
+}
+
+fn parse_doc(root: &Field) -> Result<Topology, FieldError> {
+    let m = root.map(&["podCIDR", "imds", "namespaces", "endpoints", "containers"])?;
+    let cidr_field = m.get("podCIDR");
+    let cidr: ipnet::Ipv4Net = match &cidr_field {
+        Some(f) => f
+            .str()?
+            .parse()
+            .map_err(|_| f.error("not an IPv4 CIDR, e.g. 10.244.1.0/24"))?,
+        None => "10.244.1.0/24"
+            .parse()
+            .map_err(|_| root.error("default pod CIDR"))?,
+    };
+    let imds_flavor = match m.get("imds") {
+        Some(f) => {
+            let v = f.str()?.to_ascii_lowercase();
+            if !["azure", "aws", "gcp"].contains(&v.as_str()) {
+                return Err(f.error("expected azure, aws or gcp"));
+            }
+            v
+        }
+        None => "azure".into(),
+    };
+    let mut namespaces = Vec::new();
+    if let Some(ns) = m.get("namespaces") {
+        for (n, labels) in ns.free_map()?.entries() {
+            let labels = labels
+                .free_map()?
+                .entries()
+                .map(|(k, v)| Ok((k.to_owned(), v.str()?.to_owned())))
+                .collect::<Result<Vec<_>, FieldError>>()?;
+            namespaces.push((n.to_owned(), labels));
+        }
+    }
+    let mut endpoints = Vec::new();
+    if let Some(eps) = m.get("endpoints") {
+        for e in eps.seq()? {
+            endpoints.push(imdsguard_scenario::endpoint(&e)?);
+        }
+    }
+    let mut containers: Vec<(String, Vec<Container>)> = Vec::new();
+    if let Some(cs) = m.get("containers") {
+        for (pod, list) in cs.free_map()?.entries() {
+            if !endpoints.iter().any(|e| e.handle == pod) {
+                return Err(list.error(format!("no endpoint named {pod:?}")));
+            }
+            let mut out = Vec::new();
+            for c in list.seq()? {
+                let cm = c.map(&["name", "command"])?;
+                out.push(Container {
+                    name: cm.required("name")?.str()?.to_owned(),
+                    command: cm.required("command")?.strings()?,
+                });
+            }
+            containers.push((pod.to_owned(), out));
+        }
+    }
+    // Addresses: as given, else the pod CIDR's hosts in order, skipping those taken.
+    let taken: Vec<Ipv4Addr> = endpoints
+        .iter()
+        .flat_map(|e| e.spec.ips.iter())
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut free = cidr.hosts().filter(|h| !taken.contains(h));
+    let mut pods = Vec::new();
+    for mut e in endpoints {
+        let ipv4 = match e.spec.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        }) {
+            Some(v4) => v4,
+            None => {
+                let v4 = free.next().ok_or_else(|| {
+                    root.error(format!(
+                        "podCIDR {cidr} has no free address for {}",
+                        e.handle
+                    ))
+                })?;
+                e.spec.ips.push(IpAddr::V4(v4));
+                v4
+            }
+        };
+        let containers = containers
+            .iter()
+            .find(|(p, _)| *p == e.handle)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        pods.push(LabPod {
+            endpoint: e,
+            ipv4,
+            containers,
+        });
+    }
+    Ok(Topology {
+        imds_flavor,
+        namespaces,
+        pods,
+    })
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The agent's `--endpoints` file for these pods, with the host-side interface each got.
+pub fn endpoints_file(t: &Topology, interfaces: &[(String, String)]) -> String {
+    let mut out = String::from("# Written by `imdsguard lab up`.\nnamespaces:\n");
+    for (ns, labels) in &t.namespaces {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{}: {}", yaml_str(k), yaml_str(v)))
+            .collect();
+        out += &format!("  {}: {{{}}}\n", yaml_str(ns), l.join(", "));
+    }
+    if t.namespaces.is_empty() {
+        out = out.replace("namespaces:\n", "namespaces: {}\n");
+    }
+    out += "endpoints:\n";
+    for p in &t.pods {
+        let s = &p.endpoint.spec;
+        let labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{}: {}", yaml_str(k), yaml_str(v)))
+            .collect();
+        let ips: Vec<String> = s.ips.iter().map(|ip| yaml_str(&ip.to_string())).collect();
+        let interface = interfaces
+            .iter()
+            .find(|(pod, _)| *pod == p.endpoint.handle)
+            .map(|(_, i)| format!(", interface: {}", yaml_str(i)))
+            .unwrap_or_default();
+        out += &format!(
+            "  - {{name: {}, namespace: {}, labels: {{{}}}, serviceAccount: {}, ips: [{}]{interface}}}\n",
+            yaml_str(&p.endpoint.handle),
+            yaml_str(&s.namespace),
+            labels.join(", "),
+            yaml_str(&s.service_account),
+            ips.join(", ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPOLOGY: &str = r#"
+podCIDR: 10.244.1.0/24
+namespaces: {logging: {team: observability}}
+endpoints:
+  - {name: fluent-bit-qg7vq, namespace: logging, labels: {app.kubernetes.io/name: fluent-bit}}
+  - {name: go-webapp-847857f68-2qlnd, namespace: go-webapp, labels: {app: go-webapp}, ip: 10.244.1.17}
+  - {name: other, namespace: default}
+containers:
+  go-webapp-847857f68-2qlnd:
+    - {name: istio-proxy, command: [curl, -s, "http://169.254.169.254/"]}
+"#;
+
+    #[test]
+    fn addresses_are_assigned_around_the_given_ones() {
+        let t = parse(&Source::new("lab.yaml", TOPOLOGY)).expect("valid");
+        let ips: Vec<String> = t.pods.iter().map(|p| p.ipv4.to_string()).collect();
+        assert_eq!(ips, ["10.244.1.1", "10.244.1.17", "10.244.1.2"]);
+        assert_eq!(t.pods[1].containers[0].name, "istio-proxy");
+        assert_eq!(t.imds_flavor, "azure");
+    }
+
+    #[test]
+    fn the_endpoints_file_reads_back_with_the_agent_schema() {
+        let t = parse(&Source::new("lab.yaml", TOPOLOGY)).expect("valid");
+        let text = endpoints_file(&t, &[("other".into(), "lab0v2".into())]);
+        let back = imdsguard_scenario::parse_endpoints(&Source::new("e.yaml", text.clone()))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back.endpoints.len(), 3);
+        assert_eq!(back.endpoints[2].interface.as_deref(), Some("lab0v2"));
+        assert_eq!(back.endpoints[0].spec.ips, t.pods[0].endpoint.spec.ips);
+        assert_eq!(
+            back.namespaces[0].1,
+            [("team".to_owned(), "observability".to_owned())]
+        );
+    }
+
+    #[test]
+    fn topologies_are_told_from_scenarios() {
+        assert!(is_topology(&Source::new("lab.yaml", TOPOLOGY)));
+        assert!(!is_topology(&Source::new(
+            "s.yaml",
+            "name: x\nendpoints: []\ncases: []\n"
+        )));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = "podCIDR: nope\n";
+        let e = parse(&Source::new("lab.yaml", bad)).expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "lab.yaml:1:10: podCIDR: not an IPv4 CIDR, e.g. 10.244.1.0/24"
+        );
+        let bad = "endpoints: []\ncontainers: {ghost: []}\n";
+        let e = parse(&Source::new("lab.yaml", bad)).expect_err("invalid");
+        assert!(e.to_string().contains("no endpoint named \"ghost\""), "{e}");
+    }
+}

@@ -1,0 +1,136 @@
+//! `imdsguard lab up|down|status|exec`: the seed's node on one machine.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use imdsguard_lab::lab::{self, UpOptions};
+use imdsguard_manifest::Source;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The mark the lab routes to its IMDS: give it to the agent as --proxy-upstream-mark.
+pub const LAB_MARK: u32 = 0xa00;
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Create the pods, the IMDS emulator and the routes between them, and start the containers.
+    Up(UpArgs),
+    /// Remove everything a lab made (also after a failed or interrupted `up`).
+    Down(NameArgs),
+    /// Show a lab's pods, addresses, interfaces and processes.
+    Status(NameArgs),
+    /// Run a command inside a pod's network namespace: `lab exec go-webapp-… -- curl …`.
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    #[arg(long, default_value = "lab")]
+    name: String,
+    /// Where lab state lives.
+    #[arg(long, default_value = "/run/imdsguard/lab")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// The topology: pods, their containers and the metadata flavour.
+    #[arg(long, default_value = "examples/azure-imds/lab.yaml")]
+    topology: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// The pod (its name), or `imds` for the emulator's namespace.
+    pod: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(cmd: LabCommand) -> Result<ExitCode> {
+    match cmd {
+        LabCommand::Up(a) => {
+            let text = std::fs::read_to_string(&a.topology)
+                .with_context(|| format!("reading {}", a.topology.display()))?;
+            let topology = imdsguard_lab::topology::parse(&Source::new(
+                a.topology.display().to_string(),
+                text,
+            ))?;
+            let state = lab::up(
+                &topology,
+                &UpOptions {
+                    name: a.lab.name.clone(),
+                    state_root: a.lab.state_dir.clone(),
+                    binary: std::env::current_exe().context("finding the imdsguard binary")?,
+                    mark: LAB_MARK,
+                },
+                &|step| eprintln!("lab: {step}"),
+            )?;
+            println!(
+                "lab {:?} is up: {} pods; IMDS at 169.254.169.254 (requests logged to {})",
+                state.name,
+                state.pods.len(),
+                state.imds_log().display()
+            );
+            println!(
+                "enforce it with: imdsguard agent --endpoints {} --policies DIR --proxy-upstream-mark {LAB_MARK:#x}",
+                state.endpoints_file().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Down(a) => {
+            let state = lab::load(&a.state_dir, &a.name)?;
+            let problems = lab::down(&state);
+            for p in &problems {
+                eprintln!("lab down: {p}");
+            }
+            if problems.is_empty() {
+                println!("lab {:?} is down", a.name);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+        LabCommand::Status(a) => {
+            let state = lab::load(&a.state_dir, &a.name)?;
+            println!("lab {:?} (state in {})", state.name, state.dir.display());
+            println!("  {:<34} {:<16} {:<16} INTERFACE", "POD", "NAMESPACE", "IP");
+            for p in state.pods.iter().chain(state.imds.iter()) {
+                let present = std::path::Path::new("/run/netns").join(&p.netns).exists();
+                println!(
+                    "  {:<34} {:<16} {:<16} {}{}",
+                    p.name,
+                    p.namespace,
+                    p.ipv4,
+                    p.netns,
+                    if present { "" } else { " (gone)" }
+                );
+            }
+            for p in &state.processes {
+                let alive = std::path::Path::new(&format!("/proc/{}", p.pid)).exists();
+                println!(
+                    "  process {}/{} pid {} {}",
+                    p.pod,
+                    p.container,
+                    p.pid,
+                    if alive { "running" } else { "exited" }
+                );
+            }
+            println!("  endpoints file: {}", state.endpoints_file().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec(a) => {
+            let state = lab::load(&a.lab.state_dir, &a.lab.name)?;
+            let status = lab::exec(&state, &a.pod, &a.command)?
+                .status()
+                .context("running the command")?;
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
+        }
+    }
+}
