@@ -33,6 +33,8 @@ enum Command {
     /// The seed's node on this machine: pods as network namespaces and an IMDS emulator.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
+    /// The seed's story end to end: a lab, the agent enforcing the seed's policies, the flows.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::ImdsEmulator(a) => cmd::imds::run(a),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod demo;
 pub mod enforce;
 pub mod imds;
 pub mod lab;
