@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,8 @@ impl LabState {
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
+    /// Set (by a SIGINT handler) to stop `up` between steps; it then takes down what it made.
+    pub interrupted: Arc<AtomicBool>,
     pub name: String,
     /// Where lab state lives (`/run/imdsguard/lab`).
     pub state_root: PathBuf,
@@ -148,6 +152,13 @@ pub fn up(t: &Topology, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result<Lab
     }
 }
 
+fn check(opts: &UpOptions) -> Result<()> {
+    if opts.interrupted.load(Ordering::Relaxed) {
+        return Err(LabError::Step("interrupted".into()));
+    }
+    Ok(())
+}
+
 fn add_rule(state: &mut LabState, selector: &[&str]) -> Result<()> {
     let table = state.table.to_string();
     let priority = state.priority.to_string();
@@ -180,6 +191,7 @@ fn build(
     state.save()?;
     Pod::create_routed(&imds_ns, IMDS_ADDRESS, None, Some(state.table))?.keep();
     for (i, p) in t.pods.iter().enumerate() {
+        check(opts)?;
         let netns = format!("lb{id}p{i}");
         progress(&format!(
             "creating pod {}/{} ({netns}, {})",
@@ -195,6 +207,7 @@ fn build(
         Pod::create(&netns, p.ipv4, None)?.keep();
         add_rule(state, &["iif", &netns])?;
     }
+    check(opts)?;
     let mark = format!("{:#x}/0xf00", state.mark);
     add_rule(state, &["fwmark", &mark])?;
     check_routes(state)?;
@@ -248,6 +261,7 @@ fn build(
     }
     for (p, rec) in t.pods.iter().zip(state.pods.clone()) {
         for c in &p.containers {
+            check(opts)?;
             let cgroup = cgroup_root
                 .as_ref()
                 .map(|r| r.join(format!("{}-{}", rec.netns, c.name)));

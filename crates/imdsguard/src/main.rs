@@ -1,6 +1,7 @@
 //! The `imdsguard` command: wires the crates together; no policy logic lives here.
 
 mod cmd;
+mod interrupt;
 mod sources;
 
 use clap::{Parser, Subcommand};

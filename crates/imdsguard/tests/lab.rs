@@ -209,3 +209,73 @@ fn a_failed_up_takes_down_what_it_made() {
     assert!(made.len() >= 2, "{err}");
     assert_eq!(leftovers(&made), Vec::<String>::new());
 }
+
+#[test]
+fn an_interrupted_up_takes_down_what_it_made() {
+    use std::io::{BufRead, BufReader};
+    if !can_create_namespaces() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let state = std::env::temp_dir().join(format!("imdsguard-lab-int-{}", std::process::id()));
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let lab = Lab {
+        name: format!("i{}", std::process::id()),
+        state: state.clone(),
+    };
+    let k = 60 + std::process::id() % 100;
+    let pods: String = (0..20)
+        .map(|i| format!("  - {{name: p{i}, namespace: apps}}\n"))
+        .collect();
+    let topo = topology(
+        &state,
+        &format!("podCIDR: 10.{k}.9.0/24\nendpoints:\n{pods}"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--state-dir",
+            &state.to_string_lossy(),
+            "--topology",
+            &topo.to_string_lossy(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lab up");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    let mut signalled = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if !signalled && line.contains("creating pod apps/p2 ") {
+            // SIGINT to the process this test started, as Ctrl-C would.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            signalled = true;
+        }
+        seen.push(line);
+    }
+    let status = child.wait().expect("wait");
+    let err = seen.join("\n");
+    assert!(signalled, "{err}");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let made: Vec<String> = seen
+        .iter()
+        .filter_map(|l| {
+            let name = l
+                .strip_prefix("lab: creating the IMDS namespace ")
+                .or_else(|| {
+                    l.strip_prefix("lab: creating pod ")
+                        .and_then(|r| r.split_once(" (").map(|(_, r)| r))
+                })?;
+            name.split([' ', ',']).next().map(str::to_owned)
+        })
+        .collect();
+    assert!(made.len() >= 3, "{err}");
+    assert_eq!(leftovers(&made), Vec::<String>::new());
+    assert!(!state.join(&lab.name).exists(), "state left behind");
+}

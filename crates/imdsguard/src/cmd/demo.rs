@@ -204,6 +204,14 @@ fn now_rfc3339() -> String {
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    // Ctrl-C stops the demo between steps; dropping the stage then cleans up.
+    let interrupted = crate::interrupt::flag();
+    let check = || -> Result<()> {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("interrupted; cleaning up");
+        }
+        Ok(())
+    };
     let text = std::fs::read_to_string(&args.topology)
         .with_context(|| format!("reading {}", args.topology.display()))?;
     let topology =
@@ -233,6 +241,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let state = lab::up(
         &topology,
         &UpOptions {
+            interrupted: interrupted.clone(),
             name: format!("demo{}", std::process::id()),
             state_root: dir.join("lab"),
             binary: std::env::current_exe()?,
@@ -286,6 +295,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         state.pods.len()
     );
 
+    check()?;
     heading("1. No policy: the webapp's Istio sidecar reaches IMDS");
     let t0 = now_rfc3339();
     let before = sidecar_calls(&state)?;
@@ -293,6 +303,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     std::thread::sleep(Duration::from_millis(300));
     show(&observe(&addr, &t0)?, &[WEBAPP]);
 
+    check()?;
     heading("2. The seed's CiliumCIDRGroup and both CiliumClusterwideNetworkPolicies");
     let lines = stage.agent_lines();
     for f in [
@@ -324,6 +335,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
          makes the requests visible. examples/azure-imds/scenario-enforced.yaml shows the enforced variant."
     );
 
+    check()?;
     heading("3. The fix from the seed: the sidecar no longer calls IMDS (CLOUD_PLATFORM=none)");
     let t2 = now_rfc3339();
     let token_after = token_call(&state, "GET", TOKEN)?;

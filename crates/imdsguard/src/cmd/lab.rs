@@ -63,6 +63,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             let state = lab::up(
                 &topology,
                 &UpOptions {
+                    interrupted: crate::interrupt::flag(),
                     name: a.lab.name.clone(),
                     state_root: a.lab.state_dir.clone(),
                     binary: std::env::current_exe().context("finding the imdsguard binary")?,
