@@ -368,10 +368,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     println!("  took {:.1} s", started.elapsed().as_secs_f64());
     if args.keep {
+        let pid = stage.agent.as_ref().map_or(0, Child::id);
         println!(
-            "\n  kept: `imdsguard observe --server {addr} -f`, `imdsguard lab exec --name {} --state-dir {} <pod> -- curl …`",
-            state.name,
-            dir.join("lab").display()
+            "\n  kept: the agent (pid {pid}, Hubble API on {addr}) and lab {name:?}.\n  \
+             look:  imdsguard observe --server {addr} -f\n         \
+             imdsguard lab exec --name {name} --state-dir {lab} <pod> -- curl …\n  \
+             stop:  kill {pid}; imdsguard lab down --name {name} --state-dir {lab}; umount {bpf}",
+            name = state.name,
+            lab = dir.join("lab").display(),
+            bpf = dir.join("bpf").display(),
         );
     }
     Ok(
