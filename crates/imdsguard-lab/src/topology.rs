@@ -16,7 +16,6 @@
 use imdsguard_manifest::{Field, FieldError, Source};
 use imdsguard_scenario::{ScenarioEndpoint, ScenarioError};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
@@ -51,38 +50,16 @@ pub fn is_topology(source: &Source) -> bool {
         })
 }
 
-fn error(file: &Arc<str>, e: FieldError) -> ScenarioError {
-    ScenarioError {
-        file: file.clone(),
-        line: e.pos.line,
-        column: e.pos.col,
-        field: e.path,
-        message: e.message,
-    }
-}
-
 /// Parses a topology and gives every pod an IPv4 address.
 pub fn parse(source: &Source) -> Result<Topology, ScenarioError> {
-    let docs = imdsguard_manifest::parse_documents(&source.text).map_err(|(pos, message)| {
-        ScenarioError {
-            file: source.name.clone(),
-            line: pos.line,
-            column: pos.col,
-            field: String::new(),
-            message: format!("YAML syntax error: {message}"),
-        }
+    let doc = imdsguard_scenario::first_document(source)?.ok_or_else(|| ScenarioError {
+        file: source.name.clone(),
+        line: 1,
+        column: 1,
+        field: String::new(),
+        message: "empty topology".into(),
     })?;
-    let doc = docs
-        .into_iter()
-        .find(|d| !d.is_null())
-        .ok_or_else(|| ScenarioError {
-            file: source.name.clone(),
-            line: 1,
-            column: 1,
-            field: String::new(),
-            message: "empty topology".into(),
-        })?;
-    parse_doc(&Field::root(&doc)).map_err(|e| error(&source.name, e))
+    parse_doc(&Field::root(&doc)).map_err(|e| imdsguard_scenario::field_error(&source.name, e))
 }
 
 fn parse_doc(root: &Field) -> Result<Topology, FieldError> {

@@ -37,21 +37,10 @@ impl Drop for Cleanup {
         let _ = run("umount", &[&self.bpf.to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&self.dir);
         if self.routing_added {
-            for family in ["-4", "-6"] {
-                let _ = run(
-                    "ip",
-                    &[
-                        family,
-                        "rule",
-                        "del",
-                        "fwmark",
-                        "0x200/0xf00",
-                        "lookup",
-                        "2004",
-                    ],
-                );
-                let _ = run("ip", &[family, "route", "flush", "table", "2004"]);
-            }
+            imdsguard_proxy::routing::uninstall(
+                imdsguard_proxy::routing::MARK,
+                imdsguard_proxy::routing::TABLE,
+            );
         }
     }
 }
@@ -190,9 +179,7 @@ fn main() {
         Pod::create(&unique_name("pbn"), Ipv4Addr::new(10, k, 2, 4), None).expect("nginx proxy");
     let dir = std::env::temp_dir().join(unique_name("pbdir"));
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let routing_added = !run("ip", &["rule", "show"])
-        .unwrap_or_default()
-        .contains("lookup 2004");
+    let routing_added = !imdsguard_proxy::routing::installed(imdsguard_proxy::routing::TABLE);
     let cleanup = Cleanup {
         bpf: dir.join("bpf"),
         dir: dir.clone(),
@@ -268,7 +255,11 @@ fn main() {
     };
     let repo = build();
     let proxy_port = 17000 + (std::process::id() % 1000) as u16;
-    imdsguard_proxy::routing::install(0x200, 2004).expect("routing");
+    imdsguard_proxy::routing::install(
+        imdsguard_proxy::routing::MARK,
+        imdsguard_proxy::routing::TABLE,
+    )
+    .expect("routing");
     // The proxy's runtime is dropped before the pods, so its sockets close while the routes to
     // the pods exist (after that, a FIN would take the machine's default route).
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -5,6 +5,11 @@
 use std::io;
 use std::process::Command;
 
+/// The mark the datapath sets on packets it assigns to the proxy (`Options::proxy_mark` in
+/// imdsguard-datapath), and the routing table that mark selects (Cilium's 0x200 and 2004).
+pub const MARK: u32 = 0x200;
+pub const TABLE: u32 = 2004;
+
 fn ip(args: &[&str]) -> io::Result<String> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
         io::Error::new(
@@ -61,4 +66,25 @@ pub fn install(mark: u32, table: u32) -> io::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// Whether a rule into `table` exists (so a test or the demo knows whether it added it).
+pub fn installed(table: u32) -> bool {
+    ip(&["rule", "show"]).is_ok_and(|r| r.contains(&format!("lookup {table}")))
+}
+
+/// Removes what `install` added.
+pub fn uninstall(mark: u32, table: u32) {
+    for family in ["-4", "-6"] {
+        let _ = ip(&[
+            family,
+            "rule",
+            "del",
+            "fwmark",
+            &format!("{mark:#x}/0xf00"),
+            "lookup",
+            &table.to_string(),
+        ]);
+        let _ = ip(&[family, "route", "flush", "table", &table.to_string()]);
+    }
 }

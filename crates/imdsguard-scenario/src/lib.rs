@@ -43,8 +43,9 @@ pub struct EndpointsFile {
     pub endpoints: Vec<ScenarioEndpoint>,
 }
 
-/// Parses an endpoints file (one endpoint schema serves it and scenarios).
-pub fn parse_endpoints(source: &Source) -> Result<EndpointsFile, ScenarioError> {
+/// The first non-empty YAML document of a file that holds one (scenarios, endpoints files, lab
+/// topologies); a syntax error names its line and column.
+pub fn first_document(source: &Source) -> Result<Option<imdsguard_manifest::Node>, ScenarioError> {
     let docs = imdsguard_manifest::parse_documents(&source.text).map_err(|(pos, message)| {
         ScenarioError {
             file: source.name.clone(),
@@ -54,7 +55,17 @@ pub fn parse_endpoints(source: &Source) -> Result<EndpointsFile, ScenarioError> 
             message: format!("YAML syntax error: {message}"),
         }
     })?;
-    let Some(doc) = docs.into_iter().find(|d| !d.is_null()) else {
+    Ok(docs.into_iter().find(|d| !d.is_null()))
+}
+
+/// Turns a field error into a scenario error for `file`.
+pub fn field_error(file: &Arc<str>, e: FieldError) -> ScenarioError {
+    ScenarioError::from_field(file, e)
+}
+
+/// Parses an endpoints file (one endpoint schema serves it and scenarios).
+pub fn parse_endpoints(source: &Source) -> Result<EndpointsFile, ScenarioError> {
+    let Some(doc) = first_document(source)? else {
         return Ok(EndpointsFile::default());
     };
     let parse = |root: &Field| -> R<EndpointsFile> {
@@ -153,16 +164,7 @@ type R<T> = Result<T, FieldError>;
 
 /// Parses a scenario file.
 pub fn parse(source: &Source) -> Result<Scenario, ScenarioError> {
-    let docs = imdsguard_manifest::parse_documents(&source.text).map_err(|(pos, message)| {
-        ScenarioError {
-            file: source.name.clone(),
-            line: pos.line,
-            column: pos.col,
-            field: String::new(),
-            message: format!("YAML syntax error: {message}"),
-        }
-    })?;
-    let Some(doc) = docs.into_iter().find(|d| !d.is_null()) else {
+    let Some(doc) = first_document(source)? else {
         return Err(ScenarioError {
             file: source.name.clone(),
             line: 1,

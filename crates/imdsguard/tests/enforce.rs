@@ -342,9 +342,8 @@ struct ProxyRouting {
 
 impl ProxyRouting {
     fn take() -> ProxyRouting {
-        let rules = imdsguard_netns::run("ip", &["rule", "show"]).unwrap_or_default();
         ProxyRouting {
-            added: !rules.contains("lookup 2004"),
+            added: !imdsguard_proxy::routing::installed(imdsguard_proxy::routing::TABLE),
         }
     }
 }
@@ -352,21 +351,10 @@ impl ProxyRouting {
 impl Drop for ProxyRouting {
     fn drop(&mut self) {
         if self.added {
-            for family in ["-4", "-6"] {
-                let _ = imdsguard_netns::run(
-                    "ip",
-                    &[
-                        family,
-                        "rule",
-                        "del",
-                        "fwmark",
-                        "0x200/0xf00",
-                        "lookup",
-                        "2004",
-                    ],
-                );
-                let _ = imdsguard_netns::run("ip", &[family, "route", "flush", "table", "2004"]);
-            }
+            imdsguard_proxy::routing::uninstall(
+                imdsguard_proxy::routing::MARK,
+                imdsguard_proxy::routing::TABLE,
+            );
         }
     }
 }

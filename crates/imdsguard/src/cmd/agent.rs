@@ -309,8 +309,9 @@ fn start_proxy(
     view: Arc<super::enforce::ProxyShared>,
     servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
 ) -> Result<()> {
+    use imdsguard_proxy::routing;
     use imdsguard_proxy::server::{ProxyConfig, serve, transparent_listener};
-    imdsguard_proxy::routing::install(PROXY_MARK, PROXY_TABLE)
+    routing::install(routing::MARK, routing::TABLE)
         .context("installing the proxy's policy routing (needs CAP_NET_ADMIN)")?;
     let port = args.enforce.proxy_port;
     let cfg = ProxyConfig {
@@ -346,11 +347,6 @@ fn start_proxy(
     }
     Ok(())
 }
-
-/// The mark the datapath sets on packets it assigns to the proxy, and the routing table that
-/// mark selects (as Cilium's 0x200 and 2004).
-const PROXY_MARK: u32 = 0x200;
-const PROXY_TABLE: u32 = 2004;
 
 /// SIGTERM (how Kubernetes and tests stop the agent).
 async fn terminated() {

@@ -58,22 +58,10 @@ impl Drop for Stage {
         let _ = Command::new("umount").arg(&bpf).status();
         let _ = std::fs::remove_dir_all(&self.dir);
         if self.routing_added {
-            for family in ["-4", "-6"] {
-                let _ = Command::new("ip")
-                    .args([
-                        family,
-                        "rule",
-                        "del",
-                        "fwmark",
-                        "0x200/0xf00",
-                        "lookup",
-                        "2004",
-                    ])
-                    .status();
-                let _ = Command::new("ip")
-                    .args([family, "route", "flush", "table", "2004"])
-                    .status();
-            }
+            imdsguard_proxy::routing::uninstall(
+                imdsguard_proxy::routing::MARK,
+                imdsguard_proxy::routing::TABLE,
+            );
         }
     }
 }
@@ -218,14 +206,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         imdsguard_lab::topology::parse(&Source::new(args.topology.display().to_string(), text))?;
     let dir = std::env::temp_dir().join(format!("imdsguard-demo-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("policies")).context("creating the demo directory")?;
-    let routing_added = !String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["rule", "show"])
-            .output()
-            .context("ip rule")?
-            .stdout,
-    )
-    .contains("lookup 2004");
+    let routing_added = !imdsguard_proxy::routing::installed(imdsguard_proxy::routing::TABLE);
     let mut stage = Stage {
         lab: None,
         agent: None,
