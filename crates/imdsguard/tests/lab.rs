@@ -57,6 +57,22 @@ fn leftovers(prefix_netns: &[String]) -> Vec<String> {
     left
 }
 
+/// The namespaces (and host interfaces) `lab up` said it was creating.
+fn made_names(progress: &str) -> Vec<String> {
+    progress
+        .lines()
+        .filter_map(|l| {
+            let name = l
+                .strip_prefix("lab: creating the IMDS namespace ")
+                .or_else(|| {
+                    l.strip_prefix("lab: creating pod ")
+                        .and_then(|r| r.split_once(" (").map(|(_, r)| r))
+                })?;
+            name.split([' ', ',']).next().map(str::to_owned)
+        })
+        .collect()
+}
+
 fn topology(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("lab.yaml");
     std::fs::write(&p, text).expect("topology");
@@ -194,18 +210,7 @@ fn a_failed_up_takes_down_what_it_made() {
     assert!(err.contains("taking down what was made"), "{err}");
     assert!(!state.join(&lab.name).exists(), "state left behind");
     // Everything it made, named in its progress lines, is gone again.
-    let made: Vec<String> = err
-        .lines()
-        .filter_map(|l| {
-            let name = l
-                .strip_prefix("lab: creating the IMDS namespace ")
-                .or_else(|| {
-                    l.strip_prefix("lab: creating pod ")
-                        .and_then(|r| r.split_once(" (").map(|(_, r)| r))
-                })?;
-            name.split([' ', ',']).next().map(str::to_owned)
-        })
-        .collect();
+    let made = made_names(&err);
     assert!(made.len() >= 2, "{err}");
     assert_eq!(leftovers(&made), Vec::<String>::new());
 }
@@ -263,18 +268,7 @@ fn an_interrupted_up_takes_down_what_it_made() {
     assert!(signalled, "{err}");
     assert!(!status.success(), "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    let made: Vec<String> = seen
-        .iter()
-        .filter_map(|l| {
-            let name = l
-                .strip_prefix("lab: creating the IMDS namespace ")
-                .or_else(|| {
-                    l.strip_prefix("lab: creating pod ")
-                        .and_then(|r| r.split_once(" (").map(|(_, r)| r))
-                })?;
-            name.split([' ', ',']).next().map(str::to_owned)
-        })
-        .collect();
+    let made = made_names(&err);
     assert!(made.len() >= 3, "{err}");
     assert_eq!(leftovers(&made), Vec::<String>::new());
     assert!(!state.join(&lab.name).exists(), "state left behind");
