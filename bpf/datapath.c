@@ -79,11 +79,16 @@ struct {
 	__type(value, struct config);
 } config SEC(".maps");
 
+/* All counters in one per-CPU value: a packet costs one lookup for its two counts. */
+struct counter_set {
+	__u64 v[CNT_MAX];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CNT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct counter_set);
 } counters SEC(".maps");
 
 struct {
@@ -143,12 +148,21 @@ static __always_inline __u32 policy_epoch(void)
 	return c ? c->policy_epoch : 0;
 }
 
+static __always_inline void count2(__u32 a, __u32 b)
+{
+	__u32 zero = 0;
+	struct counter_set *c = bpf_map_lookup_elem(&counters, &zero);
+
+	if (c && a < CNT_MAX && b < CNT_MAX) {
+		c->v[a] += 1;
+		if (b != a)
+			c->v[b] += 1;
+	}
+}
+
 static __always_inline void count(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-
-	if (v)
-		*v += 1;
+	count2(idx, idx);
 }
 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -503,7 +517,6 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 	__u8 trace = v->dir == DIR_EGRESS ? TRACE_TO_NETWORK : TRACE_TO_ENDPOINT;
 	int found, from_lo;
 
-	count(CNT_PACKETS);
 	from_lo = ct_tuple(&key, p, skb->ifindex);
 	c = bpf_map_lookup_elem(&ct, &key);
 	if (c && from_lo == c->orig_lo && c->epoch != policy_epoch()) {
@@ -516,7 +529,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		/* Another packet of the connection, from the side that opened it. */
 		v->pv.rule_id = c->rule_id;
 		v->pv.proxy_port = c->proxy_port;
-		count(CNT_ESTABLISHED);
+		count2(CNT_PACKETS, CNT_ESTABLISHED);
 		if (c->proxy_port && v->dir == DIR_EGRESS)
 			return to_proxy(skb, p, v, c->proxy_port);
 		if (p->tcp_flags & (TCP_FIN | TCP_RST)) {
@@ -528,7 +541,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 	}
 	if (c) {
 		/* A reply. */
-		count(CNT_REPLY);
+		count2(CNT_PACKETS, CNT_REPLY);
 		v->is_reply = 1;
 		v->pv.rule_id = c->rule_id;
 		if (!(c->flags & CT_SEEN_REPLY) || (p->tcp_flags & (TCP_FIN | TCP_RST))) {
@@ -540,6 +553,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 	}
 
 	/* A new connection. */
+	count(CNT_PACKETS);
 	resolve_remote(v, p);
 	if (!load_endpoint(v, p)) {
 		/* Egress from a source this interface should not carry (not yet

@@ -135,7 +135,7 @@ pub struct Datapath {
     endpoints: BpfHashMap<MapData, Addr, EndpointInfo>,
     ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, [u64; COUNTERS]>,
     config: Array<MapData, Config>,
     events: Option<RingBuf<MapData>>,
     written: HashMap<u32, Written>,
@@ -530,17 +530,8 @@ impl Datapath {
 
     /// The counters, summed over CPUs, named as `COUNTER_NAMES`.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
-        COUNTER_NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let values = self
-                    .counters
-                    .get(&(i as u32), 0)
-                    .map_err(map_err("counters"))?;
-                Ok((*name, values.iter().sum()))
-            })
-            .collect()
+        let per_cpu = self.counters.get(&0, 0).map_err(map_err("counters"))?;
+        Ok(sum_counters(per_cpu.iter()))
     }
 
     /// The event ring buffer, once: its reader polls it (events do not wake anyone).
@@ -566,6 +557,21 @@ impl EventReader {
         }
         n
     }
+}
+
+const COUNTERS: usize = COUNTER_NAMES.len();
+
+/// Sums the per-CPU counter sets into named totals.
+fn sum_counters<'a>(
+    per_cpu: impl Iterator<Item = &'a [u64; COUNTERS]>,
+) -> Vec<(&'static str, u64)> {
+    let mut total = [0u64; COUNTERS];
+    for set in per_cpu {
+        for (t, v) in total.iter_mut().zip(set) {
+            *t += v;
+        }
+    }
+    COUNTER_NAMES.iter().copied().zip(total).collect()
 }
 
 fn escape_ifname(ifname: &str) -> String {
@@ -679,7 +685,7 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
             .map_err(map_err("endpoints"))?;
     let ipcache: LpmTrie<MapData, Addr, IpcacheValue> =
         LpmTrie::try_from(aya::maps::Map::LpmTrie(map("ipcache")?)).map_err(map_err("ipcache"))?;
-    let counters: PerCpuArray<MapData, u64> =
+    let counters: PerCpuArray<MapData, [u64; COUNTERS]> =
         PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map("counters")?))
             .map_err(map_err("counters"))?;
     let mut endpoint_list: Vec<(IpAddr, EndpointInfo)> = endpoints
@@ -700,17 +706,10 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
             Some((IpNet::new(ip, u8::try_from(len).ok()?).ok()?, v))
         })
         .collect();
-    let counter_list = COUNTER_NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let v = counters
-                .get(&(i as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            (*name, v)
-        })
-        .collect();
+    let counter_list = counters
+        .get(&0, 0)
+        .map(|v| sum_counters(v.iter()))
+        .unwrap_or_default();
     let links = dir.join("links");
     let mut interfaces = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&links) {
