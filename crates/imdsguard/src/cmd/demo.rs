@@ -94,7 +94,12 @@ impl Stage {
 }
 
 fn heading(text: &str) {
-    println!("\n\x1b[1m== {text}\x1b[0m");
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!("\n\x1b[1m== {text}\x1b[0m");
+    } else {
+        println!("\n== {text}");
+    }
 }
 
 /// Runs curl in a lab pod; returns the HTTP status (0 when it timed out: dropped).
