@@ -304,18 +304,7 @@ impl Datapath {
                 .info()
                 .map_err(prog_err(name))?
                 .id();
-            let (_, chain) = SchedClassifier::query_tcx(ifname, direction).map_err(|e| {
-                DatapathError::Interface {
-                    ifname: ifname.to_owned(),
-                    message: format!("querying the TCX chain: {e}"),
-                }
-            })?;
-            out.push(Attachment {
-                ifname: ifname.to_owned(),
-                program: name,
-                position: chain.iter().position(|p| p.id() == ours),
-                chain_len: chain.len(),
-            });
+            out.push(attachment(ifname, name, direction, |p| p.id() == ours)?);
         }
         Ok(out)
     }
@@ -490,15 +479,6 @@ impl Datapath {
         self.endpoints.get(&Addr::from(ip), 0).ok()
     }
 
-    /// Every endpoint address in the map.
-    pub fn endpoint_entries(&self) -> Vec<(IpAddr, EndpointInfo)> {
-        self.endpoints
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(a, e)| (a.ip(), e))
-            .collect()
-    }
-
     pub fn set_ipcache(&mut self, net: IpNet, identity: u32, flags: u32) -> Result<()> {
         self.ipcache
             .insert(&ipcache_key(net), IpcacheValue { identity, flags }, 0)
@@ -516,15 +496,7 @@ impl Datapath {
         self.ipcache
             .iter()
             .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| {
-                let len = k.prefix_len();
-                let ip = k.data().ip();
-                let len = match ip {
-                    IpAddr::V4(_) => len.checked_sub(96)?,
-                    IpAddr::V6(_) => len,
-                };
-                Some((IpNet::new(ip, u8::try_from(len).ok()?).ok()?, v))
-            })
+            .filter_map(|(k, v)| Some((ipcache_net(&k)?, v)))
             .collect()
     }
 
@@ -580,6 +552,36 @@ fn escape_ifname(ifname: &str) -> String {
 
 fn unescape_ifname(name: &str) -> String {
     name.replace("%2e", ".").replace("%25", "%")
+}
+
+/// Where our program `name` sits in `ifname`'s TCX chain for `direction`.
+fn attachment(
+    ifname: &str,
+    name: &'static str,
+    direction: TcAttachType,
+    is_ours: impl Fn(&aya::programs::ProgramInfo) -> bool,
+) -> Result<Attachment> {
+    let (_, chain) =
+        SchedClassifier::query_tcx(ifname, direction).map_err(|e| DatapathError::Interface {
+            ifname: ifname.to_owned(),
+            message: format!("querying the TCX chain: {e}"),
+        })?;
+    Ok(Attachment {
+        ifname: ifname.to_owned(),
+        program: name,
+        position: chain.iter().position(is_ours),
+        chain_len: chain.len(),
+    })
+}
+
+/// The inverse of `ipcache_key`.
+fn ipcache_net(k: &Key<Addr>) -> Option<IpNet> {
+    let ip = k.data().ip();
+    let len = match ip {
+        IpAddr::V4(_) => k.prefix_len().checked_sub(96)?,
+        IpAddr::V6(_) => k.prefix_len(),
+    };
+    IpNet::new(ip, u8::try_from(len).ok()?).ok()
 }
 
 fn ipcache_key(net: IpNet) -> Key<Addr> {
@@ -697,14 +699,7 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
     let ipcache_list = ipcache
         .iter()
         .filter_map(|r| r.ok())
-        .filter_map(|(k, v)| {
-            let ip = k.data().ip();
-            let len = match ip {
-                IpAddr::V4(_) => k.prefix_len().checked_sub(96)?,
-                IpAddr::V6(_) => k.prefix_len(),
-            };
-            Some((IpNet::new(ip, u8::try_from(len).ok()?).ok()?, v))
-        })
+        .filter_map(|(k, v)| Some((ipcache_net(&k)?, v)))
         .collect();
     let counter_list = counters
         .get(&0, 0)
@@ -724,15 +719,16 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
                 PROGRAMS
                     .iter()
                     .map(|(program, direction)| {
-                        let chain = SchedClassifier::query_tcx(&ifname, *direction)
-                            .map(|(_, c)| c)
-                            .unwrap_or_default();
-                        Attachment {
+                        // Another agent's programs: known by name here.
+                        attachment(&ifname, program, *direction, |p| {
+                            p.name_as_str() == Some(*program)
+                        })
+                        .unwrap_or(Attachment {
                             ifname: ifname.clone(),
                             program,
-                            position: chain.iter().position(|p| p.name_as_str() == Some(*program)),
-                            chain_len: chain.len(),
-                        }
+                            position: None,
+                            chain_len: 0,
+                        })
                     })
                     .collect()
             });

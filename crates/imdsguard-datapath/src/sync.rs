@@ -94,14 +94,6 @@ impl TableSync {
         self.endpoints.get(key).map(|a| a.ep_id)
     }
 
-    /// The endpoint key (`namespace/name`) of an endpoint ID.
-    pub fn endpoint_key(&self, ep_id: u32) -> Option<&str> {
-        self.endpoints
-            .iter()
-            .find(|(_, a)| a.ep_id == ep_id)
-            .map(|(k, _)| k.as_str())
-    }
-
     pub fn sync(
         &mut self,
         repo: &Repository,

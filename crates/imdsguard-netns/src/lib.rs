@@ -263,18 +263,6 @@ impl Pod {
         }
         Ok(pod)
     }
-
-    pub fn ifindex(&self) -> Result<u32> {
-        let s = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", self.host_if))
-            .map_err(|source| NetnsError::Spawn {
-                command: format!("reading the ifindex of {}", self.host_if),
-                source,
-            })?;
-        s.trim().parse().map_err(|_| NetnsError::Command {
-            command: format!("reading the ifindex of {}", self.host_if),
-            stderr: s,
-        })
-    }
 }
 
 impl Pod {

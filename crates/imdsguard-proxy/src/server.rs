@@ -434,7 +434,7 @@ async fn connect(addr: SocketAddr, within: Duration, mark: Option<u32>) -> io::R
 async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
     let target = ctx.cfg.upstream_override.unwrap_or(local);
     let mut upstream = None;
-    exchanges(&mut client, peer, local, ctx, &mut upstream).await;
+    exchanges(&mut client, peer, local, target, ctx, &mut upstream).await;
     if let Some(Upstream {
         stream,
         reusable: true,
@@ -465,6 +465,7 @@ async fn exchanges(
     client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    target: SocketAddr,
     ctx: &Ctx,
     upstream: &mut Option<Upstream>,
 ) {
@@ -555,7 +556,6 @@ async fn exchanges(
         }
         let started = Instant::now();
         if upstream.is_none() {
-            let target = cfg.upstream_override.unwrap_or(local);
             match ctx.upstream(target).await {
                 Ok(stream) => {
                     *upstream = Some(Upstream {

@@ -67,15 +67,17 @@ impl Drop for Stage {
 }
 
 impl Stage {
-    fn wait_log(&self, needle: &str, within: Duration) -> Result<String> {
+    /// Waits for a line containing `needle` among the agent's lines from index `from` on.
+    fn wait_log(&self, from: usize, needle: &str, within: Duration) -> Result<String> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Some(l) = self
-                .agent_log
-                .lock()
-                .ok()
-                .and_then(|l| l.iter().rev().find(|l| l.contains(needle)).cloned())
-            {
+            if let Some(l) = self.agent_log.lock().ok().and_then(|l| {
+                l.iter()
+                    .skip(from)
+                    .rev()
+                    .find(|l| l.contains(needle))
+                    .cloned()
+            }) {
                 return Ok(l);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -269,10 +271,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     });
     let addr = stage
-        .wait_log("hubble: serving on ", Duration::from_secs(20))?
+        .wait_log(0, "hubble: serving on ", Duration::from_secs(20))?
         .trim_start_matches("hubble: serving on ")
         .to_owned();
     stage.wait_log(
+        0,
         &format!("attached to {}", state.pods[state.pods.len() - 1].netns),
         Duration::from_secs(20),
     )?;
@@ -302,7 +305,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             .with_context(|| format!("copying {}", from.display()))?;
         println!("  applied {}", from.display());
     }
-    wait_log_after(&stage, lines, "enforced ")?;
+    stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
     let t1 = now_rfc3339();
     let denied = sidecar_calls(&state)?;
     let token = token_call(&state, "GET", TOKEN)?;
@@ -372,20 +375,4 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             ExitCode::from(1)
         },
     )
-}
-
-fn wait_log_after(stage: &Stage, lines: usize, needle: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if stage
-            .agent_log
-            .lock()
-            .ok()
-            .is_some_and(|l| l.iter().skip(lines).any(|l| l.contains(needle)))
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("the agent did not apply the policies within 10 s")
 }
