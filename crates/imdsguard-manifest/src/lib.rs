@@ -16,7 +16,7 @@ pub use node::{Node, NodeKind, Pos, parse_documents};
 use std::sync::Arc;
 
 /// Where a manifest came from: a file name (as given by the user) and its text.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub name: Arc<str>,
     pub text: Arc<str>,

@@ -5,6 +5,10 @@
 //! object removes itself when dropped, so a failing test still cleans up. Forwarding is enabled
 //! per host-side interface only; nothing global on the machine changes.
 
+mod host;
+
+pub use host::{direct_route_dev, host_interface};
+
 use std::net::IpAddr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};

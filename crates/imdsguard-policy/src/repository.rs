@@ -56,7 +56,7 @@ pub struct NamedPort {
 }
 
 /// A pod as the engine sees it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EndpointSpec {
     pub name: String,
     pub namespace: String,

@@ -13,6 +13,8 @@ struct FileEntry {
     hash: u64,
     policies: Vec<Policy>,
     groups: Vec<CidrGroup>,
+    /// What the file's current text is wrong about.
+    errors: Vec<PolicyError>,
 }
 
 /// What a reload did.
@@ -108,6 +110,7 @@ impl PolicyStore {
             upsert_groups.extend(decoded.groups);
             old.policies = policies;
             old.groups = groups;
+            old.errors = decoded.errors.clone();
             up.errors.extend(decoded.errors);
             up.warnings.extend(decoded.warnings);
         }
@@ -132,6 +135,11 @@ impl PolicyStore {
             repo.upsert_policy(p);
         }
         up
+    }
+
+    /// The errors of every file as it reads now (an error stays until its file is fixed).
+    pub fn errors(&self) -> impl Iterator<Item = &PolicyError> {
+        self.files.values().flat_map(|e| e.errors.iter())
     }
 
     /// Every policy in force, with the file it came from.
@@ -180,6 +188,22 @@ spec:
         let mut v: Vec<String> = r.policies().map(|p| p.id.name.to_string()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn errors_stay_until_the_file_is_fixed() {
+        let mut store = PolicyStore::new();
+        let mut r = repo();
+        let opts = DecodeOptions::default();
+        let bad = GOOD.replace("10.0.0.1/32", "10.0.0.1/99");
+        store.reload(&[Source::new("p.yaml", bad.as_str())], &opts, &mut r);
+        assert_eq!(store.errors().count(), 1);
+        // Unchanged text is not decoded again, and its error is still known.
+        let up = store.reload(&[Source::new("p.yaml", bad.as_str())], &opts, &mut r);
+        assert!(up.errors.is_empty());
+        assert_eq!(store.errors().count(), 1);
+        store.reload(&[Source::new("p.yaml", GOOD)], &opts, &mut r);
+        assert_eq!(store.errors().count(), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ enum Command {
     /// Observe flows, as `hubble observe` does (filters, formats, --input-file).
     Observe(Box<cmd::observe::ObserveArgs>),
     /// Run the node agent: enforce policies through the eBPF datapath and serve flows.
-    Agent(cmd::agent::AgentArgs),
+    Agent(Box<cmd::agent::AgentArgs>),
     /// Show the datapath as the kernel holds it: interfaces, endpoints, counters.
     Status(cmd::status::StatusArgs),
     /// Serve a stand-in for the cloud metadata service (Azure, AWS IMDSv2 or GCP).
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Observe(a) => cmd::observe::run(*a),
-        Command::Agent(a) => cmd::agent::run(a),
+        Command::Agent(a) => cmd::agent::run(*a),
         Command::Status(a) => cmd::status::run(a),
         Command::ImdsEmulator(a) => cmd::imds::run(a),
         Command::Lab(c) => cmd::lab::run(c),

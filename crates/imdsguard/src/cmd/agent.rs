@@ -2,6 +2,8 @@
 //! the eBPF datapath; with `--replay-flows` it serves recorded flows (demos, UI trials). Either
 //! way flows are served over Hubble's gRPC API, as metrics and as a JSON export.
 
+use super::agent_api::{self, AgentApi};
+use super::inputs::{ClusterInputs, FileInputs, Inputs};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use imdsguard_hubble_proto::flow::FlowFilter;
@@ -10,6 +12,8 @@ use imdsguard_hubble_proto::wkt::Timestamp;
 use imdsguard_hubble_server::exporter::{ExportOptions, FlowExporter};
 use imdsguard_hubble_server::metrics::FlowMetrics;
 use imdsguard_hubble_server::server::{Hub, HubOptions, router, serve_metrics};
+use imdsguard_k8s::events::PolicyEvents;
+use imdsguard_k8s::{Cluster, ClusterOptions};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -218,14 +222,70 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 .await
         });
     }
-    let enforcing = args.enforce.endpoints.is_some();
+    // In a pod with no --endpoints, the cluster is the source (the DaemonSet's case).
+    let in_cluster = args.enforce.endpoints.is_none()
+        && args.replay_flows.is_none()
+        && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let from_cluster = args.enforce.kubeconfig.is_some() || in_cluster;
+    if from_cluster && args.enforce.endpoints.is_some() {
+        bail!(
+            "give either --kubeconfig (pods from the cluster) or --endpoints (pods from a file), not both"
+        );
+    }
+    let enforcing = args.enforce.endpoints.is_some() || from_cluster;
+    if enforcing && let Some(cni) = super::enforce::cilium_datapath() {
+        bail!(
+            "Cilium is this node's datapath ({cni}): it enforces Cilium's policies itself, and imdsguard must not attach next to it. Use imdsguard here as the offline tool (policy check|trace|test, observe, replay); see docs/kubernetes.md"
+        );
+    }
     if args.hubble_listen_address.is_empty() && socket.is_none() && !enforcing {
         bail!(
-            "nothing to do: give --endpoints to enforce, or --hubble-listen-address or --hubble-socket-path to serve flows"
+            "nothing to do: give --kubeconfig or --endpoints to enforce, or --hubble-listen-address or --hubble-socket-path to serve flows"
         );
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut datapath = if enforcing {
+        let inputs: Box<dyn Inputs> = match &args.enforce.endpoints {
+            Some(endpoints) => Box::new(FileInputs::new(
+                args.enforce.policies.clone(),
+                endpoints.clone(),
+            )),
+            None => {
+                if args.enforce.policies.is_some() {
+                    bail!(
+                        "--policies reads policies from files; with a cluster they come from its CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and CiliumCIDRGroup objects"
+                    );
+                }
+                let cluster = Cluster::start(&ClusterOptions {
+                    node_name: node.clone(),
+                    kubeconfig: args.enforce.kubeconfig.clone(),
+                })
+                .await?;
+                eprintln!(
+                    "kubernetes: watching pods of node {node}, namespaces and Cilium policies"
+                );
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut reporter = PolicyEvents::new(cluster.clone(), node.clone());
+                tokio::spawn(async move {
+                    while let Some(problem) = rx.recv().await {
+                        if let Err(e) = reporter.report(problem).await {
+                            eprintln!("kubernetes: creating an Event for an invalid policy: {e}");
+                        }
+                    }
+                });
+                Box::new(ClusterInputs::new(cluster, Some(tx)))
+            }
+        };
+        let api = AgentApi::new();
+        {
+            let (api, path) = (api.clone(), args.enforce.socket_path.clone());
+            servers.spawn(async move {
+                if let Err(e) = agent_api::serve(&path, api).await {
+                    eprintln!("api: {e:#}");
+                }
+                std::future::pending().await
+            });
+        }
         let view = Arc::new(super::enforce::ProxyShared::default());
         start_proxy(&args, &node, &hub, view.clone(), &mut servers)?;
         let (enforce, hub, node, stop) = (
@@ -235,7 +295,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             stop.clone(),
         );
         Some(tokio::task::spawn_blocking(move || {
-            super::enforce::run(enforce, hub, node, view, stop)
+            super::enforce::run(enforce, inputs, hub, node, view, api, stop)
         }))
     } else {
         None
@@ -296,6 +356,9 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     }
     if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
+    }
+    if enforcing {
+        let _ = std::fs::remove_file(&args.enforce.socket_path);
     }
     result.map(|_| ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
 //! The agent's standalone enforcement: policies from a directory and endpoints from a file, both
 //! watched, resolved by the engine, written to the datapath; datapath events become flows.
 
-use crate::sources;
+use super::agent_api::{self as status, AgentApi};
+use super::inputs::Inputs;
 use anyhow::{Context, Result};
 use clap::Args;
 use imdsguard_datapath::flows::{Directory, to_flow};
@@ -9,12 +10,9 @@ use imdsguard_datapath::loader::{Datapath, Options as DatapathOptions};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
 use imdsguard_hubble_proto::flow;
 use imdsguard_hubble_server::server::Hub;
-use imdsguard_manifest::Source;
-use imdsguard_policy::store::PolicyStore;
-use imdsguard_policy::{DecodeOptions, EngineOptions, Identity, Repository};
+use imdsguard_policy::{EngineOptions, Identity, Repository};
 use imdsguard_proxy::server::{Authority, Client, FlowSink};
-use imdsguard_scenario::EndpointsFile;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +29,13 @@ pub struct EnforceArgs {
     /// `interface:`), watched for changes. Enables the datapath.
     #[arg(long, value_name = "FILE")]
     pub endpoints: Option<PathBuf>,
+    /// Learn pods, namespaces and policies from this cluster (Cilium's --k8s-kubeconfig-path).
+    /// In a pod, the service account is used when neither this nor --endpoints is given.
+    #[arg(long, alias = "k8s-kubeconfig-path", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The agent's local API (status, endpoints, policy trace), as Cilium's --socket-path.
+    #[arg(long, default_value = "/var/run/imdsguard/imdsguard.sock")]
+    pub socket_path: PathBuf,
     /// Report denied flows as AUDIT and let them pass (Cilium's --policy-audit-mode).
     #[arg(long)]
     pub policy_audit_mode: bool,
@@ -58,26 +63,17 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("{s:?} is not a mark (a number such as 0xa00)"))
 }
 
-/// The endpoints file as last read: its hash, and its content when it was valid.
-struct EndpointsState {
-    hash: u64,
-    file: EndpointsFile,
-}
-
 /// Runs until `stop` is set. Errors that stop enforcement from starting are returned; later
 /// errors (a bad file, an interface that vanished) are reported and the last good state stays.
 pub fn run(
     args: EnforceArgs,
+    mut inputs: Box<dyn Inputs>,
     hub: Arc<Hub>,
     node: String,
     proxy: Arc<ProxyShared>,
+    api: Arc<AgentApi>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let Some(endpoints_path) = args.endpoints.clone() else {
-        anyhow::bail!(
-            "--endpoints is required to enforce (it names the pods and their interfaces)"
-        );
-    };
     let interval = imdsguard_flow::timespec::parse_duration(&args.reload_interval)
         .with_context(|| format!("invalid --reload-interval {:?}", args.reload_interval))?;
     let interval = Duration::from_nanos(interval.max(10_000_000) as u64);
@@ -95,74 +91,112 @@ pub fn run(
         .take_events()
         .context("the datapath's event ring buffer is already taken")?;
     let mut repo = Repository::new(EngineOptions::default());
-    let mut store = PolicyStore::new();
     let mut sync = TableSync::new(SyncOptions {
         audit: args.policy_audit_mode,
         proxy_port: args.proxy_port,
         ..Default::default()
     });
-    let mut eps: Option<EndpointsState> = None;
     let mut attached: HashMap<String, u32> = HashMap::new();
+    let mut interfaces: BTreeMap<String, String> = BTreeMap::new();
     let mut directory = AgentDirectory::default();
     let offset = wall_offset_ns();
     let touched = Arc::new(AtomicBool::new(false));
-    let mut watched = vec![endpoints_path.clone()];
-    watched.extend(args.policies.clone());
-    let _watcher = watch(&watched, touched.clone());
+    let watched = inputs.paths();
+    let _watcher = (!watched.is_empty()).then(|| watch(&watched, touched.clone()));
     let mut next_reload = Instant::now();
-    let mut first = true;
+    let mut synced = false;
+    let mut revision = 0u64;
+    let mut waiting_logged = false;
     while !stop.load(Ordering::Relaxed) {
-        if touched.swap(false, Ordering::Relaxed) || Instant::now() >= next_reload {
+        let due = touched.swap(false, Ordering::Relaxed) || Instant::now() >= next_reload;
+        if due {
             next_reload = Instant::now() + interval;
-            let changed = reload_policies(&args, &mut store, &mut repo)
-                | reload_endpoints(&endpoints_path, &mut eps, &mut repo);
-            if changed || first {
-                let started = Instant::now();
-                repo.resolve();
-                if let Some(state) = &eps {
-                    sync.set_audit_endpoints(
-                        state
-                            .file
-                            .endpoints
-                            .iter()
-                            .filter(|e| e.policy_audit_mode)
-                            .map(|e| e.spec.key())
-                            .collect(),
-                    );
-                }
-                match sync.sync(&repo, &mut dp) {
-                    Ok(stats) => {
-                        if stats.policies_applied + stats.endpoints_removed > 0 || first {
-                            eprintln!(
-                                "datapath: {} endpoint policies written, {} pending, {} removed, {} ipcache entries in {:.1} ms",
-                                stats.policies_applied,
-                                stats.endpoints_pending,
-                                stats.endpoints_removed,
-                                stats.ipcache_written,
-                                started.elapsed().as_secs_f64() * 1e3
-                            );
-                        }
+        }
+        let changed = (due || inputs.poll_every_tick()) && inputs.refresh(&mut repo);
+        if !inputs.ready() {
+            if !waiting_logged {
+                eprintln!(
+                    "waiting for the first complete view of the cluster; the pinned state stays in force"
+                );
+                waiting_logged = true;
+            }
+            api.answer(&repo, false);
+            api.publish(status::build(
+                &*inputs,
+                &node,
+                &repo,
+                &sync,
+                &interfaces,
+                &attached,
+                revision,
+            ));
+            events.drain(|e| hub.ingest(to_flow(&e, &directory, &node, offset)));
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        if changed || !synced {
+            let started = Instant::now();
+            repo.resolve();
+            sync.set_audit_endpoints(inputs.audit_endpoints());
+            match sync.sync(&repo, &mut dp) {
+                Ok(stats) => {
+                    revision += 1;
+                    if stats.policies_applied + stats.endpoints_removed > 0 || !synced {
+                        eprintln!(
+                            "datapath: {} endpoint policies written, {} pending, {} removed, {} ipcache entries in {:.1} ms",
+                            stats.policies_applied,
+                            stats.endpoints_pending,
+                            stats.endpoints_removed,
+                            stats.ipcache_written,
+                            started.elapsed().as_secs_f64() * 1e3
+                        );
                     }
-                    Err(e) => eprintln!("datapath: writing the tables failed: {e}"),
                 }
-                if let Some(state) = &eps {
-                    attach_interfaces(&mut dp, &state.file, &mut attached);
-                }
-                directory.rebuild(&repo, &sync, &attached);
-                proxy.update(ProxyView::build(&repo, &directory));
-                if !first && let Some(age) = newest_change(&watched) {
-                    eprintln!(
-                        "enforced {:.1} ms after the last file change",
-                        age.as_secs_f64() * 1e3
-                    );
-                }
-                first = false;
+                Err(e) => eprintln!("datapath: writing the tables failed: {e}"),
+            }
+            if synced && let Some(age) = newest_change(&watched) {
+                eprintln!(
+                    "enforced {:.1} ms after the last file change",
+                    age.as_secs_f64() * 1e3
+                );
             }
         }
+        if changed || !synced || due {
+            let found = inputs.interfaces(&repo, due);
+            if found != interfaces || changed || !synced {
+                interfaces = found;
+                attach_interfaces(&mut dp, &interfaces, &mut attached);
+                directory.rebuild(&repo, &sync, &attached);
+                proxy.update(ProxyView::build(&repo, &directory));
+            }
+            api.publish(status::build(
+                &*inputs,
+                &node,
+                &repo,
+                &sync,
+                &interfaces,
+                &attached,
+                revision,
+            ));
+            synced = true;
+        }
+        api.answer(&repo, true);
         events.drain(|e| hub.ingest(to_flow(&e, &directory, &node, offset)));
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Where Cilium runs this node's datapath, how that shows: its host interface, or its pinned
+/// maps. `None` when it does not.
+pub fn cilium_datapath() -> Option<&'static str> {
+    if std::path::Path::new("/sys/class/net/cilium_host").exists() {
+        return Some("the cilium_host interface exists");
+    }
+    if std::path::Path::new("/sys/fs/bpf/tc/globals/cilium_lxc").exists() {
+        return Some("/sys/fs/bpf/tc/globals/cilium_lxc is pinned");
+    }
+    None
 }
 
 /// Sets `touched` whenever something under `paths` changes (a file's directory is watched:
@@ -214,101 +248,13 @@ fn newest_change(paths: &[PathBuf]) -> Option<Duration> {
     newest?.elapsed().ok()
 }
 
-fn reload_policies(args: &EnforceArgs, store: &mut PolicyStore, repo: &mut Repository) -> bool {
-    let Some(dir) = &args.policies else {
-        return false;
-    };
-    let sources = match sources::load(std::slice::from_ref(dir)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("policies: {e:#}; the policies in force stay");
-            return false;
-        }
-    };
-    let up = store.reload(&sources, &DecodeOptions::default(), repo);
-    for e in &up.errors {
-        eprintln!("policy error: {e}");
-    }
-    for k in &up.kept {
-        eprintln!("policy: {k} is invalid now; its last good version stays in force");
-    }
-    if up.files_changed > 0 {
-        eprintln!(
-            "policies: {} file(s) changed, {} object(s) updated, {} deleted",
-            up.files_changed, up.policies_upserted, up.policies_deleted
-        );
-    }
-    up.files_changed > 0
-}
-
-fn reload_endpoints(
-    path: &PathBuf,
-    state: &mut Option<EndpointsState>,
-    repo: &mut Repository,
-) -> bool {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            if state.is_none() {
-                eprintln!("endpoints: cannot read {}: {e}", path.display());
-            }
-            return false;
-        }
-    };
-    let hash = imdsguard_policy::identity::fnv1a(text.as_bytes());
-    if state.as_ref().is_some_and(|s| s.hash == hash) {
-        return false;
-    }
-    let parsed =
-        imdsguard_scenario::parse_endpoints(&Source::new(path.display().to_string(), text));
-    let file = match parsed {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("endpoints error: {e}; the endpoints in force stay");
-            // Remember the hash so the same bad text is reported once.
-            match state {
-                Some(s) => s.hash = hash,
-                None => {
-                    *state = Some(EndpointsState {
-                        hash,
-                        file: EndpointsFile::default(),
-                    })
-                }
-            }
-            return false;
-        }
-    };
-    for (ns, labels) in &file.namespaces {
-        repo.set_namespace_labels(ns, labels.clone());
-    }
-    let keep: HashSet<String> = file.endpoints.iter().map(|e| e.spec.key()).collect();
-    let gone: Vec<(String, String)> = repo
-        .endpoints()
-        .filter(|(s, _)| !keep.contains(&s.key()))
-        .map(|(s, _)| (s.namespace.clone(), s.name.clone()))
-        .collect();
-    for (ns, name) in gone {
-        repo.remove_endpoint(&ns, &name);
-    }
-    for e in &file.endpoints {
-        repo.upsert_endpoint(e.spec.clone());
-    }
-    eprintln!(
-        "endpoints: {} pod(s) from {}",
-        file.endpoints.len(),
-        path.display()
-    );
-    *state = Some(EndpointsState { hash, file });
-    true
-}
-
 /// Attaches to every endpoint's interface and detaches from interfaces no endpoint has.
-fn attach_interfaces(dp: &mut Datapath, file: &EndpointsFile, attached: &mut HashMap<String, u32>) {
-    let want: HashSet<&str> = file
-        .endpoints
-        .iter()
-        .filter_map(|e| e.interface.as_deref())
-        .collect();
+fn attach_interfaces(
+    dp: &mut Datapath,
+    interfaces: &BTreeMap<String, String>,
+    attached: &mut HashMap<String, u32>,
+) {
+    let want: HashSet<&str> = interfaces.values().map(String::as_str).collect();
     for ifname in &want {
         if attached.contains_key(*ifname) {
             continue;

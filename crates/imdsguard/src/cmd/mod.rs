@@ -1,7 +1,9 @@
 pub mod agent;
+pub mod agent_api;
 pub mod demo;
 pub mod enforce;
 pub mod imds;
+pub mod inputs;
 pub mod lab;
 pub mod observe;
 pub mod policy;

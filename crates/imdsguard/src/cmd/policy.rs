@@ -246,7 +246,7 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_peer(s: &str, handles: &[(String, String)]) -> Result<Peer> {
+pub(crate) fn parse_peer(s: &str, handles: &[(String, String)]) -> Result<Peer> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(Peer::Ip(ip));
     }

@@ -14,6 +14,9 @@ pub struct StatusArgs {
     /// The BPF filesystem the agent pins to (its --bpf-root).
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpf_root: PathBuf,
+    /// The agent's API socket (its --socket-path); the agent's view is shown when it answers.
+    #[arg(long, default_value = "/var/run/imdsguard/imdsguard.sock")]
+    socket_path: PathBuf,
     /// Output format: text or json.
     #[arg(short = 'o', long, default_value = "text")]
     output: String,
@@ -27,9 +30,19 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
             args.bpf_root.display()
         )
     })?;
+    let agent = super::agent_api::request(&args.socket_path, "/v1/status")
+        .and_then(|(code, body)| {
+            anyhow::ensure!(code == 200, "the agent answered {code}: {body}");
+            Ok(serde_json::from_str::<serde_json::Value>(&body)?)
+        })
+        .map_err(|e| format!("{e:#}"));
     let out = match args.output.as_str() {
-        "json" => serde_json::to_string_pretty(&json(&state))? + "\n",
-        "text" => text(&state),
+        "json" => {
+            let mut v = json(&state);
+            v["agent"] = agent.clone().unwrap_or(serde_json::Value::Null);
+            serde_json::to_string_pretty(&v)? + "\n"
+        }
+        "text" => agent_text(&agent) + &text(&state),
         other => anyhow::bail!("unknown output format {other:?}: use text or json"),
     };
     print!("{out}");
@@ -44,6 +57,85 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The agent's own view: where it learns pods and policies, and what is wrong with them.
+fn agent_text(agent: &Result<serde_json::Value, String>) -> String {
+    let mut o = String::new();
+    let a = match agent {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(o, "Agent:        not reachable ({e})");
+            return o;
+        }
+    };
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let _ = writeln!(
+        o,
+        "Agent:        {} on node {}, {}, revision {}",
+        str_of(&a["mode"]),
+        str_of(&a["node"]),
+        if a["ready"].as_bool() == Some(true) {
+            "Ok"
+        } else {
+            "waiting for the first complete view"
+        },
+        a["revision"]
+    );
+    for w in a["watches"].as_array().into_iter().flatten() {
+        let state = if w["synced"].as_bool() == Some(true) {
+            format!("{} objects", w["objects"])
+        } else if w["missing"].as_bool() == Some(true) {
+            "not served (CRD not installed)".to_owned()
+        } else {
+            "not synced".to_owned()
+        };
+        let err = w["last_error"]
+            .as_str()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  watch {:<48} {state}{err}", str_of(&w["resource"]));
+    }
+    let policies = a["policies"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(o, "Policies:     {policies} in force");
+    let errors = a["policy_errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        let _ = writeln!(
+            o,
+            "Policy errors: {} (the last good version of each stays in force)",
+            errors.len()
+        );
+        for e in &errors {
+            let _ = writeln!(o, "  {}", str_of(e));
+        }
+    }
+    let eps = a["endpoints"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(o, "Pods:         {}", eps.len());
+    let _ = writeln!(
+        o,
+        "  {:<10} {:<40} {:<10} {:<16} {:<12} LABELS",
+        "ENDPOINT", "POD", "IDENTITY", "INTERFACE", "POLICY"
+    );
+    for e in &eps {
+        let labels: Vec<String> = e["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<40} {:<10} {:<16} {:<12} {}",
+            e["id"].to_string(),
+            format!("{}/{}", str_of(&e["namespace"]), str_of(&e["name"])),
+            e["identity"].to_string(),
+            e["interface"].as_str().unwrap_or("-"),
+            str_of(&e["policy"]),
+            labels.join(", ")
+        );
+    }
+    o
 }
 
 fn enabled(flags: u32, bit: u32) -> &'static str {

@@ -1,0 +1,93 @@
+//! The host-side interface of a pod, found from the pod's address as the kernel routes it, so
+//! nothing depends on a CNI's interface names: a route straight to the pod's veth (Calico, Azure
+//! CNI, Cilium-less setups with /32 routes), or a bridge (kubenet, bridge CNI), where the pod's
+//! MAC address in the bridge's forwarding table names the port.
+
+use crate::{Result, run};
+use std::net::IpAddr;
+
+/// The interface the host sends `ip` out of, when that is a pod's own link: `None` for an address
+/// reached through a gateway, a local address, or a bridge port not learned yet.
+pub fn host_interface(ip: IpAddr) -> Result<Option<String>> {
+    let route = run("ip", &["route", "get", &ip.to_string()])?;
+    let Some(dev) = direct_route_dev(&route) else {
+        return Ok(None);
+    };
+    if !std::path::Path::new(&format!("/sys/class/net/{dev}/bridge")).exists() {
+        return Ok(Some(dev));
+    }
+    let neigh = run("ip", &["neigh", "show", &ip.to_string(), "dev", &dev])?;
+    let Some(mac) = neighbour_mac(&neigh) else {
+        return Ok(None);
+    };
+    let fdb = run("bridge", &["fdb", "show", "br", &dev])?;
+    Ok(bridge_port(&fdb, &mac))
+}
+
+/// The device of a route that reaches the address directly (no gateway, not local).
+pub fn direct_route_dev(route_get: &str) -> Option<String> {
+    let first = route_get.lines().next()?;
+    let words: Vec<&str> = first.split_whitespace().collect();
+    if matches!(
+        words.first(),
+        Some(&("local" | "unreachable" | "blackhole" | "prohibit" | "broadcast" | "multicast"))
+    ) || words.contains(&"via")
+    {
+        return None;
+    }
+    let dev = words
+        .iter()
+        .position(|w| *w == "dev")
+        .and_then(|i| words.get(i + 1))?;
+    (*dev != "lo").then(|| (*dev).to_owned())
+}
+
+fn neighbour_mac(neigh: &str) -> Option<String> {
+    let words: Vec<&str> = neigh.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "lladdr")?;
+    words.get(i + 1).map(|m| m.to_ascii_lowercase())
+}
+
+fn bridge_port(fdb: &str, mac: &str) -> Option<String> {
+    fdb.lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if words.first().map(|m| m.to_ascii_lowercase()).as_deref() != Some(mac) {
+            return None;
+        }
+        let i = words.iter().position(|w| *w == "dev")?;
+        words.get(i + 1).map(|d| (*d).to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_direct_routes_name_a_pod_interface() {
+        assert_eq!(
+            direct_route_dev("10.244.1.5 dev cali12ab src 10.0.0.4 uid 0 \n    cache ").as_deref(),
+            Some("cali12ab")
+        );
+        assert_eq!(
+            direct_route_dev("10.9.9.9 via 10.0.0.1 dev eth0 src 10.0.0.4 uid 0\n    cache"),
+            None
+        );
+        assert_eq!(
+            direct_route_dev("local 10.0.0.4 dev lo table local src 10.0.0.4 uid 0"),
+            None
+        );
+        assert_eq!(
+            direct_route_dev("unreachable 10.1.1.1 table main uid 0"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bridge_port_is_found_by_the_pods_mac() {
+        let mac = neighbour_mac("10.244.0.7 lladdr 0A:58:0a:f4:00:07 REACHABLE").unwrap();
+        let fdb = "33:33:00:00:00:01 dev cbr0 self permanent\n0a:58:0a:f4:00:07 dev veth5d1 master cbr0\n";
+        assert_eq!(bridge_port(fdb, &mac).as_deref(), Some("veth5d1"));
+        assert_eq!(bridge_port(fdb, "0a:58:0a:f4:00:08"), None);
+    }
+}

@@ -1,0 +1,365 @@
+//! Where the agent learns what to enforce: files (`--policies`, `--endpoints`) or a Kubernetes
+//! cluster (`--kubeconfig` or the pod's service account). Both feed the same repository; the
+//! enforcement loop does not know which one it has.
+
+use crate::sources;
+use imdsguard_k8s::events::PolicyProblem;
+use imdsguard_k8s::{Cluster, ClusterObjects, WatchStatus};
+use imdsguard_manifest::Source;
+use imdsguard_policy::store::PolicyStore;
+use imdsguard_policy::{DecodeOptions, EndpointSpec, Repository};
+use imdsguard_scenario::EndpointsFile;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub trait Inputs: Send {
+    /// "files" or "kubernetes".
+    fn mode(&self) -> &'static str;
+    /// Whether the first complete view has arrived. Until then nothing is written, so a
+    /// restarted agent leaves the pinned state in force rather than a partial one.
+    fn ready(&self) -> bool;
+    /// Whether `refresh` is cheap enough to call on every turn of the loop (a change counter),
+    /// rather than on inotify events and every --reload-interval (files).
+    fn poll_every_tick(&self) -> bool {
+        false
+    }
+    /// Brings `repo` up to date; true when something changed. The caller resolves.
+    fn refresh(&mut self, repo: &mut Repository) -> bool;
+    /// The host-side interface of each endpoint (by `namespace/name`) that has one. `retry`
+    /// looks again for those not found before.
+    fn interfaces(&mut self, repo: &Repository, retry: bool) -> BTreeMap<String, String>;
+    /// Endpoints in audit mode of their own.
+    fn audit_endpoints(&self) -> HashSet<String>;
+    /// What is wrong with the input as it reads now (file, line, field).
+    fn errors(&self) -> Vec<String>;
+    fn watches(&self) -> Vec<WatchStatus> {
+        Vec::new()
+    }
+    /// Files to watch with inotify.
+    fn paths(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+/// `--policies DIR --endpoints FILE`.
+pub struct FileInputs {
+    policies: Option<PathBuf>,
+    endpoints: PathBuf,
+    store: PolicyStore,
+    eps: Option<EndpointsState>,
+}
+
+/// The endpoints file as last read: its hash, its content when it was valid, and its error.
+struct EndpointsState {
+    hash: u64,
+    file: EndpointsFile,
+    error: Option<String>,
+}
+
+impl FileInputs {
+    pub fn new(policies: Option<PathBuf>, endpoints: PathBuf) -> FileInputs {
+        FileInputs {
+            policies,
+            endpoints,
+            store: PolicyStore::new(),
+            eps: None,
+        }
+    }
+
+    fn reload_policies(&mut self, repo: &mut Repository) -> bool {
+        let Some(dir) = &self.policies else {
+            return false;
+        };
+        match sources::load(std::slice::from_ref(dir)) {
+            Ok(s) => reload_store(&mut self.store, &s, repo, |_| {}),
+            Err(e) => {
+                eprintln!("policies: {e:#}; the policies in force stay");
+                false
+            }
+        }
+    }
+
+    fn reload_endpoints(&mut self, repo: &mut Repository) -> bool {
+        let path = &self.endpoints;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                if self.eps.is_none() {
+                    eprintln!("endpoints: cannot read {}: {e}", path.display());
+                }
+                return false;
+            }
+        };
+        let hash = imdsguard_policy::identity::fnv1a(text.as_bytes());
+        if self.eps.as_ref().is_some_and(|s| s.hash == hash) {
+            return false;
+        }
+        let parsed =
+            imdsguard_scenario::parse_endpoints(&Source::new(path.display().to_string(), text));
+        let file = match parsed {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("endpoints error: {e}; the endpoints in force stay");
+                // Remember the hash so the same bad text is reported once.
+                let state = self.eps.get_or_insert_with(|| EndpointsState {
+                    hash,
+                    file: EndpointsFile::default(),
+                    error: None,
+                });
+                state.hash = hash;
+                state.error = Some(e.to_string());
+                return false;
+            }
+        };
+        let specs: Vec<EndpointSpec> = file.endpoints.iter().map(|e| e.spec.clone()).collect();
+        apply_endpoints(repo, file.namespaces.iter().cloned().collect(), specs, None);
+        eprintln!(
+            "endpoints: {} pod(s) from {}",
+            file.endpoints.len(),
+            path.display()
+        );
+        self.eps = Some(EndpointsState {
+            hash,
+            file,
+            error: None,
+        });
+        true
+    }
+}
+
+impl Inputs for FileInputs {
+    fn mode(&self) -> &'static str {
+        "files"
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn refresh(&mut self, repo: &mut Repository) -> bool {
+        self.reload_policies(repo) | self.reload_endpoints(repo)
+    }
+
+    fn interfaces(&mut self, _: &Repository, _: bool) -> BTreeMap<String, String> {
+        self.eps
+            .iter()
+            .flat_map(|s| &s.file.endpoints)
+            .filter_map(|e| Some((e.spec.key(), e.interface.clone()?)))
+            .collect()
+    }
+
+    fn audit_endpoints(&self) -> HashSet<String> {
+        self.eps
+            .iter()
+            .flat_map(|s| &s.file.endpoints)
+            .filter(|e| e.policy_audit_mode)
+            .map(|e| e.spec.key())
+            .collect()
+    }
+
+    fn errors(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.store.errors().map(|e| e.to_string()).collect();
+        out.extend(self.eps.iter().filter_map(|s| s.error.clone()));
+        out
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut p = vec![self.endpoints.clone()];
+        p.extend(self.policies.clone());
+        p
+    }
+}
+
+/// Decodes what changed into the store and the repository, reporting errors; true when a file
+/// changed. `problem` hears of each invalid object.
+fn reload_store(
+    store: &mut PolicyStore,
+    sources: &[Source],
+    repo: &mut Repository,
+    mut problem: impl FnMut(&imdsguard_policy::decode::PolicyError),
+) -> bool {
+    let up = store.reload(sources, &DecodeOptions::default(), repo);
+    for e in &up.errors {
+        eprintln!("policy error: {e}");
+        problem(e);
+    }
+    for k in &up.kept {
+        eprintln!("policy: {k} is invalid now; its last good version stays in force");
+    }
+    if up.files_changed > 0 {
+        eprintln!(
+            "policies: {} changed, {} object(s) updated, {} deleted",
+            up.files_changed, up.policies_upserted, up.policies_deleted
+        );
+    }
+    up.files_changed > 0
+}
+
+/// Makes the repository's namespaces and endpoints equal to these. With `previous` (what the
+/// last call applied) only differences are written.
+fn apply_endpoints(
+    repo: &mut Repository,
+    namespaces: BTreeMap<String, Vec<(String, String)>>,
+    endpoints: Vec<EndpointSpec>,
+    previous: Option<&ClusterObjects>,
+) {
+    for (ns, labels) in &namespaces {
+        if previous.and_then(|p| p.namespaces.get(ns)) != Some(labels) {
+            repo.set_namespace_labels(ns, labels.clone());
+        }
+    }
+    if let Some(p) = previous {
+        // A namespace that is gone has no labels to give its pods (Cilium does the same).
+        for ns in p.namespaces.keys().filter(|n| !namespaces.contains_key(*n)) {
+            repo.set_namespace_labels(ns, Vec::new());
+        }
+    }
+    let keep: HashSet<String> = endpoints.iter().map(|e| e.key()).collect();
+    let gone: Vec<(String, String)> = repo
+        .endpoints()
+        .filter(|(s, _)| !keep.contains(&s.key()))
+        .map(|(s, _)| (s.namespace.clone(), s.name.clone()))
+        .collect();
+    for (ns, name) in gone {
+        repo.remove_endpoint(&ns, &name);
+    }
+    let before: HashMap<String, &EndpointSpec> = previous
+        .map(|p| p.endpoints.iter().map(|e| (e.key(), e)).collect())
+        .unwrap_or_default();
+    for e in endpoints {
+        if before.get(&e.key()).is_some_and(|old| **old == e) {
+            continue;
+        }
+        repo.upsert_endpoint(e);
+    }
+}
+
+/// `--kubeconfig` or in-cluster: reflectors over the API.
+pub struct ClusterInputs {
+    cluster: Cluster,
+    seen: u64,
+    applied: Option<ClusterObjects>,
+    store: PolicyStore,
+    problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
+    /// Endpoint → (the addresses it was looked up by, the interface found).
+    found: HashMap<String, (Vec<IpAddr>, Option<String>)>,
+}
+
+impl ClusterInputs {
+    pub fn new(
+        cluster: Cluster,
+        problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
+    ) -> ClusterInputs {
+        ClusterInputs {
+            cluster,
+            seen: u64::MAX,
+            applied: None,
+            store: PolicyStore::new(),
+            problems,
+            found: HashMap::new(),
+        }
+    }
+}
+
+impl Inputs for ClusterInputs {
+    fn mode(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn ready(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    fn poll_every_tick(&self) -> bool {
+        true
+    }
+
+    fn refresh(&mut self, repo: &mut Repository) -> bool {
+        if self.cluster.generation() == self.seen {
+            return false;
+        }
+        let snap = self.cluster.snapshot();
+        if !snap.ready {
+            return false;
+        }
+        self.seen = snap.generation;
+        if self.applied.as_ref() == Some(&snap.objects) {
+            return false;
+        }
+        let objects = snap.objects;
+        let first = self.applied.is_none();
+        apply_endpoints(
+            repo,
+            objects.namespaces.clone(),
+            objects.endpoints.clone(),
+            self.applied.as_ref(),
+        );
+        let problems = self.problems.clone();
+        reload_store(&mut self.store, &objects.policies, repo, |e| {
+            if let (Some(tx), Some(kind), Some(name)) = (&problems, &e.kind, &e.name) {
+                // The source is named Kind/namespace/name or Kind/name.
+                let parts: Vec<&str> = e.file.split('/').collect();
+                let _ = tx.send(PolicyProblem {
+                    kind: kind.clone(),
+                    namespace: (parts.len() == 3).then(|| parts[1].to_owned()),
+                    name: name.clone(),
+                    message: e.to_string(),
+                });
+            }
+        });
+        if first {
+            eprintln!(
+                "kubernetes: synced {} pod(s) of this node, {} namespace(s), {} policy object(s)",
+                objects.endpoints.len(),
+                objects.namespaces.len(),
+                objects.policies.len()
+            );
+        }
+        self.applied = Some(objects);
+        true
+    }
+
+    fn interfaces(&mut self, repo: &Repository, retry: bool) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut live = HashSet::new();
+        for (spec, _) in repo.endpoints() {
+            let key = spec.key();
+            live.insert(key.clone());
+            let cached = self.found.get(&key).filter(|(ips, _)| *ips == spec.ips);
+            let stale = cached.is_some_and(|(_, dev)| {
+                dev.as_ref()
+                    .is_some_and(|d| !std::path::Path::new(&format!("/sys/class/net/{d}")).exists())
+            });
+            let dev = match cached {
+                Some((_, dev)) if !stale && (dev.is_some() || !retry) => dev.clone(),
+                _ => {
+                    let dev = spec
+                        .ips
+                        .iter()
+                        .find_map(|ip| imdsguard_netns::host_interface(*ip).ok().flatten());
+                    self.found
+                        .insert(key.clone(), (spec.ips.clone(), dev.clone()));
+                    dev
+                }
+            };
+            if let Some(d) = dev {
+                out.insert(key, d);
+            }
+        }
+        self.found.retain(|k, _| live.contains(k));
+        out
+    }
+
+    fn audit_endpoints(&self) -> HashSet<String> {
+        HashSet::new()
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.store.errors().map(|e| e.to_string()).collect()
+    }
+
+    fn watches(&self) -> Vec<WatchStatus> {
+        self.cluster.status()
+    }
+}
