@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod events;
+pub mod manifests;
 
 pub use cluster::{Cluster, ClusterError, ClusterOptions, Snapshot, WatchStatus};
 pub use convert::{ClusterObjects, pod_endpoint};

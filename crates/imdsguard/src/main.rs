@@ -34,6 +34,9 @@ enum Command {
     /// The seed's node on this machine: pods as network namespaces and an IMDS emulator.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
+    /// Install the agent in a cluster: Cilium's CRDs where missing, RBAC and the DaemonSet
+    /// (`--dry-run` prints them).
+    Install(cmd::install::InstallArgs),
     /// The seed's story end to end: a lab, the agent enforcing the seed's policies, the flows.
     Demo(cmd::demo::DemoArgs),
 }
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::ImdsEmulator(a) => cmd::imds::run(a),
         Command::Lab(c) => cmd::lab::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Install(a) => cmd::install::run(a),
     };
     match result {
         Ok(code) => code,

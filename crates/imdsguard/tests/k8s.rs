@@ -3,6 +3,9 @@
 //! private bpffs). What the agent computes is read through its API (`imdsguard status -o json`),
 //! and traces ask its live engine.
 
+mod common;
+
+use common::Kapilite;
 use imdsguard_netns::{can_create_namespaces, unique_name};
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,78 +22,6 @@ use std::time::{Duration, Instant};
 
 /// One agent at a time: they share the proxy's ip rule.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn kapilite_dir() -> PathBuf {
-    let candidates = [
-        std::env::var_os("IMDSGUARD_KAPILITE").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/kapilite")),
-        Some(PathBuf::from("/work/shared/tools/kapilite")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("start.sh").exists())
-        .expect("kapilite not found: set IMDSGUARD_KAPILITE to the folder holding start.sh")
-}
-
-/// A private API server, stopped and removed on drop.
-struct Kapilite {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Kapilite {
-    fn start() -> Kapilite {
-        let dir = std::env::temp_dir().join(unique_name("kapi"));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        // Three free ports in a row: the API server and etcd's two.
-        let port = (0..200)
-            .map(|i| 20_000 + ((std::process::id() as u16 % 300) * 30 + i * 3) % 30_000)
-            .find(|p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
-            .expect("free ports");
-        let k = Kapilite { dir, port };
-        k.up();
-        k
-    }
-
-    fn up(&self) {
-        let out = Command::new(kapilite_dir().join("start.sh"))
-            .arg(&self.dir)
-            .arg(self.port.to_string())
-            .output()
-            .expect("run kapilite's start.sh");
-        assert!(
-            out.status.success(),
-            "kapilite did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn down(&self) {
-        let _ = Command::new(kapilite_dir().join("stop.sh"))
-            .arg(&self.dir)
-            .output();
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("kubeconfig")
-    }
-
-    async fn client(&self) -> Client {
-        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        Client::try_from(config).expect("client")
-    }
-}
-
-impl Drop for Kapilite {
-    fn drop(&mut self) {
-        self.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A private bpffs for the agent's pins, and the agent's socket, removed on drop.
 struct Node {
@@ -156,6 +87,10 @@ struct Agent {
 
 impl Agent {
     fn start(kapi: &Kapilite, node: &Node, node_name: &str) -> Agent {
+        Agent::start_with(kapi, node, node_name, &[])
+    }
+
+    fn start_with(kapi: &Kapilite, node: &Node, node_name: &str, extra: &[&str]) -> Agent {
         let proxy_port = (16_000 + std::process::id() % 2000).to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
             .args([
@@ -171,6 +106,7 @@ impl Agent {
                 "",
             ])
             .args(["--proxy-port", &proxy_port])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the agent");
@@ -620,11 +556,32 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
     });
     drop(client);
     let node = Node::new();
-    let mut agent = Agent::start(&kapi, &node, "node-a");
+    // Policies shipped as files (the chart's ConfigMap) count next to the cluster's.
+    let files = node.dir.join("policies");
+    std::fs::create_dir_all(&files).expect("mkdir");
+    std::fs::write(
+        files.join("extra.yaml"),
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: from-a-file}\nspec:\n  endpointSelector: {}\n  enableDefaultDeny: {egress: false}\n  egressDeny: [{toCIDR: [10.9.9.9/32]}]\n",
+    )
+    .expect("policy file");
+    let mut agent = Agent::start_with(
+        &kapi,
+        &node,
+        "node-a",
+        &["--policies", &files.to_string_lossy()],
+    );
     eventually(&agent, "the agent is ready", || {
         let s = node.status();
         (s["agent"]["ready"] == true && endpoint(&s, "go-webapp/web-1").is_some()).then_some(())
     });
+    assert_eq!(
+        verdict(&node.trace("go-webapp/web-1", "10.9.9.9", 443)),
+        "DENIED"
+    );
+    assert_eq!(
+        verdict(&node.trace("go-webapp/web-1", "10.9.9.8", 443)),
+        "ALLOWED"
+    );
 
     // The API server goes away in the middle of the watch.
     kapi.down();

@@ -83,6 +83,14 @@ fn filter_list(flag: &str, text: &str) -> Result<Vec<FlowFilter>> {
     parsed.with_context(|| format!("--{flag}: expected a FlowFilter JSON object or list, e.g. '{{\"verdict\":[\"DROPPED\"]}}'"))
 }
 
+/// Go's listen addresses as Cilium takes them: `:4244` is every address, IPv6 and IPv4.
+fn listen_address(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("[::]:{port}"),
+        None => addr.to_owned(),
+    }
+}
+
 fn node_name(arg: &Option<String>) -> String {
     if let Some(n) = arg {
         return n.clone();
@@ -161,7 +169,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     });
     let mut servers = tokio::task::JoinSet::new();
     if let Some(m) = &metrics {
-        let listener = tokio::net::TcpListener::bind(&args.hubble_metrics_server)
+        let listener = tokio::net::TcpListener::bind(listen_address(&args.hubble_metrics_server))
             .await
             .with_context(|| format!("listening on {} for metrics", args.hubble_metrics_server))?;
         eprintln!(
@@ -191,7 +199,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
         });
     }
     if !args.hubble_listen_address.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&args.hubble_listen_address)
+        let listener = tokio::net::TcpListener::bind(listen_address(&args.hubble_listen_address))
             .await
             .with_context(|| {
                 format!(
@@ -232,6 +240,11 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             "give either --kubeconfig (pods from the cluster) or --endpoints (pods from a file), not both"
         );
     }
+    if args.enforce.policies.is_some() && args.enforce.endpoints.is_none() && !from_cluster {
+        bail!(
+            "--policies needs --endpoints (this node's pods and their interfaces); with a cluster, give --kubeconfig and keep the policies in the cluster"
+        );
+    }
     let enforcing = args.enforce.endpoints.is_some() || from_cluster;
     if enforcing && let Some(cni) = super::enforce::cilium_datapath() {
         bail!(
@@ -251,11 +264,6 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 endpoints.clone(),
             )),
             None => {
-                if args.enforce.policies.is_some() {
-                    bail!(
-                        "--policies reads policies from files; with a cluster they come from its CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and CiliumCIDRGroup objects"
-                    );
-                }
                 let cluster = Cluster::start(&ClusterOptions {
                     node_name: node.clone(),
                     kubeconfig: args.enforce.kubeconfig.clone(),
@@ -273,7 +281,11 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                         }
                     }
                 });
-                Box::new(ClusterInputs::new(cluster, Some(tx)))
+                Box::new(ClusterInputs::new(
+                    cluster,
+                    args.enforce.policies.clone(),
+                    Some(tx),
+                ))
             }
         };
         let api = AgentApi::new();

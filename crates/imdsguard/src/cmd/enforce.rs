@@ -112,7 +112,7 @@ pub fn run(
         if due {
             next_reload = Instant::now() + interval;
         }
-        let changed = (due || inputs.poll_every_tick()) && inputs.refresh(&mut repo);
+        let changed = (due || inputs.poll_every_tick()) && inputs.refresh(&mut repo, due);
         if !inputs.ready() {
             if !waiting_logged {
                 eprintln!(

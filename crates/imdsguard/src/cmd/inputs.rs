@@ -24,8 +24,9 @@ pub trait Inputs: Send {
     fn poll_every_tick(&self) -> bool {
         false
     }
-    /// Brings `repo` up to date; true when something changed. The caller resolves.
-    fn refresh(&mut self, repo: &mut Repository) -> bool;
+    /// Brings `repo` up to date; true when something changed. The caller resolves. `due`: files
+    /// may have changed (inotify, or the --reload-interval passed).
+    fn refresh(&mut self, repo: &mut Repository, due: bool) -> bool;
     /// The host-side interface of each endpoint (by `namespace/name`) that has one. `retry`
     /// looks again for those not found before.
     fn interfaces(&mut self, repo: &Repository, retry: bool) -> BTreeMap<String, String>;
@@ -137,7 +138,7 @@ impl Inputs for FileInputs {
         true
     }
 
-    fn refresh(&mut self, repo: &mut Repository) -> bool {
+    fn refresh(&mut self, repo: &mut Repository, _: bool) -> bool {
         self.reload_policies(repo) | self.reload_endpoints(repo)
     }
 
@@ -238,6 +239,9 @@ fn apply_endpoints(
 /// `--kubeconfig` or in-cluster: reflectors over the API.
 pub struct ClusterInputs {
     cluster: Cluster,
+    /// Policies shipped as files (a ConfigMap), in force next to the cluster's objects.
+    policy_dir: Option<PathBuf>,
+    files: Vec<Source>,
     seen: u64,
     applied: Option<ClusterObjects>,
     store: PolicyStore,
@@ -249,10 +253,13 @@ pub struct ClusterInputs {
 impl ClusterInputs {
     pub fn new(
         cluster: Cluster,
+        policy_dir: Option<PathBuf>,
         problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
     ) -> ClusterInputs {
         ClusterInputs {
             cluster,
+            policy_dir,
+            files: Vec::new(),
             seen: u64::MAX,
             applied: None,
             store: PolicyStore::new(),
@@ -275,8 +282,19 @@ impl Inputs for ClusterInputs {
         true
     }
 
-    fn refresh(&mut self, repo: &mut Repository) -> bool {
-        if self.cluster.generation() == self.seen {
+    fn refresh(&mut self, repo: &mut Repository, due: bool) -> bool {
+        let mut files_changed = false;
+        if due && let Some(dir) = &self.policy_dir {
+            match sources::load(std::slice::from_ref(dir)) {
+                Ok(files) if files != self.files => {
+                    self.files = files;
+                    files_changed = true;
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("policies: {e:#}; the policies in force stay"),
+            }
+        }
+        if self.cluster.generation() == self.seen && !files_changed {
             return false;
         }
         let snap = self.cluster.snapshot();
@@ -284,10 +302,12 @@ impl Inputs for ClusterInputs {
             return false;
         }
         self.seen = snap.generation;
-        if self.applied.as_ref() == Some(&snap.objects) {
+        if self.applied.as_ref() == Some(&snap.objects) && !files_changed {
             return false;
         }
-        let objects = snap.objects;
+        let mut objects = snap.objects;
+        let mut sources = objects.policies.clone();
+        sources.extend(self.files.iter().cloned());
         let first = self.applied.is_none();
         apply_endpoints(
             repo,
@@ -296,7 +316,7 @@ impl Inputs for ClusterInputs {
             self.applied.as_ref(),
         );
         let problems = self.problems.clone();
-        reload_store(&mut self.store, &objects.policies, repo, |e| {
+        reload_store(&mut self.store, &sources, repo, |e| {
             if let (Some(tx), Some(kind), Some(name)) = (&problems, &e.kind, &e.name) {
                 // The source is named Kind/namespace/name or Kind/name.
                 let parts: Vec<&str> = e.file.split('/').collect();
@@ -316,6 +336,7 @@ impl Inputs for ClusterInputs {
                 objects.policies.len()
             );
         }
+        objects.policies = sources;
         self.applied = Some(objects);
         true
     }
@@ -361,5 +382,9 @@ impl Inputs for ClusterInputs {
 
     fn watches(&self) -> Vec<WatchStatus> {
         self.cluster.status()
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        self.policy_dir.iter().cloned().collect()
     }
 }

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod enforce;
 pub mod imds;
 pub mod inputs;
+pub mod install;
 pub mod lab;
 pub mod observe;
 pub mod policy;

@@ -17,12 +17,27 @@ pub struct StatusArgs {
     /// The agent's API socket (its --socket-path); the agent's view is shown when it answers.
     #[arg(long, default_value = "/var/run/imdsguard/imdsguard.sock")]
     socket_path: PathBuf,
+    /// Only ask the agent whether it is enforcing its first complete view: exit 0 if so, 1 if
+    /// not (the DaemonSet's readiness probe).
+    #[arg(long)]
+    ready: bool,
     /// Output format: text or json.
     #[arg(short = 'o', long, default_value = "text")]
     output: String,
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    if args.ready {
+        let (code, body) = super::agent_api::request(&args.socket_path, "/v1/status")?;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        return Ok(if code == 200 && status["ready"] == true {
+            println!("ready");
+            ExitCode::SUCCESS
+        } else {
+            println!("not ready: the agent has not enforced a complete view of its inputs yet");
+            ExitCode::from(1)
+        });
+    }
     let state = inspect(&args.bpf_root).with_context(|| {
         format!(
             "reading the datapath pinned under {} (is an agent running with --bpf-root {}? reading pins needs root)",

@@ -1,0 +1,79 @@
+//! What several root test files share: a private Kubernetes API server.
+#![allow(dead_code)]
+
+use imdsguard_netns::unique_name;
+use kube::Client;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn kapilite_dir() -> PathBuf {
+    let candidates = [
+        std::env::var_os("IMDSGUARD_KAPILITE").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/kapilite")),
+        Some(PathBuf::from("/work/shared/tools/kapilite")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("start.sh").exists())
+        .expect("kapilite not found: set IMDSGUARD_KAPILITE to the folder holding start.sh")
+}
+
+/// A private API server, stopped and removed on drop.
+pub struct Kapilite {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Kapilite {
+    pub fn start() -> Kapilite {
+        let dir = std::env::temp_dir().join(unique_name("kapi"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // Three free ports in a row: the API server and etcd's two.
+        let port = (0..200)
+            .map(|i| 20_000 + ((std::process::id() as u16 % 300) * 30 + i * 3) % 30_000)
+            .find(|p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
+            .expect("free ports");
+        let k = Kapilite { dir, port };
+        k.up();
+        k
+    }
+
+    pub fn up(&self) {
+        let out = Command::new(kapilite_dir().join("start.sh"))
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .output()
+            .expect("run kapilite's start.sh");
+        assert!(
+            out.status.success(),
+            "kapilite did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn down(&self) {
+        let _ = Command::new(kapilite_dir().join("stop.sh"))
+            .arg(&self.dir)
+            .output();
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    pub async fn client(&self) -> Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        Client::try_from(config).expect("client")
+    }
+}
+
+impl Drop for Kapilite {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
