@@ -24,6 +24,86 @@ pub fn host_interface(ip: IpAddr) -> Result<Option<String>> {
     Ok(bridge_port(&fdb, &mac))
 }
 
+/// Every veth in this network namespace: the host sides of pods, whatever the CNI names them.
+pub fn veths() -> Result<Vec<String>> {
+    let out = run("ip", &["-o", "link", "show", "type", "veth"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            Some(name.split('@').next()?.to_owned())
+        })
+        .collect())
+}
+
+/// Tells when a network interface appears, changes or goes (rtnetlink's link group), so a new
+/// pod's veth can be guarded at once rather than at the next periodic scan.
+pub struct LinkWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LinkWatch {
+    pub fn new() -> std::io::Result<LinkWatch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the descriptor is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_nl is valid; the fields that matter are set below.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: `addr` is a valid sockaddr_nl of the given length.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(LinkWatch { fd })
+    }
+
+    /// Whether any link event arrived since the last call (a lost event counts as one).
+    pub fn changed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: `buf` is writable for its whole length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                any = true;
+                continue;
+            }
+            return any;
+        }
+    }
+}
+
 /// The device of a route that reaches the address directly (no gateway, not local).
 pub fn direct_route_dev(route_get: &str) -> Option<String> {
     let first = route_get.lines().next()?;

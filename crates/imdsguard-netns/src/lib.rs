@@ -7,7 +7,7 @@
 
 mod host;
 
-pub use host::{direct_route_dev, host_interface};
+pub use host::{LinkWatch, direct_route_dev, host_interface, veths};
 
 use std::net::IpAddr;
 use std::process::{Command, Output};

@@ -87,7 +87,8 @@ struct Agent {
 
 impl Agent {
     fn start(kapi: &Kapilite, node: &Node, node_name: &str) -> Agent {
-        Agent::start_with(kapi, node, node_name, &[])
+        // This machine's other veths are not this test's to guard.
+        Agent::start_with(kapi, node, node_name, &["--unknown-veths", "ignore"])
     }
 
     fn start_with(kapi: &Kapilite, node: &Node, node_name: &str, extra: &[&str]) -> Agent {
@@ -568,7 +569,12 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
         &kapi,
         &node,
         "node-a",
-        &["--policies", &files.to_string_lossy()],
+        &[
+            "--unknown-veths",
+            "ignore",
+            "--policies",
+            &files.to_string_lossy(),
+        ],
     );
     eventually(&agent, "the agent is ready", || {
         let s = node.status();
@@ -636,4 +642,171 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
         },
     );
     assert_eq!(map_identity(&node.status(), "10.252.0.5"), Some(identity));
+}
+
+/// Takes the lab down whatever happens.
+struct LabGuard(imdsguard_lab::lab::LabState);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        for problem in imdsguard_lab::lab::down(&self.0) {
+            eprintln!("lab down: {problem}");
+        }
+    }
+}
+
+/// curl inside a lab pod; the HTTP status, 0 when the call timed out (dropped).
+fn lab_curl(state: &imdsguard_lab::lab::LabState, pod: &str, url: &str) -> u16 {
+    let argv: Vec<String> = [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "2",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Metadata: true",
+        url,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let out = imdsguard_lab::lab::exec(state, pod, &argv)
+        .expect("exec in the lab")
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
+    if !can_create_namespaces() {
+        eprintln!("skipped: needs root (the lab and the datapath)");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _routing = ProxyRouting::take();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let examples = repo.join("examples/azure-imds");
+    let text = std::fs::read_to_string(examples.join("lab.yaml")).expect("lab.yaml");
+    let topology =
+        imdsguard_lab::topology::parse(&imdsguard_manifest::Source::new("lab.yaml", text))
+            .expect("topology");
+    let rt = runtime();
+    let kapi = Kapilite::start();
+    let client = rt.block_on(kapi.client());
+    let node = Node::new();
+    let state = imdsguard_lab::lab::up(
+        &topology,
+        &imdsguard_lab::lab::UpOptions {
+            interrupted: Arc::default(),
+            name: format!("kl{}", std::process::id() % 100_000),
+            state_root: node.dir.join("lab"),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_imdsguard")),
+            mark: 0xa00,
+        },
+        &|_| {},
+    )
+    .expect("lab up");
+    let lab = LabGuard(state);
+    let alloy = lab
+        .0
+        .pods
+        .iter()
+        .find(|p| p.namespace == "grafana-alloy")
+        .expect("alloy")
+        .clone();
+    let create_pod = |name: &str| {
+        let record = lab.0.pod(name).expect("lab pod");
+        let spec = &topology
+            .pods
+            .iter()
+            .find(|p| p.endpoint.spec.name == name)
+            .expect("topology pod")
+            .endpoint
+            .spec;
+        let labels: serde_json::Map<String, Value> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        rt.block_on(pod(
+            &client,
+            &record.namespace,
+            name,
+            "lab-node",
+            &record.ipv4.to_string(),
+            Value::Object(labels),
+        ));
+    };
+    rt.block_on(async {
+        install_crds(&client).await;
+        for (ns, _) in &topology.namespaces {
+            namespace(&client, ns, json!({})).await;
+        }
+        for file in [
+            "cidrgroup.yaml",
+            "azure-imds-deny.yaml",
+            "azure-imds-allow.yaml",
+        ] {
+            let text = std::fs::read_to_string(examples.join(file)).expect("policy");
+            let obj: Value = serde_saphyr::from_str(&text).expect("policy YAML");
+            let (kind, plural) = match obj["kind"].as_str() {
+                Some("CiliumCIDRGroup") => ("CiliumCIDRGroup", "ciliumcidrgroups"),
+                _ => (
+                    "CiliumClusterwideNetworkPolicy",
+                    "ciliumclusterwidenetworkpolicies",
+                ),
+            };
+            let version = obj["apiVersion"].as_str().unwrap_or("cilium.io/v2");
+            let version = version.trim_start_matches("cilium.io/");
+            apply(&client, &cilium(kind, version, plural), None, obj.clone()).await;
+        }
+    });
+    // Every pod is in the API but Alloy: its veth exists, its Pod object has not come yet.
+    for p in lab.0.pods.iter().filter(|p| p.name != alloy.name) {
+        create_pod(&p.name);
+    }
+    let agent = Agent::start_with(
+        &kapi,
+        &node,
+        "lab-node",
+        &["--unknown-veths", "guard", "--proxy-upstream-mark", "0xa00"],
+    );
+    let known = lab.0.pods.len() - 1;
+    eventually(
+        &agent,
+        "every known pod is enforced and Alloy's veth guarded",
+        || {
+            let s = node.status();
+            let eps = s["agent"]["endpoints"].as_array()?;
+            let guarded = s["agent"]["guarded_interfaces"].to_string();
+            (eps.len() == known
+                && eps
+                    .iter()
+                    .all(|e| e["attached"] == true && e["policy"] == "enforcing")
+                && guarded.contains(&format!("\"{}\"", alloy.netns)))
+            .then_some(())
+        },
+    );
+    let instance = "http://169.254.169.254/metadata/instance?api-version=2021-02-01";
+    let token = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+    // The seed: go-webapp (its sidecar) is denied; Fluent Bit gets its token through the proxy.
+    assert_eq!(lab_curl(&lab.0, "go-webapp-847857f68-2qlnd", instance), 0);
+    assert_eq!(lab_curl(&lab.0, "fluent-bit-qg7vq", token), 200);
+    // A pod the agent has not heard of cannot reach IMDS: its veth is guarded.
+    assert_eq!(lab_curl(&lab.0, &alloy.name, instance), 0);
+    // Once its Pod object arrives, its namespace's exception applies.
+    create_pod(&alloy.name);
+    eventually(&agent, "Alloy is enforced", || {
+        let s = node.status();
+        (endpoint(&s, &format!("grafana-alloy/{}", alloy.name))?["attached"] == true).then_some(())
+    });
+    assert_eq!(lab_curl(&lab.0, &alloy.name, instance), 200);
+    drop(agent);
 }

@@ -285,6 +285,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                     cluster,
                     args.enforce.policies.clone(),
                     Some(tx),
+                    args.enforce.unknown_veths == super::enforce::UnknownVeths::Guard,
                 ))
             }
         };

@@ -7,7 +7,7 @@
 //! - `GET /v1/policy/trace?src=&dst=&dport=&protocol=&method=&path=&host=`: the verdict the
 //!   agent's engine gives one flow; peers are `namespace/pod`, an IP or an entity (`world`)
 
-use super::inputs::Inputs;
+use super::inputs::{Inputs, Interfaces};
 use anyhow::{Context, Result, bail};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -17,7 +17,7 @@ use imdsguard_datapath::sync::TableSync;
 use imdsguard_k8s::WatchStatus;
 use imdsguard_policy::{FlowQuery, HttpRequest, Protocol, Repository};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
@@ -42,6 +42,8 @@ pub struct AgentStatus {
     pub policy_errors: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub watches: Vec<WatchStatus>,
+    /// Veths attached with no known pod: metadata addresses are closed to them.
+    pub guarded_interfaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -69,7 +71,7 @@ pub fn build(
     node: &str,
     repo: &Repository,
     sync: &TableSync,
-    interfaces: &BTreeMap<String, String>,
+    interfaces: &Interfaces,
     attached: &HashMap<String, u32>,
     revision: u64,
 ) -> AgentStatus {
@@ -78,7 +80,7 @@ pub fn build(
         .map(|(spec, identity)| {
             let key = spec.key();
             let policy = repo.endpoint_policy(&key);
-            let interface = interfaces.get(&key).cloned();
+            let interface = interfaces.endpoints.get(&key).cloned();
             EndpointStatus {
                 id: sync.endpoint_id(&key).unwrap_or(0),
                 namespace: spec.namespace.clone(),
@@ -117,6 +119,7 @@ pub fn build(
         policies,
         policy_errors: inputs.errors(),
         watches: inputs.watches(),
+        guarded_interfaces: interfaces.guarded.iter().cloned().collect(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! watched, resolved by the engine, written to the datapath; datapath events become flows.
 
 use super::agent_api::{self as status, AgentApi};
-use super::inputs::Inputs;
+use super::inputs::{Inputs, Interfaces};
 use anyhow::{Context, Result};
 use clap::Args;
 use imdsguard_datapath::flows::{Directory, to_flow};
@@ -12,7 +12,7 @@ use imdsguard_hubble_proto::flow;
 use imdsguard_hubble_server::server::Hub;
 use imdsguard_policy::{EngineOptions, Identity, Repository};
 use imdsguard_proxy::server::{Authority, Client, FlowSink};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +36,10 @@ pub struct EnforceArgs {
     /// The agent's local API (status, endpoints, policy trace), as Cilium's --socket-path.
     #[arg(long, default_value = "/var/run/imdsguard/imdsguard.sock")]
     pub socket_path: PathBuf,
+    /// With a cluster: `guard` attaches to veths no known pod has, so a pod the agent has not
+    /// heard of yet cannot reach a metadata address; `ignore` leaves them alone.
+    #[arg(long, value_enum, default_value = "guard")]
+    pub unknown_veths: UnknownVeths,
     /// Report denied flows as AUDIT and let them pass (Cilium's --policy-audit-mode).
     #[arg(long)]
     pub policy_audit_mode: bool,
@@ -53,6 +57,12 @@ pub struct EnforceArgs {
     /// inotify, which reloads at once (the check catches what inotify cannot see).
     #[arg(long, default_value = "1s")]
     pub reload_interval: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownVeths {
+    Guard,
+    Ignore,
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {
@@ -97,7 +107,7 @@ pub fn run(
         ..Default::default()
     });
     let mut attached: HashMap<String, u32> = HashMap::new();
-    let mut interfaces: BTreeMap<String, String> = BTreeMap::new();
+    let mut interfaces = Interfaces::default();
     let mut directory = AgentDirectory::default();
     let offset = wall_offset_ns();
     let touched = Arc::new(AtomicBool::new(false));
@@ -161,11 +171,11 @@ pub fn run(
                 );
             }
         }
-        if changed || !synced || due {
+        if changed || !synced || due || inputs.links_changed() {
             let found = inputs.interfaces(&repo, due);
             if found != interfaces || changed || !synced {
                 interfaces = found;
-                attach_interfaces(&mut dp, &interfaces, &mut attached);
+                attach_interfaces(&mut dp, &interfaces.all(), &mut attached);
                 directory.rebuild(&repo, &sync, &attached);
                 proxy.update(ProxyView::build(&repo, &directory));
             }
@@ -251,12 +261,15 @@ fn newest_change(paths: &[PathBuf]) -> Option<Duration> {
 /// Attaches to every endpoint's interface and detaches from interfaces no endpoint has.
 fn attach_interfaces(
     dp: &mut Datapath,
-    interfaces: &BTreeMap<String, String>,
+    want: &BTreeSet<&str>,
     attached: &mut HashMap<String, u32>,
 ) {
-    let want: HashSet<&str> = interfaces.values().map(String::as_str).collect();
-    for ifname in &want {
-        if attached.contains_key(*ifname) {
+    for ifname in want {
+        // A veth of the same name may be a new one (a pod restarted): its index tells.
+        if attached
+            .get(*ifname)
+            .is_some_and(|i| Some(*i) == ifindex(ifname))
+        {
             continue;
         }
         match dp.attach(ifname) {

@@ -9,9 +9,29 @@ use imdsguard_manifest::Source;
 use imdsguard_policy::store::PolicyStore;
 use imdsguard_policy::{DecodeOptions, EndpointSpec, Repository};
 use imdsguard_scenario::EndpointsFile;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+/// Where the datapath attaches.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Interfaces {
+    /// Each endpoint's host-side interface, by `namespace/name`.
+    pub endpoints: BTreeMap<String, String>,
+    /// Veths with no known pod, attached so that a pod the agent has not heard of yet (its veth
+    /// comes before its Pod object's IP) cannot reach a metadata address.
+    pub guarded: BTreeSet<String>,
+}
+
+impl Interfaces {
+    pub fn all(&self) -> BTreeSet<&str> {
+        self.endpoints
+            .values()
+            .chain(&self.guarded)
+            .map(String::as_str)
+            .collect()
+    }
+}
 
 pub trait Inputs: Send {
     /// "files" or "kubernetes".
@@ -27,9 +47,12 @@ pub trait Inputs: Send {
     /// Brings `repo` up to date; true when something changed. The caller resolves. `due`: files
     /// may have changed (inotify, or the --reload-interval passed).
     fn refresh(&mut self, repo: &mut Repository, due: bool) -> bool;
-    /// The host-side interface of each endpoint (by `namespace/name`) that has one. `retry`
-    /// looks again for those not found before.
-    fn interfaces(&mut self, repo: &Repository, retry: bool) -> BTreeMap<String, String>;
+    /// Where to attach. `retry` looks again for interfaces not found before.
+    fn interfaces(&mut self, repo: &Repository, retry: bool) -> Interfaces;
+    /// Whether network interfaces changed since the last call (checked on every turn).
+    fn links_changed(&mut self) -> bool {
+        false
+    }
     /// Endpoints in audit mode of their own.
     fn audit_endpoints(&self) -> HashSet<String>;
     /// What is wrong with the input as it reads now (file, line, field).
@@ -142,12 +165,16 @@ impl Inputs for FileInputs {
         self.reload_policies(repo) | self.reload_endpoints(repo)
     }
 
-    fn interfaces(&mut self, _: &Repository, _: bool) -> BTreeMap<String, String> {
-        self.eps
-            .iter()
-            .flat_map(|s| &s.file.endpoints)
-            .filter_map(|e| Some((e.spec.key(), e.interface.clone()?)))
-            .collect()
+    fn interfaces(&mut self, _: &Repository, _: bool) -> Interfaces {
+        Interfaces {
+            endpoints: self
+                .eps
+                .iter()
+                .flat_map(|s| &s.file.endpoints)
+                .filter_map(|e| Some((e.spec.key(), e.interface.clone()?)))
+                .collect(),
+            guarded: BTreeSet::new(),
+        }
     }
 
     fn audit_endpoints(&self) -> HashSet<String> {
@@ -248,6 +275,11 @@ pub struct ClusterInputs {
     problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
     /// Endpoint → (the addresses it was looked up by, the interface found).
     found: HashMap<String, (Vec<IpAddr>, Option<String>)>,
+    /// Guard veths no known pod has (`--unknown-veths guard`), rescanned when links change.
+    guard: bool,
+    links: Option<imdsguard_netns::LinkWatch>,
+    rescan: bool,
+    veths: BTreeSet<String>,
 }
 
 impl ClusterInputs {
@@ -255,8 +287,26 @@ impl ClusterInputs {
         cluster: Cluster,
         policy_dir: Option<PathBuf>,
         problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
+        guard: bool,
     ) -> ClusterInputs {
+        let links = if guard {
+            match imdsguard_netns::LinkWatch::new() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!(
+                        "watching network interfaces: {e}; new veths are found every --reload-interval"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         ClusterInputs {
+            guard,
+            links,
+            rescan: true,
+            veths: BTreeSet::new(),
             cluster,
             policy_dir,
             files: Vec::new(),
@@ -341,7 +391,15 @@ impl Inputs for ClusterInputs {
         true
     }
 
-    fn interfaces(&mut self, repo: &Repository, retry: bool) -> BTreeMap<String, String> {
+    fn links_changed(&mut self) -> bool {
+        if self.links.as_ref().is_some_and(|w| w.changed()) {
+            self.rescan = true;
+        }
+        self.rescan
+    }
+
+    fn interfaces(&mut self, repo: &Repository, retry: bool) -> Interfaces {
+        let retry = retry || self.rescan;
         let mut out = BTreeMap::new();
         let mut live = HashSet::new();
         for (spec, _) in repo.endpoints() {
@@ -369,7 +427,24 @@ impl Inputs for ClusterInputs {
             }
         }
         self.found.retain(|k, _| live.contains(k));
-        out
+        if self.guard && retry {
+            match imdsguard_netns::veths() {
+                Ok(v) => self.veths = v.into_iter().collect(),
+                Err(e) => eprintln!("listing veths: {e}"),
+            }
+        }
+        self.rescan = false;
+        let owned: BTreeSet<&String> = out.values().collect();
+        let guarded = self
+            .veths
+            .iter()
+            .filter(|v| !owned.contains(v))
+            .cloned()
+            .collect();
+        Interfaces {
+            endpoints: out,
+            guarded,
+        }
     }
 
     fn audit_endpoints(&self) -> HashSet<String> {
