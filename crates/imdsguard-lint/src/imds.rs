@@ -9,7 +9,7 @@ use crate::metadata::{
     IMDS_V4, IMDS_V6, TYPICAL_REQUESTS, WIRESERVER, WIRESERVER_PORTS, instance_request,
 };
 use crate::model::{Loc, Model, RuleAt, is_witness, key_loc, path_loc, some_pods};
-use imdsguard_policy::api::{Direction, Subject};
+use imdsguard_policy::api::Subject;
 use imdsguard_policy::identity::{CLUSTER_LABEL, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 use imdsguard_policy::labels::LabelSource;
 use imdsguard_policy::selector::{Operator, Selector};
@@ -39,12 +39,10 @@ pub fn check(m: &Model) -> Vec<Finding> {
         let Some(egress) = &v.egress else {
             continue;
         };
+        // Only policies that name the metadata service count as protecting it: a deny that matches
+        // it, or HTTP rules towards it. Plain default deny is not about metadata.
         let by: Vec<PolicyRef> = if egress.verdict == Verdict::Denied {
-            if egress.denied_by.is_empty() {
-                default_deny_policies(m, &pod)
-            } else {
-                egress.denied_by.clone()
-            }
+            egress.denied_by.clone()
         } else if egress.http_allowed == Some(false) {
             egress.allowed_by.clone()
         } else {
@@ -139,30 +137,6 @@ pub fn check(m: &Model) -> Vec<Finding> {
     out
 }
 
-/// The policies that put a pod into egress default deny.
-fn default_deny_policies(m: &Model, pod: &str) -> Vec<PolicyRef> {
-    let Some((ns, name)) = pod.split_once('/') else {
-        return Vec::new();
-    };
-    let Some(labels) = m
-        .repo
-        .endpoint_identity(ns, name)
-        .and_then(|id| m.repo.identities().labels(id))
-    else {
-        return Vec::new();
-    };
-    let mut out: Vec<PolicyRef> = m
-        .endpoint_rules()
-        .filter(|(at, p, sel)| {
-            let r = &p.rules[at.rule];
-            r.has_direction(Direction::Egress) && r.default_deny_egress && sel.matches(labels)
-        })
-        .map(|(_, p, _)| p.id.clone())
-        .collect();
-    out.dedup();
-    out
-}
-
 /// Where a policy keeps pods from IMDS: its first deny that names the address, else its first
 /// allow with L7 rules towards it, else its first rule.
 fn protecting_item(m: &Model, pi: usize) -> Option<Loc> {
@@ -232,7 +206,8 @@ fn tokens(m: &Model) -> Vec<Finding> {
         if !towards_imds || !namespace_wide(sel) {
             continue;
         }
-        let mut routes: BTreeSet<String> = BTreeSet::new();
+        // In catalog order: Azure's first.
+        let mut routes: Vec<String> = Vec::new();
         let mut pods: Vec<String> = Vec::new();
         for pod in m.subjects(at) {
             let mut any = false;
@@ -243,7 +218,10 @@ fn tokens(m: &Model) -> Vec<Finding> {
                     .and_then(|v| v.egress.as_ref())
                     .is_some_and(|e| e.allowed_by.contains(&p.id));
                 if by_this && open(v) {
-                    routes.insert(format!("{} {} ({})", t.method, t.route(), t.cloud));
+                    let route = format!("{} {} ({})", t.method, t.route(), t.cloud);
+                    if !routes.contains(&route) {
+                        routes.push(route);
+                    }
                     any = true;
                 }
             }
@@ -263,13 +241,19 @@ fn tokens(m: &Model) -> Vec<Finding> {
         let scope = match (namespaces.is_empty(), pods.is_empty()) {
             (true, true) => "every pod".to_owned(),
             (false, true) => format!("every pod in {}", namespaces.join(", ")),
-            (_, false) => format!("{} pods: {}", pods.len(), some_pods(&pods, 3)),
+            (_, false) => format!(
+                "all {} pods it selects ({})",
+                pods.len(),
+                some_pods(&pods, 3)
+            ),
         };
-        let routes: Vec<String> = routes.into_iter().collect();
+        let example = match routes.len() {
+            1 => routes[0].clone(),
+            n => format!("{}, and {} more credential paths", routes[0], n - 1),
+        };
         let message = format!(
-            "This rule lets {scope} fetch credentials from 169.254.169.254 ({}), because its endpointSelector \
-             names whole namespaces rather than the workload that needs a token.",
-            routes.join(", ")
+            "This rule lets {scope} fetch credentials from 169.254.169.254 ({example}), because its \
+             endpointSelector names whole namespaces rather than the workload that needs a token."
         );
         let loc = m
             .rule_field(at)
@@ -357,6 +341,14 @@ spec:
   egress: [{toEntities: [world]}]
 ";
         assert!(with_code(&lint_text(open), "IG1503").is_empty());
+        // Default deny keeps pods from IMDS too, but such a policy is not about metadata.
+        let default_deny = open.replace(
+            "[world]}]",
+            "[world], toPorts: [{ports: [{port: \"443\"}]}]}]",
+        );
+        let r = lint_text(&default_deny);
+        assert!(with_code(&r, "IG1503").is_empty(), "{:?}", r.findings);
+        assert!(with_code(&r, "IG1501").is_empty(), "{:?}", r.findings);
     }
 
     fn allow(selector: &str) -> String {
@@ -433,7 +425,7 @@ spec:
         assert_eq!(f.len(), 1, "{:?}", r.findings);
         assert!(
             f[0].message
-                .contains("2 pods: logging/fluent-bit-a, logging/loki-0"),
+                .contains("all 2 pods it selects (logging/fluent-bit-a, logging/loki-0)"),
             "{}",
             f[0].message
         );

@@ -264,10 +264,10 @@ pub fn some_pods(keys: &[String], max: usize) -> String {
     }
 }
 
-/// Who a rule's pods are, for messages.
+/// Who a rule's pods are, for messages: their names when the cluster is known.
 pub fn describe_pods(m: &Model, at: RuleAt, keys: &[String]) -> String {
     if keys.iter().all(|k| is_witness(k)) || m.cluster_subjects(at).is_empty() {
-        "the pods this rule selects".to_owned()
+        "this rule's pods".to_owned()
     } else {
         some_pods(keys, 3)
     }
