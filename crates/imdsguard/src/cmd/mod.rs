@@ -5,4 +5,5 @@ pub mod imds;
 pub mod lab;
 pub mod observe;
 pub mod policy;
+pub mod replay;
 pub mod status;
