@@ -197,3 +197,67 @@ fn a_missing_flow_file_exits_two() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no/such.jsonl"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_summary_lists_the_largest_changes_and_details_list_all() {
+    let dir = TempDir::new("replay-many");
+    let text = std::fs::read_to_string(support::root().join(FLOWS)).expect("fixture");
+    let first = text.lines().next().expect("a flow");
+    let lines: Vec<String> = (0..25)
+        .map(|i| {
+            let copies = if i == 0 { 3 } else { 1 };
+            vec![first.replace("go-webapp-847857f68-2qlnd", &format!("go-webapp-{i}")); copies]
+                .join("\n")
+        })
+        .collect();
+    let path = dir.file("many.jsonl", &(lines.join("\n") + "\n"));
+    let o = imdsguard(&["replay", "--flows", &path, "--policies", GROUP, DENY, ALLOW]);
+    let out = stdout(&o);
+    let changes = out
+        .lines()
+        .filter(|l| l.contains("allowed → DENIED"))
+        .count();
+    assert_eq!(changes, 20, "{out}");
+    // The largest group comes first.
+    assert!(
+        out.contains("Changes:\n  go-webapp/go-webapp-0 → 169.254.169.254:80: allowed → DENIED (azure-imds-deny), 3 flows\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "  … and 5 more (--details lists them all; --group-by workload merges replicas)"
+        ),
+        "{out}"
+    );
+    let o = imdsguard(&[
+        "replay",
+        "--flows",
+        &path,
+        "--policies",
+        GROUP,
+        DENY,
+        ALLOW,
+        "--details",
+    ]);
+    let changes = stdout(&o)
+        .lines()
+        .filter(|l| l.contains("allowed → DENIED"))
+        .count();
+    assert_eq!(changes, 25);
+    let o = imdsguard(&[
+        "replay",
+        "--flows",
+        &path,
+        "--policies",
+        GROUP,
+        DENY,
+        ALLOW,
+        "--group-by",
+        "workload",
+    ]);
+    assert!(
+        stdout(&o).contains("  go-webapp/go-webapp → 169.254.169.254:80: allowed → DENIED (azure-imds-deny), 27 flows"),
+        "{}",
+        stdout(&o)
+    );
+}

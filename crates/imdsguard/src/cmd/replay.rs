@@ -52,6 +52,9 @@ pub struct ReplayArgs {
     output: Output,
 }
 
+/// Without --details, the text lists this many changed groups, the largest first.
+const SUMMARY_CHANGES: usize = 20;
+
 /// Progress shows for files at least this large, when stderr is a terminal.
 const PROGRESS_MIN_BYTES: u64 = 32 << 20;
 
@@ -220,7 +223,12 @@ fn print_text(
     if !changed.is_empty() {
         writeln!(out, "\nChanges:")?;
     }
-    for g in &changed {
+    let shown = if args.details {
+        changed.len()
+    } else {
+        changed.len().min(SUMMARY_CHANGES)
+    };
+    for g in &changed[..shown] {
         writeln!(
             out,
             "  {}: {} → {} ({}), {} {}",
@@ -234,6 +242,17 @@ fn print_text(
         if args.details {
             detail(out, g)?;
         }
+    }
+    if shown < changed.len() {
+        let hint = match args.group_by {
+            By::Pod => "; --group-by workload merges replicas",
+            By::Workload => "",
+        };
+        writeln!(
+            out,
+            "  … and {} more (--details lists them all{hint})",
+            changed.len() - shown
+        )?;
     }
     if args.details {
         let same: Vec<_> = r.groups.iter().filter(|g| !g.changed).collect();
