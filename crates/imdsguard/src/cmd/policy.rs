@@ -565,15 +565,16 @@ fn lint(args: LintArgs) -> Result<ExitCode> {
                 );
                 println!("  fix: {}", f.fix);
             }
-            let plural =
-                |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+            let plural = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             println!(
                 "{} and {} linted: {}, {}, {}",
-                plural(report.policies, "policy").replace("policys", "policies"),
-                plural(report.groups, "CIDR group"),
-                plural(report.count(Severity::Error), "error"),
-                plural(report.count(Severity::Warning), "warning"),
-                plural(report.count(Severity::Note), "note"),
+                plural(report.policies, "policy", "policies"),
+                plural(report.groups, "CIDR group", "CIDR groups"),
+                plural(report.count(Severity::Error), "error", "errors"),
+                plural(report.count(Severity::Warning), "warning", "warnings"),
+                plural(report.count(Severity::Note), "note", "notes"),
             );
         }
     }
