@@ -210,6 +210,14 @@ impl<'a> MapField<'a> {
             .map(|(_, e)| e.field.clone())
     }
 
+    /// Where the key `name` is written (its value may start on a later line).
+    pub fn key_pos(&self, name: &str) -> Option<Pos> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, e)| e.key_pos)
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
@@ -278,6 +286,16 @@ mod tests {
             .int()
             .unwrap_err();
         assert_eq!(err.path, "a[1].b");
+    }
+
+    #[test]
+    fn key_positions_are_kept() {
+        let docs = parse_documents("spec:\n  rules:\n    http: []\n").unwrap();
+        let spec = Field::root(&docs[0]).map(&["spec"]).unwrap();
+        let spec = spec.required("spec").unwrap().free_map().unwrap();
+        assert_eq!(spec.key_pos("rules"), Some(Pos { line: 2, col: 3 }));
+        assert_eq!(spec.get("rules").unwrap().pos(), Pos { line: 3, col: 5 });
+        assert_eq!(spec.key_pos("nope"), None);
     }
 
     #[test]

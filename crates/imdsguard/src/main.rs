@@ -25,6 +25,8 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Observe flows, as `hubble observe` does (filters, formats, --input-file).
     Observe(Box<cmd::observe::ObserveArgs>),
+    /// Judge recorded flows again under candidate policies: what would change.
+    Replay(cmd::replay::ReplayArgs),
     /// Run the node agent: enforce policies through the eBPF datapath and serve flows.
     Agent(Box<cmd::agent::AgentArgs>),
     /// Show the datapath as the kernel holds it: interfaces, endpoints, counters.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Observe(a) => cmd::observe::run(*a),
+        Command::Replay(a) => cmd::replay::run(a),
         Command::Agent(a) => cmd::agent::run(*a),
         Command::Status(a) => cmd::status::run(a),
         Command::ImdsEmulator(a) => cmd::imds::run(a),

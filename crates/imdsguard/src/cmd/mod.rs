@@ -8,4 +8,5 @@ pub mod install;
 pub mod lab;
 pub mod observe;
 pub mod policy;
+pub mod replay;
 pub mod status;

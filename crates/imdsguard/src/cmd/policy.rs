@@ -1,8 +1,9 @@
-//! `imdsguard policy check|trace|test`.
+//! `imdsguard policy check|trace|test|lint`.
 
 use crate::sources;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use imdsguard_lint::Severity;
 use imdsguard_manifest::Source;
 use imdsguard_policy::api::Subject;
 use imdsguard_policy::verdict::DirectionVerdict;
@@ -10,7 +11,7 @@ use imdsguard_policy::{
     DecodeOptions, Decoded, EngineOptions, FlowQuery, FlowVerdict, HttpRequest, Identity, Peer,
     Protocol, Repository, decode_sources,
 };
-use imdsguard_scenario::PolicyInput;
+use imdsguard_scenario::{EndpointsFile, PolicyInput};
 use serde_json::json;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ pub enum PolicyCommand {
     Trace(TraceArgs),
     /// Run policy test scenarios (see docs/policy-testing.md).
     Test(TestArgs),
+    /// Find policies that do not do what they look like they do (see docs/policy-lint.md).
+    Lint(LintArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +66,7 @@ pub struct TraceArgs {
     http_path: Option<String>,
     #[arg(long)]
     http_host: Option<String>,
-    /// Endpoints and namespaces, in the scenario format (a scenario file works too).
+    /// Endpoints and namespaces: an endpoints file, a scenario or a lab topology.
     #[arg(long)]
     endpoints: Option<PathBuf>,
     /// Report L3/L4 denials as AUDITED instead of dropping (Cilium's --policy-audit-mode).
@@ -83,11 +86,48 @@ pub struct TestArgs {
     verbose: bool,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LintOutput {
+    Text,
+    Json,
+    Sarif,
+}
+
+/// The lowest severity that makes `policy lint` exit 1.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    Error,
+    Warning,
+    Note,
+    /// Always exit 0 when the input could be read.
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct LintArgs {
+    /// Policy and CIDR group files or directories (searched recursively); `-` is stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The cluster's namespaces and pods (an endpoints file, a scenario or a lab topology): checks
+    /// then name real pods, and namespaces the cluster lacks are reported.
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value_t = LintOutput::Text)]
+    output: LintOutput,
+    /// Exit 1 when a finding has at least this severity.
+    #[arg(long, value_enum, default_value_t = FailOn::Warning)]
+    fail_on: FailOn,
+    /// Skip checks by code or name (IG1503, imds-hostnetwork-uncovered); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    ignore: Vec<String>,
+}
+
 pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     match cmd {
         PolicyCommand::Check(a) => check(a),
         PolicyCommand::Trace(a) => trace(a),
         PolicyCommand::Test(a) => test(a),
+        PolicyCommand::Lint(a) => lint(a),
     }
 }
 
@@ -180,7 +220,7 @@ fn policy_summary(p: &imdsguard_policy::Policy) -> String {
 }
 
 /// Loads policies and reports invalid ones on stderr; the valid ones still count.
-fn load_policies(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Decoded> {
+pub(crate) fn load_policies(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Decoded> {
     let srcs = sources::load(paths)?;
     let decoded = decode_sources(&srcs, opts);
     for e in &decoded.errors {
@@ -189,27 +229,63 @@ fn load_policies(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Decoded> {
     Ok(decoded)
 }
 
+/// Reads `--endpoints`: an endpoints file, a policy test scenario (its `namespaces` and
+/// `endpoints`) or a lab topology (its pods, with the addresses the lab gives them).
+pub(crate) fn load_endpoints(path: &Path) -> Result<EndpointsFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let source = Source::new(path.display().to_string(), text);
+    if imdsguard_lab::topology::is_topology(&source) {
+        let t = imdsguard_lab::topology::parse(&source)?;
+        return Ok(EndpointsFile {
+            namespaces: t.namespaces,
+            endpoints: t.pods.into_iter().map(|p| p.endpoint).collect(),
+        });
+    }
+    let scenario = imdsguard_scenario::parse(&source)?;
+    Ok(EndpointsFile {
+        namespaces: scenario.namespaces,
+        endpoints: scenario.endpoints,
+    })
+}
+
+/// A repository with the policies and the endpoints, resolved.
+pub(crate) fn repository(
+    decoded: &Decoded,
+    endpoints: &EndpointsFile,
+    opts: EngineOptions,
+) -> Repository {
+    let mut repo = Repository::new(opts);
+    for (ns, labels) in &endpoints.namespaces {
+        repo.set_namespace_labels(ns, labels.clone());
+    }
+    for ep in &endpoints.endpoints {
+        repo.upsert_endpoint(ep.spec.clone());
+    }
+    repo.load(decoded);
+    repo.resolve();
+    repo
+}
+
 fn trace(args: TraceArgs) -> Result<ExitCode> {
     let decoded = load_policies(&args.policies, &DecodeOptions::default())?;
-    let mut repo = Repository::new(EngineOptions {
-        audit_mode: args.policy_audit_mode,
-        ..Default::default()
-    });
-    let mut handles: Vec<(String, String)> = Vec::new();
-    if let Some(path) = &args.endpoints {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let scenario = imdsguard_scenario::parse(&Source::new(path.display().to_string(), text))?;
-        for (ns, labels) in &scenario.namespaces {
-            repo.set_namespace_labels(ns, labels.clone());
-        }
-        for ep in &scenario.endpoints {
-            handles.push((ep.handle.clone(), ep.spec.key()));
-            repo.upsert_endpoint(ep.spec.clone());
-        }
-    }
-    repo.load(&decoded);
-    repo.resolve();
+    let endpoints = match &args.endpoints {
+        Some(path) => load_endpoints(path)?,
+        None => EndpointsFile::default(),
+    };
+    let handles: Vec<(String, String)> = endpoints
+        .endpoints
+        .iter()
+        .map(|ep| (ep.handle.clone(), ep.spec.key()))
+        .collect();
+    let repo = repository(
+        &decoded,
+        &endpoints,
+        EngineOptions {
+            audit_mode: args.policy_audit_mode,
+            ..Default::default()
+        },
+    );
     let protocol = Protocol::parse(&args.protocol)
         .filter(|p| *p != Protocol::Any)
         .with_context(|| {
@@ -425,5 +501,93 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+fn lint(args: LintArgs) -> Result<ExitCode> {
+    for code in &args.ignore {
+        if imdsguard_lint::checks::find(code).is_none() {
+            bail!(
+                "--ignore {code:?}: no such check (see `imdsguard policy lint --help` and docs/policy-lint.md)"
+            );
+        }
+    }
+    let srcs = sources::load(&args.paths)?;
+    let cluster = match &args.endpoints {
+        Some(path) => {
+            let file = load_endpoints(path)?;
+            Some(imdsguard_lint::Cluster {
+                namespaces: file.namespaces,
+                endpoints: file.endpoints.into_iter().map(|e| e.spec).collect(),
+            })
+        }
+        None => None,
+    };
+    let mut report = imdsguard_lint::lint(&srcs, cluster.as_ref());
+    report.findings.retain(|f| {
+        !args
+            .ignore
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(f.code) || i == f.name)
+    });
+    for w in &report.warnings {
+        eprintln!("{w}");
+    }
+    let findings = &report.findings;
+    match args.output {
+        LintOutput::Json => {
+            let out = json!({
+                "findings": findings,
+                "summary": {
+                    "policies": report.policies,
+                    "cidrGroups": report.groups,
+                    "errors": report.count(Severity::Error),
+                    "warnings": report.count(Severity::Warning),
+                    "notes": report.count(Severity::Note),
+                },
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        LintOutput::Sarif => {
+            let log = imdsguard_lint::sarif::to_sarif(findings, env!("CARGO_PKG_VERSION"));
+            println!("{}", serde_json::to_string_pretty(&log)?);
+        }
+        LintOutput::Text => {
+            for f in findings {
+                let field = if f.field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", f.field)
+                };
+                println!(
+                    "{}:{}:{}: {} {} {}: {}: {field}{}",
+                    f.file, f.line, f.column, f.severity, f.code, f.name, f.object, f.message
+                );
+                println!("  fix: {}", f.fix);
+            }
+            let plural = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
+            println!(
+                "{} and {} linted: {}, {}, {}",
+                plural(report.policies, "policy", "policies"),
+                plural(report.groups, "CIDR group", "CIDR groups"),
+                plural(report.count(Severity::Error), "error", "errors"),
+                plural(report.count(Severity::Warning), "warning", "warnings"),
+                plural(report.count(Severity::Note), "note", "notes"),
+            );
+        }
+    }
+    let threshold = match args.fail_on {
+        FailOn::Error => Some(Severity::Error),
+        FailOn::Warning => Some(Severity::Warning),
+        FailOn::Note => Some(Severity::Note),
+        FailOn::None => None,
+    };
+    let fail = threshold.is_some_and(|t| findings.iter().any(|f| f.severity >= t));
+    Ok(if fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
