@@ -105,24 +105,7 @@ pub struct Cluster {
 impl Cluster {
     /// Connects and starts the reflectors on the current tokio runtime.
     pub async fn start(opts: &ClusterOptions) -> Result<Cluster, ClusterError> {
-        let config = match &opts.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                    ClusterError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|source| ClusterError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            None => Config::infer().await.map_err(ClusterError::Infer)?,
-        };
-        let client = Client::try_from(config).map_err(ClusterError::Client)?;
+        let client = connect(opts.kubeconfig.as_deref()).await?;
         Ok(Cluster::start_with(client, &opts.node_name))
     }
 
@@ -258,6 +241,56 @@ impl Cluster {
             obj.metadata.resource_version.clone().unwrap_or_default(),
         ))
     }
+}
+
+/// A client for this kubeconfig, or the in-cluster service account (or $KUBECONFIG, as kubectl
+/// finds it) when none is given.
+pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClusterError::Kubeconfig {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    path: path.to_owned(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(ClusterError::Infer)?,
+    };
+    Client::try_from(config).map_err(ClusterError::Client)
+}
+
+/// Every namespace and every pod of the cluster (all nodes), once: for offline checks.
+pub async fn list_all(
+    client: &Client,
+) -> Result<
+    (
+        Vec<(String, Vec<(String, String)>)>,
+        Vec<imdsguard_policy::EndpointSpec>,
+    ),
+    kube::Error,
+> {
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(namespace_labels)
+        .collect();
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(pod_endpoint)
+        .collect();
+    Ok((namespaces, assign_ips(pods)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -810,3 +810,40 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
     assert_eq!(lab_curl(&lab.0, &alloy.name, instance), 200);
     drop(agent);
 }
+
+#[test]
+fn policy_lint_checks_namespaces_against_a_live_cluster() {
+    let rt = runtime();
+    let kapi = Kapilite::start();
+    let client = rt.block_on(kapi.client());
+    rt.block_on(async {
+        for ns in ["kube-system", "logging", "go-webapp"] {
+            namespace(&client, ns, json!({})).await;
+        }
+    });
+    let deny = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/azure-imds/azure-imds-deny.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["policy", "lint", "-o", "json", "--kubeconfig"])
+        .arg(kapi.kubeconfig())
+        .arg(&deny)
+        .output()
+        .expect("lint");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let unknown: Vec<String> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["code"] == "IG1701")
+        .map(|f| f["message"].to_string())
+        .collect();
+    // The cluster has no grafana-alloy namespace: the exception names nothing.
+    assert_eq!(unknown.len(), 1, "{report}");
+    assert!(unknown[0].contains("grafana-alloy"), "{unknown:?}");
+}

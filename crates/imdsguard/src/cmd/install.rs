@@ -93,17 +93,9 @@ pub fn documents(text: &str) -> Result<Vec<serde_json::Value>> {
 }
 
 async fn apply(args: &InstallArgs, text: &str) -> Result<()> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no cluster: give --kubeconfig, set $KUBECONFIG, or use --dry-run")?,
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = imdsguard_k8s::cluster::connect(args.kubeconfig.as_deref())
+        .await
+        .context("connecting to the cluster (or use --dry-run to print the manifests)")?;
     for doc in documents(text)? {
         let api_version = doc["apiVersion"].as_str().unwrap_or_default();
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();

@@ -110,8 +110,11 @@ pub struct LintArgs {
     paths: Vec<PathBuf>,
     /// The cluster's namespaces and pods (an endpoints file, a scenario or a lab topology): checks
     /// then name real pods, and namespaces the cluster lacks are reported.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubeconfig")]
     endpoints: Option<PathBuf>,
+    /// Read the namespaces and pods from this cluster instead (kubectl's --kubeconfig).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value_t = LintOutput::Text)]
     output: LintOutput,
     /// Exit 1 when a finding has at least this severity.
@@ -504,6 +507,26 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     })
 }
 
+/// The namespaces and pods of a live cluster, listed once.
+fn cluster_of(kubeconfig: &Path) -> Result<imdsguard_lint::Cluster> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let client = imdsguard_k8s::cluster::connect(Some(kubeconfig)).await?;
+        let (namespaces, endpoints) = imdsguard_k8s::cluster::list_all(&client)
+            .await
+            .with_context(|| {
+                format!("listing namespaces and pods with {}", kubeconfig.display())
+            })?;
+        Ok(imdsguard_lint::Cluster {
+            namespaces,
+            endpoints,
+        })
+    })
+}
+
 fn lint(args: LintArgs) -> Result<ExitCode> {
     for code in &args.ignore {
         if imdsguard_lint::checks::find(code).is_none() {
@@ -521,7 +544,10 @@ fn lint(args: LintArgs) -> Result<ExitCode> {
                 endpoints: file.endpoints.into_iter().map(|e| e.spec).collect(),
             })
         }
-        None => None,
+        None => match &args.kubeconfig {
+            Some(path) => Some(cluster_of(path)?),
+            None => None,
+        },
     };
     let mut report = imdsguard_lint::lint(&srcs, cluster.as_ref());
     report.findings.retain(|f| {
