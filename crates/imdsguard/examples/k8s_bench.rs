@@ -8,7 +8,9 @@
 use imdsguard_datapath::abi::EP_READY;
 use imdsguard_datapath::loader::inspect;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -107,13 +109,18 @@ async fn main() {
         Api::all(client.clone());
     for (_, text) in imdsguard_k8s::manifests::CRDS {
         let crd = serde_saphyr::from_str(text).expect("CRD");
-        crds.create(&PostParams::default(), &crd).await.expect("CRD");
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for i in 0..20 {
         let ns = serde_json::from_value(json!({"metadata": {"name": format!("ns{i}"), "labels": {"team": format!("t{}", i % 4)}}})).expect("ns");
-        namespaces.create(&PostParams::default(), &ns).await.expect("ns");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("ns");
     }
     let ccnp = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("cilium.io", "v2", "CiliumClusterwideNetworkPolicy"),
@@ -125,7 +132,11 @@ async fn main() {
         async move {
             let obj: DynamicObject = serde_json::from_value(v).expect("policy");
             policies
-                .patch("bench", &PatchParams::apply("bench").force(), &Patch::Apply(&obj))
+                .patch(
+                    "bench",
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(&obj),
+                )
                 .await
                 .expect("apply");
         }
@@ -154,19 +165,35 @@ async fn main() {
     for i in 0..200u32 {
         let ns = format!("ns{}", i % 20);
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let ip: IpAddr = format!("10.60.{}.{}", i / 250, i % 250 + 1).parse().expect("ip");
+        let ip: IpAddr = format!("10.60.{}.{}", i / 250, i % 250 + 1)
+            .parse()
+            .expect("ip");
         let t0 = Instant::now();
-        create_running(&api, &ns, &format!("p{i}"), NODE, ip, &format!("app{}", i % 10)).await;
+        create_running(
+            &api,
+            &ns,
+            &format!("p{i}"),
+            NODE,
+            ip,
+            &format!("app{}", i % 10),
+        )
+        .await;
         loop {
             if kernel(&bpf).get(&ip).is_some_and(|(ready, _)| *ready) {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "pod {i} never enforced");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "pod {i} never enforced"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         create_ms.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    report("pod create -> endpoint enforcing in the kernel map", create_ms);
+    report(
+        "pod create -> endpoint enforcing in the kernel map",
+        create_ms,
+    );
 
     // Policy apply → every pod of the node at a new revision.
     let mut apply_ms = Vec::new();
@@ -176,10 +203,16 @@ async fn main() {
         apply(policy(&format!("10.9.{}.{}/32", i / 250, i % 250 + 1))).await;
         loop {
             let now = kernel(&bpf);
-            if before.iter().all(|(ip, (_, g))| now.get(ip).is_some_and(|(_, n)| n != g)) {
+            if before
+                .iter()
+                .all(|(ip, (_, g))| now.get(ip).is_some_and(|(_, n)| n != g))
+            {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "apply {i} never enforced");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "apply {i} never enforced"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         apply_ms.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -199,8 +232,18 @@ async fn main() {
                 let ns = format!("ns{}", j % 20);
                 let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                 let node = format!("node-{}", j % 90);
-                let ip: IpAddr = format!("10.70.{}.{}", j / 250, j % 250 + 1).parse().expect("ip");
-                create_running(&api, &ns, &format!("o{j}"), &node, ip, &format!("app{}", j % 10)).await;
+                let ip: IpAddr = format!("10.70.{}.{}", j / 250, j % 250 + 1)
+                    .parse()
+                    .expect("ip");
+                create_running(
+                    &api,
+                    &ns,
+                    &format!("o{j}"),
+                    &node,
+                    ip,
+                    &format!("app{}", j % 10),
+                )
+                .await;
             }
         });
     }

@@ -347,3 +347,54 @@ fn install_applies_with_server_side_apply_and_leaves_existing_crds_alone() {
         "{stdout}"
     );
 }
+
+/// Removes the stand-in for Cilium's interface.
+struct CiliumHost;
+
+impl Drop for CiliumHost {
+    fn drop(&mut self) {
+        let _ = imdsguard_netns::run("ip", &["link", "del", "cilium_host"]);
+    }
+}
+
+#[test]
+fn the_agent_stays_out_of_ciliums_way() {
+    if !can_create_namespaces() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    if Path::new("/sys/class/net/cilium_host").exists() {
+        eprintln!("skipped: Cilium runs here");
+        return;
+    }
+    // Cilium's host interfaces (a veth pair, as Cilium makes them): what the agent looks for.
+    imdsguard_netns::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "cilium_host",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "cilium_net",
+        ],
+    )
+    .expect("cilium_host");
+    let _cilium = CiliumHost;
+    let out = imdsguard(&[
+        "agent",
+        "--kubeconfig",
+        "/nonexistent",
+        "--hubble-listen-address",
+        "",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Cilium is this node's datapath"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("offline tool"), "{stderr}");
+}

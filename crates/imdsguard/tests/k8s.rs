@@ -238,6 +238,17 @@ async fn apply(client: &Client, ar: &ApiResource, ns: Option<&str>, obj: Value) 
     .expect("apply");
 }
 
+/// The seed's CIDR group: IMDS's address.
+async fn imds_group(client: &Client) {
+    let ccg = cilium("CiliumCIDRGroup", "v2alpha1", "ciliumcidrgroups");
+    let group = json!({
+        "apiVersion": "cilium.io/v2alpha1", "kind": "CiliumCIDRGroup",
+        "metadata": {"name": "azure-imds"},
+        "spec": {"externalCIDRs": ["169.254.169.254/32"]}
+    });
+    apply(client, &ccg, None, group).await;
+}
+
 fn deny_imds(except: &[&str]) -> Value {
     json!({
         "apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
@@ -285,7 +296,6 @@ fn the_agent_follows_pods_namespaces_and_policies_from_the_api_server() {
     let rt = runtime();
     let kapi = Kapilite::start();
     let client = rt.block_on(kapi.client());
-    let ccg = cilium("CiliumCIDRGroup", "v2alpha1", "ciliumcidrgroups");
     let ccnp = cilium(
         "CiliumClusterwideNetworkPolicy",
         "v2",
@@ -325,17 +335,7 @@ fn the_agent_follows_pods_namespaces_and_policies_from_the_api_server() {
             json!({"app": "web"}),
         )
         .await;
-        apply(
-            &client,
-            &ccg,
-            None,
-            json!({
-                "apiVersion": "cilium.io/v2alpha1", "kind": "CiliumCIDRGroup",
-                "metadata": {"name": "azure-imds"},
-                "spec": {"externalCIDRs": ["169.254.169.254/32"]}
-            }),
-        )
-        .await;
+        imds_group(&client).await;
         apply(&client, &ccnp, None, deny_imds(&["kube-system", "logging"])).await;
     });
 
@@ -529,7 +529,6 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
         "v2",
         "ciliumclusterwidenetworkpolicies",
     );
-    let ccg = cilium("CiliumCIDRGroup", "v2alpha1", "ciliumcidrgroups");
     rt.block_on(async {
         install_crds(&client).await;
         namespace(&client, "go-webapp", json!({})).await;
@@ -542,17 +541,7 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
             json!({"app": "web"}),
         )
         .await;
-        apply(
-            &client,
-            &ccg,
-            None,
-            json!({
-                "apiVersion": "cilium.io/v2alpha1", "kind": "CiliumCIDRGroup",
-                "metadata": {"name": "azure-imds"},
-                "spec": {"externalCIDRs": ["169.254.169.254/32"]}
-            }),
-        )
-        .await;
+        imds_group(&client).await;
         apply(&client, &ccnp, None, deny_imds(&["kube-system"])).await;
     });
     drop(client);

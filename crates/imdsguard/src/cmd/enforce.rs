@@ -123,28 +123,14 @@ pub fn run(
             next_reload = Instant::now() + interval;
         }
         let changed = (due || inputs.poll_every_tick()) && inputs.refresh(&mut repo, due);
-        if !inputs.ready() {
-            if !waiting_logged {
-                eprintln!(
-                    "waiting for the first complete view of the cluster; the pinned state stays in force"
-                );
-                waiting_logged = true;
-            }
-            api.answer(&repo, false);
-            api.publish(status::build(
-                &*inputs,
-                &node,
-                &repo,
-                &sync,
-                &interfaces,
-                &attached,
-                revision,
-            ));
-            events.drain(|e| hub.ingest(to_flow(&e, &directory, &node, offset)));
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
+        let ready = inputs.ready();
+        if !ready && !waiting_logged {
+            eprintln!(
+                "waiting for the first complete view of the cluster; the pinned state stays in force"
+            );
+            waiting_logged = true;
         }
-        if changed || !synced {
+        if ready && (changed || !synced) {
             let started = Instant::now();
             repo.resolve();
             sync.set_audit_endpoints(inputs.audit_endpoints());
@@ -164,14 +150,19 @@ pub fn run(
                 }
                 Err(e) => eprintln!("datapath: writing the tables failed: {e}"),
             }
-            if synced && let Some(age) = newest_change(&watched) {
+            if synced
+                && inputs.mode() == "files"
+                && let Some(age) = newest_change(&watched)
+            {
                 eprintln!(
                     "enforced {:.1} ms after the last file change",
                     age.as_secs_f64() * 1e3
                 );
             }
         }
-        if changed || !synced || due || inputs.links_changed() {
+        let mut publish = changed || due;
+        if ready && (changed || !synced || due || inputs.links_changed()) {
+            publish = true;
             let found = inputs.interfaces(&repo, due);
             if found != interfaces || changed || !synced {
                 interfaces = found;
@@ -179,6 +170,9 @@ pub fn run(
                 directory.rebuild(&repo, &sync, &attached);
                 proxy.update(ProxyView::build(&repo, &directory));
             }
+            synced = true;
+        }
+        if publish {
             api.publish(status::build(
                 &*inputs,
                 &node,
@@ -188,9 +182,8 @@ pub fn run(
                 &attached,
                 revision,
             ));
-            synced = true;
         }
-        api.answer(&repo, true);
+        api.answer(&repo, ready);
         events.drain(|e| hub.ingest(to_flow(&e, &directory, &node, offset)));
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -39,17 +39,28 @@ impl Kapilite {
         k
     }
 
+    /// Starts (or restarts) the server; a second try when a loaded machine made it miss
+    /// start.sh's 30 s deadline.
     pub fn up(&self) {
-        let out = Command::new(kapilite_dir().join("start.sh"))
-            .arg(&self.dir)
-            .arg(self.port.to_string())
-            .output()
-            .expect("run kapilite's start.sh");
-        assert!(
-            out.status.success(),
-            "kapilite did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut failure = String::new();
+        for _ in 0..2 {
+            let out = Command::new(kapilite_dir().join("start.sh"))
+                .arg(&self.dir)
+                .arg(self.port.to_string())
+                .output()
+                .expect("run kapilite's start.sh");
+            if out.status.success() {
+                return;
+            }
+            failure = format!(
+                "{}\nkapilite.log: {}\netcd.log: {}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(self.dir.join("kapilite.log")).unwrap_or_default(),
+                std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+            );
+            self.down();
+        }
+        panic!("kapilite did not start: {failure}");
     }
 
     pub fn down(&self) {
