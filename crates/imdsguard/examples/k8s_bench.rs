@@ -15,7 +15,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const NODE: &str = "bench-node";
@@ -150,7 +150,7 @@ async fn main() {
             .args(["--socket-path", &work.join("api.sock").to_string_lossy()])
             .args(["--hubble-listen-address", "", "--unknown-veths", "ignore"])
             .args(["--proxy-port", "15333"])
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(work.join("agent.log")).expect("agent log"))
             .spawn()
             .expect("agent"),
     );
@@ -272,4 +272,32 @@ async fn main() {
         rss_kib(pid, "VmHWM:") as f64 / 1024.0
     );
     let _ = agent.0.kill();
+    // The agent's own account: resolve and write, per change.
+    let log = std::fs::read_to_string(work.join("agent.log")).unwrap_or_default();
+    let writes: Vec<(f64, f64)> = log
+        .lines()
+        .filter(|l| l.starts_with("datapath: ") && l.contains(" ipcache entries in "))
+        .filter_map(|l| {
+            let after = l.split(" ipcache entries in ").nth(1)?;
+            let write: f64 = after.split(" ms").next()?.parse().ok()?;
+            let read: f64 = after
+                .split("inputs read in ")
+                .nth(1)?
+                .split(" ms")
+                .next()?
+                .parse()
+                .ok()?;
+            Some((write, read))
+        })
+        .collect();
+    if !writes.is_empty() {
+        report(
+            "agent: resolve and write the tables, per change",
+            writes.iter().map(|w| w.0).collect(),
+        );
+        report(
+            "agent: read the cluster's objects, per change",
+            writes.iter().map(|w| w.1).collect(),
+        );
+    }
 }
