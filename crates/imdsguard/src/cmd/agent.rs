@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// Never export flows matching one of these FlowFilters (a JSON object or list).
     #[arg(long, default_value = "")]
     hubble_export_denylist: String,
+    /// Serve the web UI (flows, service map, IMDS view) and its JSON API here, e.g.
+    /// 127.0.0.1:12000 (`:PORT` is loopback); empty disables it. No authentication: keep it on
+    /// loopback.
+    #[arg(long, default_value = "")]
+    ui_listen_address: String,
 }
 
 /// A FlowFilter list given as one JSON object or a JSON array of them.
@@ -218,10 +223,26 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 .await
         });
     }
+    if !args.ui_listen_address.is_empty() {
+        let ui = imdsguard_ui::UiServer::bind(&args.ui_listen_address, hub.clone())
+            .await
+            .with_context(|| format!("listening on {} for the UI", args.ui_listen_address))?;
+        eprintln!("ui: serving on http://{}/", ui.local_addr()?);
+        servers.spawn(async move {
+            if let Err(e) = ui.serve().await {
+                eprintln!("ui server: {e}");
+            }
+            std::future::pending().await
+        });
+    }
     let enforcing = args.enforce.endpoints.is_some();
-    if args.hubble_listen_address.is_empty() && socket.is_none() && !enforcing {
+    if args.hubble_listen_address.is_empty()
+        && socket.is_none()
+        && !enforcing
+        && args.ui_listen_address.is_empty()
+    {
         bail!(
-            "nothing to do: give --endpoints to enforce, or --hubble-listen-address or --hubble-socket-path to serve flows"
+            "nothing to do: give --endpoints to enforce, or --hubble-listen-address, --hubble-socket-path or --ui-listen-address to serve flows"
         );
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
