@@ -6,7 +6,8 @@
 //   keyboard use, pause, the map, the IMDS view and a narrow window, and saves screenshots.
 // mode `load`: the agent replays a large file at full speed in a loop; checks that the table
 //   stays capped and the page keeps answering, and prints the numbers as JSON on the last line.
-// mode `lab`: the agent of `imdsguard demo`; checks that the demo's workloads show up.
+// mode `lab`: an agent enforcing the seed's policies on the lab (`imdsguard lab up`); checks
+//   that the pods' own calls show up with what the policies decided.
 //
 // Started by crates/imdsguard/tests/ui.rs (cargo test), which owns the agent.
 import assert from 'node:assert/strict';
@@ -263,16 +264,31 @@ async function load(p) {
 async function lab(p) {
   await waitRows(p, 1);
   await p.keyboard.press('3');
-  const callers = p.locator('#imds-callers .caller');
-  await callers.first().waitFor({ timeout: 30_000 });
-  const ids = await callers.evaluateAll((cs) => cs.map((c) => c.dataset.id));
-  console.log('lab callers: ' + ids.join(', '));
-  assert.ok(ids.some((id) => id.includes('go-webapp')), ids.join());
-  assert.ok(ids.some((id) => id.includes('fluent-bit')), ids.join());
+  const caller = (id) => p.locator(`#imds-callers .caller[data-id="${id}"]`);
+  // The pods' loops call every 10 and 15 seconds.
+  await caller('logging/fluent-bit').waitFor({ timeout: 60_000 });
+  await caller('go-webapp/go-webapp').waitFor({ timeout: 60_000 });
+  // The token request went through the L7 proxy: its resource is decoded from the URL.
+  await p.waitForFunction(() => {
+    const c = document.querySelector('#imds-callers .caller[data-id="logging/fluent-bit"]');
+    return c && c.textContent.includes('https://api.kusto.windows.net') && c.textContent.includes('azure-imds-allow');
+  }, null, { timeout: 60_000 });
+  await p.waitForFunction(() => {
+    const c = document.querySelector('#imds-callers .caller[data-id="go-webapp/go-webapp"]');
+    return c && c.textContent.includes('azure-imds-deny') && c.textContent.includes('DROPPED');
+  }, null, { timeout: 60_000 });
   await shot(p, 'lab-imds.png');
   await p.keyboard.press('2');
-  await p.locator('#map-wrap .node.metadata').first().waitFor();
+  await p.locator('#map-wrap .node[data-id="metadata:169.254.169.254"]').waitFor();
+  await p.locator('#map-wrap path.edge[data-source="go-webapp/go-webapp"][data-target="metadata:169.254.169.254"]').waitFor({ state: 'attached' });
   await shot(p, 'lab-map.png');
+  await p.keyboard.press('1');
+  await p.selectOption('#f-type', 'l7');
+  await p.waitForFunction(() => {
+    const l7 = [...document.querySelectorAll('#flows tbody td.c-l7')].map((td) => td.textContent);
+    return l7.some((t) => t.includes('/metadata/identity/oauth2/token'));
+  }, null, { timeout: 30_000 });
+  await shot(p, 'lab-flows-l7.png');
 }
 
 async function main() {

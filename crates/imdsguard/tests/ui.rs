@@ -4,7 +4,9 @@
 //! Screenshots go to `<target>/ui-artifacts/`.
 //!
 //! Needs `node`, `chromium` and tests/ui/node_modules (scripts/prereqs.sh installs all three; the
-//! test runs `npm ci` itself when node_modules is missing).
+//! test runs `npm ci` itself when node_modules is missing). As root, one more test runs the page
+//! against an agent enforcing the seed's policies on the lab (`imdsguard lab up`), with real
+//! traffic from the lab's pods.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -91,8 +93,8 @@ impl Drop for Agent {
 
 impl Agent {
     /// Starts `imdsguard agent <args> --ui-listen-address 127.0.0.1:0` and waits until it has
-    /// bound its port and loaded the flows to replay.
-    fn start(args: &[&str]) -> Agent {
+    /// bound its port and printed a line starting with `ready` (after the UI's own line).
+    fn start(args: &[&str], ready: &str) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
             .current_dir(repo())
             .arg("agent")
@@ -121,9 +123,9 @@ impl Agent {
             if let Some(url) = line.strip_prefix("ui: serving on ") {
                 agent.url = url.trim_end_matches('/').to_owned();
             }
-            let replaying = line.starts_with("replaying ");
+            let done = !agent.url.is_empty() && line.starts_with(ready);
             log.push(line);
-            if replaying {
+            if done {
                 break;
             }
         }
@@ -211,13 +213,16 @@ fn browser(mode: &str, agent: &Agent, limit: Duration) -> String {
 #[test]
 fn the_page_shows_the_seed_in_table_map_and_imds_view() {
     let _one = one_at_a_time();
-    let agent = Agent::start(&[
-        "--replay-flows",
-        "tests/flows/seed.jsonl",
-        "--replay-loop",
-        "--replay-interval",
-        "100ms",
-    ]);
+    let agent = Agent::start(
+        &[
+            "--replay-flows",
+            "tests/flows/seed.jsonl",
+            "--replay-loop",
+            "--replay-interval",
+            "100ms",
+        ],
+        "replaying ",
+    );
     let out = browser("seed", &agent, Duration::from_secs(180));
     assert!(out.contains("ui seed: ok"), "{out}");
 }
@@ -266,11 +271,14 @@ fn a_full_speed_replay_keeps_the_page_responsive_and_the_agent_bounded() {
     }
     std::fs::write(&file, text).expect("write the flows");
 
-    let agent = Agent::start(&[
-        "--replay-flows",
-        file.to_str().expect("utf-8 path"),
-        "--replay-loop",
-    ]);
+    let agent = Agent::start(
+        &[
+            "--replay-flows",
+            file.to_str().expect("utf-8 path"),
+            "--replay-loop",
+        ],
+        "replaying ",
+    );
     let rss_start = agent.rss_kib();
     let rss_max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_start));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -327,4 +335,94 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The lab (`imdsguard lab up` with the seed's topology) and what the agent made for it, taken
+/// down when dropped.
+struct LabStage {
+    name: String,
+    dir: PathBuf,
+    routing_added: bool,
+}
+
+impl Drop for LabStage {
+    fn drop(&mut self) {
+        let state = self.dir.join("lab");
+        let _ = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+            .args(["lab", "down", "--name", &self.name, "--state-dir"])
+            .arg(&state)
+            .output();
+        let bpf = self.dir.join("bpf");
+        let _ = std::fs::remove_dir_all(bpf.join("imdsguard"));
+        let _ = Command::new("umount").arg(&bpf).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.routing_added {
+            imdsguard_proxy::routing::uninstall(
+                imdsguard_proxy::routing::MARK,
+                imdsguard_proxy::routing::TABLE,
+            );
+        }
+    }
+}
+
+/// The page against a live agent: the lab's pods call the emulated IMDS by themselves (Fluent
+/// Bit's token request every 10 s, the webapp sidecar's platform detection every 15 s) under
+/// the seed's policies, and the IMDS view must show both with what the policies decided.
+#[test]
+fn the_page_shows_the_labs_live_traffic() {
+    if !imdsguard_netns::can_create_namespaces() {
+        eprintln!("skipped: the lab needs root");
+        return;
+    }
+    let _one = one_at_a_time();
+    let dir = std::env::temp_dir().join(format!("imdsguard-ui-lab-{}", std::process::id()));
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    let stage = LabStage {
+        name: format!("ui{}", std::process::id() % 100_000),
+        dir: dir.clone(),
+        routing_added: !imdsguard_proxy::routing::installed(imdsguard_proxy::routing::TABLE),
+    };
+    for f in [
+        "cidrgroup.yaml",
+        "azure-imds-deny.yaml",
+        "azure-imds-allow.yaml",
+    ] {
+        std::fs::copy(repo().join("examples/azure-imds").join(f), policies.join(f))
+            .expect("copy a seed policy");
+    }
+    let state = dir.join("lab");
+    let up = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .current_dir(repo())
+        .args(["lab", "up", "--name", &stage.name, "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("lab up");
+    assert!(
+        up.status.success(),
+        "lab up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let endpoints = state.join(&stage.name).join("endpoints.yaml");
+    let bpf = dir.join("bpf");
+    let proxy_port = (17500 + std::process::id() % 1000).to_string();
+    let agent = Agent::start(
+        &[
+            "--endpoints",
+            endpoints.to_str().expect("utf-8 path"),
+            "--policies",
+            policies.to_str().expect("utf-8 path"),
+            "--bpf-root",
+            bpf.to_str().expect("utf-8 path"),
+            "--proxy-port",
+            &proxy_port,
+            "--proxy-upstream-mark",
+            "0xa00",
+        ],
+        "datapath: attached to",
+    );
+    let out = browser("lab", &agent, Duration::from_secs(180));
+    assert!(out.contains("ui lab: ok"), "{out}");
+    drop(agent);
+    drop(stage);
 }
