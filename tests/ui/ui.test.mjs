@@ -32,8 +32,8 @@ const focused = (p) => p.evaluate(() => {
   return { tag: a.tagName, seq: a.dataset ? a.dataset.seq : undefined, id: a.id, text: a.textContent.slice(0, 80) };
 });
 
-async function waitRows(p, atLeast) {
-  await p.waitForFunction((n) => document.querySelectorAll('#flows tbody tr').length >= n, atLeast, { timeout: 20_000 });
+async function waitRows(p, atLeast, timeout = 20_000) {
+  await p.waitForFunction((n) => document.querySelectorAll('#flows tbody tr').length >= n, atLeast, { timeout });
 }
 
 async function seed(p) {
@@ -195,6 +195,15 @@ async function load(p) {
       last = now;
     }, 50);
   });
+  // Baseline, same machine and same busy agent: the page paused, so it draws nothing.
+  await p.keyboard.press('p');
+  await p.waitForTimeout(500);
+  await p.evaluate(() => Object.assign(window.__lag, { max: 0, ticks: 0 }));
+  await p.waitForTimeout(5000);
+  const idle = await p.evaluate(() => ({ ...window.__lag }));
+  await p.keyboard.press('p');
+  await p.waitForTimeout(500);
+  await p.evaluate(() => Object.assign(window.__lag, { max: 0, ticks: 0 }));
   const seqs = [];
   const clicks = [];
   const started = Date.now();
@@ -215,8 +224,13 @@ async function load(p) {
   await shot(p, 'load.png');
   const heap = await p.evaluate(() => (performance.memory ? performance.memory.usedJSHeapSize : 0));
   const status = await p.evaluate(() => fetch('/api/status').then((r) => r.json()));
+  const map = await p.evaluate(() => fetch('/api/map').then((r) => r.json()));
   const result = {
     agent_seen_flows: status.seen_flows,
+    map_counted_flows: map.flows_seen,
+    map_lost_flows: map.lost,
+    paused_timer_ticks_5s: idle.ticks,
+    paused_max_timer_lag_ms: Math.round(idle.max),
     max_rows: lag.maxRows,
     dom_nodes: domNodes,
     timer_ticks: lag.ticks,
@@ -262,7 +276,8 @@ async function load(p) {
 }
 
 async function lab(p) {
-  await waitRows(p, 1);
+  // The pods call every 10 and 15 seconds, and may have just called before the agent attached.
+  await waitRows(p, 1, 60_000);
   await p.keyboard.press('3');
   const caller = (id) => p.locator(`#imds-callers .caller[data-id="${id}"]`);
   // The pods' loops call every 10 and 15 seconds.

@@ -225,7 +225,9 @@
     state.queue = [];
     if (!items.length) return;
     const frag = document.createDocumentFragment();
-    for (let i = items.length - 1; i >= 0; i--) frag.append(rowFor(items[i]));
+    // A few new rows are flashed; a flood is not (it would only repaint the table all the time).
+    const flash = items.length <= 20;
+    for (let i = items.length - 1; i >= 0; i--) frag.append(rowFor(items[i], flash));
     tbody.insertBefore(frag, tbody.firstChild);
     let refocus = false;
     while (tbody.rows.length > MAX_ROWS) {
@@ -259,13 +261,13 @@
     return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
   }
 
-  function rowFor(entry) {
+  function rowFor(entry, flash) {
     const r = entry.row;
     state.entries.set(entry.seq, entry);
     const dst = r.imds ? [el('span', { class: 'imds-mark', 'aria-hidden': 'true', text: '◆ ' }), r.destination] : [r.destination];
     return el(
       'tr',
-      { data: { seq: entry.seq }, tabindex: '-1', 'aria-selected': 'false', class: 'new' },
+      { data: { seq: entry.seq }, tabindex: '-1', 'aria-selected': 'false', class: flash ? 'new' : null },
       el('td', { class: 'c-time', title: r.time || '', text: fmtTime(r.time) }),
       el('td', { class: 'c-src', title: `${r.source} ${r.source_ip} identity ${r.source_identity}`, text: r.source }),
       el('td', { class: 'c-dst', title: `${r.destination} ${r.destination_ip} identity ${r.destination_identity}` }, ...dst),
@@ -568,6 +570,9 @@
       }
       g.nodes.push(n);
     }
+    // Natural order: app-2 before app-10.
+    const natural = new Intl.Collator(undefined, { numeric: true });
+    for (const g of groups.values()) g.nodes.sort((a, b) => natural.compare(a.label, b.label));
     const inside = [...groups.values()].filter((g) => g.kind === 'namespace');
     const outside = [...groups.values()]
       .filter((g) => g.kind !== 'namespace')

@@ -41,9 +41,9 @@ pub const WINDOW: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LAST: usize = 100;
 /// The most flows `last` may ask for.
 pub const MAX_LAST: usize = 5_000;
-/// At most this many flows per stream event, and one event per tick: 1,000 flows a second per
+/// At most this many flows per stream event, and one event per tick: 500 flows a second per
 /// browser, more than anyone reads and little enough for a small machine to render.
-pub const STREAM_BATCH: usize = 250;
+pub const STREAM_BATCH: usize = 125;
 pub const STREAM_TICK: Duration = Duration::from_millis(250);
 pub const MAX_STREAMS: usize = 16;
 
