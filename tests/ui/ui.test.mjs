@@ -130,7 +130,14 @@ async function seed(p) {
   assert.match(await edge('go-webapp/go-webapp').getAttribute('class'), /\bmixed\b/);
   assert.match(await edge('logging/fluent-bit').getAttribute('class'), /\ballowed\b/);
   assert.ok((await p.locator('#edges tbody tr').count()) >= 3);
-  await node('go-webapp/go-webapp').focus();
+  // One tab stop on the map; arrows move between nodes (go-webapp is the first).
+  assert.equal(await p.locator('#map-wrap .node[tabindex="0"]').count(), 1);
+  await p.locator('#map-wrap .node[tabindex="0"]').focus();
+  await p.keyboard.press('Home');
+  assert.equal(await p.evaluate(() => document.activeElement.dataset.id), 'go-webapp/go-webapp');
+  await p.keyboard.press('ArrowDown');
+  assert.equal(await p.evaluate(() => document.activeElement.dataset.id), 'logging/fluent-bit');
+  await p.keyboard.press('ArrowUp');
   await p.keyboard.press('Enter');
   await p.locator('#map-selection').waitFor({ state: 'visible' });
   assert.equal(await node('go-webapp/go-webapp').getAttribute('aria-pressed'), 'true');

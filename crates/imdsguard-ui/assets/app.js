@@ -45,6 +45,7 @@
     detailSeq: null,
     mapKey: '',
     mapSelected: null,
+    mapCurrent: null, // the node that holds the map's tab stop
     imdsKey: '',
     retry: 0,
   };
@@ -684,7 +685,7 @@
       const g = svg('g', {
         class: 'node ' + n.kind + (state.mapSelected === n.id ? ' selected' : ''),
         transform: `translate(${box.x},${box.y})`,
-        tabindex: '0',
+        tabindex: '-1',
         role: 'button',
         'aria-label': `${nodeLabel(n)}${kind}${where}: ${n.flows} flows`,
         'aria-pressed': String(state.mapSelected === n.id),
@@ -702,6 +703,12 @@
     }
     root.append(nodeLayer, labelLayer);
     mapWrap.replaceChildren(root);
+    // One tab stop on the map; the arrow keys move between nodes.
+    const stop = (state.mapCurrent && mapWrap.querySelector(`.node[data-id="${CSS.escape(state.mapCurrent)}"]`)) || mapWrap.querySelector('.node');
+    if (stop) {
+      stop.tabIndex = 0;
+      state.mapCurrent = stop.dataset.id;
+    }
     if (focusedId) mapWrap.querySelector(`.node[data-id="${CSS.escape(focusedId)}"]`)?.focus();
     if (state.mapSelected && !lay.boxes.has(state.mapSelected)) state.mapSelected = null;
     highlight();
@@ -781,9 +788,28 @@
   });
   mapWrap.addEventListener('keydown', (ev) => {
     const g = ev.target.closest('.node');
-    if (!g || (ev.key !== 'Enter' && ev.key !== ' ')) return;
+    if (!g || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    if (ev.key === 'Enter' || ev.key === ' ') {
+      ev.preventDefault();
+      selectNode(g.dataset.id !== state.mapSelected ? g.dataset.id : null);
+      return;
+    }
+    const nodes = [...mapWrap.querySelectorAll('.node')];
+    const i = nodes.indexOf(g);
+    const to = { ArrowDown: i + 1, ArrowRight: i + 1, j: i + 1, ArrowUp: i - 1, ArrowLeft: i - 1, k: i - 1, Home: 0, End: nodes.length - 1 }[ev.key];
+    if (to === undefined || !nodes[to]) return;
     ev.preventDefault();
-    selectNode(g.dataset.id !== state.mapSelected ? g.dataset.id : null);
+    g.tabIndex = -1;
+    nodes[to].tabIndex = 0;
+    state.mapCurrent = nodes[to].dataset.id;
+    nodes[to].focus();
+  });
+  mapWrap.addEventListener('focusin', (ev) => {
+    const g = ev.target.closest && ev.target.closest('.node');
+    if (!g || g.dataset.id === state.mapCurrent) return;
+    for (const n of mapWrap.querySelectorAll('.node[tabindex="0"]')) n.tabIndex = -1;
+    g.tabIndex = 0;
+    state.mapCurrent = g.dataset.id;
   });
   window.addEventListener('resize', () => {
     if (state.view === 'map' && mapData) {
