@@ -110,6 +110,7 @@
 
   function applyFilters() {
     clearTimeout(textTimer);
+    announce('Filters applied');
     saveLocation();
     clearTable();
     state.next = null;

@@ -28,7 +28,7 @@ use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
 use imdsguard_hubble_server::ring::{Read, Reader};
 use imdsguard_hubble_server::server::{Entry, Hub};
 use serde::Serialize;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -502,21 +502,13 @@ struct Status {
 
 async fn status(State(ui): State<Arc<Ui>>) -> Response {
     let ring = ui.hub.ring();
-    let namespaces: BTreeSet<String> = ui
-        .aggregates()
-        .map
-        .view(None)
-        .nodes
-        .into_iter()
-        .filter(|n| !n.namespace.is_empty())
-        .map(|n| n.namespace)
-        .collect();
+    let namespaces = ui.aggregates().map.namespaces();
     json(&Status {
         node_name: ui.hub.node_name().to_owned(),
         num_flows: ring.len(),
         max_flows: ring.capacity(),
         seen_flows: ring.seen(),
-        namespaces: namespaces.into_iter().collect(),
+        namespaces,
         streams: ui.streams.load(Ordering::SeqCst),
         max_streams: MAX_STREAMS,
         window_seconds: WINDOW.as_secs(),

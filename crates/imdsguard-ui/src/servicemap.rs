@@ -216,6 +216,17 @@ impl ServiceMap {
         self.nodes.retain(|id, _| used.contains(id.as_str()));
     }
 
+    /// The namespaces of the workloads on the map, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .nodes
+            .values()
+            .filter(|n| n.peer.kind == PeerKind::Workload)
+            .map(|n| n.peer.namespace.as_str())
+            .collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+
     /// The map, sorted by group and label; with `namespace`, only the edges touching a workload
     /// of that namespace and their nodes.
     pub fn view(&self, namespace: Option<&str>) -> MapView {
@@ -388,6 +399,7 @@ mod tests {
         );
         assert_eq!(v.flows_seen, 12);
 
+        assert_eq!(map.namespaces(), ["go-webapp", "logging"]);
         let only = map.view(Some("logging"));
         assert_eq!(only.edges.len(), 1);
         assert_eq!(only.nodes.len(), 2);

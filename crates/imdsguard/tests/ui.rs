@@ -101,7 +101,7 @@ impl Agent {
             .args(args)
             .args([
                 "--hubble-listen-address",
-                "",
+                "127.0.0.1:0",
                 "--ui-listen-address",
                 "127.0.0.1:0",
                 "--node-name",

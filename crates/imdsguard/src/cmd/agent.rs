@@ -207,6 +207,18 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 .await
         });
     }
+    if !args.ui_listen_address.is_empty() {
+        let ui = imdsguard_ui::UiServer::bind(&args.ui_listen_address, hub.clone())
+            .await
+            .with_context(|| format!("listening on {} for the UI", args.ui_listen_address))?;
+        eprintln!("ui: serving on http://{}/", ui.local_addr()?);
+        servers.spawn(async move {
+            if let Err(e) = ui.serve().await {
+                eprintln!("ui server: {e}");
+            }
+            std::future::pending().await
+        });
+    }
     let socket =
         (!args.hubble_socket_path.is_empty()).then(|| PathBuf::from(&args.hubble_socket_path));
     if let Some(path) = &socket {
@@ -223,26 +235,10 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                 .await
         });
     }
-    if !args.ui_listen_address.is_empty() {
-        let ui = imdsguard_ui::UiServer::bind(&args.ui_listen_address, hub.clone())
-            .await
-            .with_context(|| format!("listening on {} for the UI", args.ui_listen_address))?;
-        eprintln!("ui: serving on http://{}/", ui.local_addr()?);
-        servers.spawn(async move {
-            if let Err(e) = ui.serve().await {
-                eprintln!("ui server: {e}");
-            }
-            std::future::pending().await
-        });
-    }
     let enforcing = args.enforce.endpoints.is_some();
-    if args.hubble_listen_address.is_empty()
-        && socket.is_none()
-        && !enforcing
-        && args.ui_listen_address.is_empty()
-    {
+    if args.hubble_listen_address.is_empty() && socket.is_none() && !enforcing {
         bail!(
-            "nothing to do: give --endpoints to enforce, or --hubble-listen-address, --hubble-socket-path or --ui-listen-address to serve flows"
+            "nothing to do: give --endpoints to enforce, or --hubble-listen-address or --hubble-socket-path to serve flows"
         );
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
