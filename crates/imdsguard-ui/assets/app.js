@@ -228,7 +228,9 @@
     if (!items.length) return;
     const frag = document.createDocumentFragment();
     // A few new rows are flashed; a flood is not (it would only repaint the table all the time).
-    const flash = items.length <= 20;
+    // Rows drawn while another view shows are not flashed either: they would all flash at once
+    // when the table shows again.
+    const flash = items.length <= 20 && state.view === 'flows' && !document.hidden;
     for (let i = items.length - 1; i >= 0; i--) frag.append(rowFor(items[i], flash));
     tbody.insertBefore(frag, tbody.firstChild);
     let refocus = false;
