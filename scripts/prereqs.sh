@@ -3,7 +3,10 @@
 # Sourced by scripts/demo and scripts/test; safe to run again.
 set -euo pipefail
 
-APT_PACKAGES=(clang llvm libbpf-dev nftables iproute2 iputils-ping curl python3 pkg-config ca-certificates)
+APT_PACKAGES=(clang llvm libbpf-dev nftables iproute2 iputils-ping curl python3 pkg-config ca-certificates
+  chromium)
+# Node for the UI's browser tests; a machine with its own Node (and its bundled npm) keeps it.
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,3 +32,11 @@ for c in rustfmt clippy; do
     rustup component add "$c" >/dev/null 2>&1 || true
   fi
 done
+
+# The UI's browser tests (crates/imdsguard/tests/ui.rs): playwright-core, pinned by its lock file,
+# drives the chromium installed above (it downloads no browser).
+ui_tests="$(dirname "${BASH_SOURCE[0]}")/../tests/ui"
+if [ ! -f "$ui_tests/node_modules/playwright-core/package.json" ]; then
+  echo "==> installing the UI tests' node modules (npm ci in tests/ui)"
+  (cd "$ui_tests" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -67,6 +67,11 @@ pub struct AgentArgs {
     /// Never export flows matching one of these FlowFilters (a JSON object or list).
     #[arg(long, default_value = "")]
     hubble_export_denylist: String,
+    /// Serve the web UI (flows, service map, IMDS view) and its JSON API here, e.g.
+    /// 127.0.0.1:12000 (`:PORT` is loopback); empty disables it. No authentication: keep it on
+    /// loopback.
+    #[arg(long, default_value = "")]
+    ui_listen_address: String,
 }
 
 /// A FlowFilter list given as one JSON object or a JSON array of them.
@@ -212,6 +217,18 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
         servers.spawn(async move {
             r.serve_with_incoming(TcpListenerStream::new(listener))
                 .await
+        });
+    }
+    if !args.ui_listen_address.is_empty() {
+        let ui = imdsguard_ui::UiServer::bind(&args.ui_listen_address, hub.clone())
+            .await
+            .with_context(|| format!("listening on {} for the UI", args.ui_listen_address))?;
+        eprintln!("ui: serving on http://{}/", ui.local_addr()?);
+        servers.spawn(async move {
+            if let Err(e) = ui.serve().await {
+                eprintln!("ui server: {e}");
+            }
+            std::future::pending().await
         });
     }
     let socket =
