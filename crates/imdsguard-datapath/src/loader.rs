@@ -403,7 +403,9 @@ impl Datapath {
         }
         if let Some(old) = self.written.insert(ep_id, Written { generation, rows }) {
             self.remove_rows(&old.rows);
-        } else {
+        } else if live > 0 {
+            // A generation this agent did not write: an earlier agent's, whose rows only a walk
+            // of the whole table finds. A new endpoint has none, and skips the walk.
             self.remove_stale_rows(ep_id, generation);
         }
         Ok(generation)
@@ -461,17 +463,23 @@ impl Datapath {
 
     /// Forgets an endpoint: its addresses, then its rows.
     pub fn remove_endpoint(&mut self, ips: &[IpAddr], ep_id: u32) -> Result<()> {
+        self.release_addresses(ips, ep_id);
+        match self.written.remove(&ep_id) {
+            Some(w) => self.remove_rows(&w.rows),
+            None => self.remove_stale_rows(ep_id, u32::MAX),
+        }
+        Ok(())
+    }
+
+    /// Forgets addresses an endpoint no longer has, where they are still its own (another
+    /// endpoint may have taken one over); its policy rows stay.
+    pub fn release_addresses(&mut self, ips: &[IpAddr], ep_id: u32) {
         for ip in ips {
             let addr = Addr::from(*ip);
             if self.endpoints.get(&addr, 0).is_ok_and(|c| c.ep_id == ep_id) {
                 let _ = self.endpoints.remove(&addr);
             }
         }
-        match self.written.remove(&ep_id) {
-            Some(w) => self.remove_rows(&w.rows),
-            None => self.remove_stale_rows(ep_id, u32::MAX),
-        }
-        Ok(())
     }
 
     /// The endpoint entry for an address, as the datapath sees it.

@@ -208,6 +208,8 @@ impl TableSync {
             if unchanged {
                 continue;
             }
+            // Only addresses the endpoint lost go: its rows stay until the new generation is in
+            // force (apply_policy removes them after the flip), so no packet sees a gap.
             if let Some(old) = self.endpoints.get(&key) {
                 let moved: Vec<IpAddr> = old
                     .ips
@@ -215,7 +217,7 @@ impl TableSync {
                     .filter(|ip| !spec.ips.contains(ip))
                     .copied()
                     .collect();
-                dp.remove_endpoint(&moved, ep_id)?;
+                dp.release_addresses(&moved, ep_id);
             }
             match &policy {
                 Some(p) => {

@@ -10,9 +10,66 @@ use std::net::IpAddr;
 /// reached through a gateway, a local address, or a bridge port not learned yet.
 pub fn host_interface(ip: IpAddr) -> Result<Option<String>> {
     let route = run("ip", &["route", "get", &ip.to_string()])?;
-    let Some(dev) = direct_route_dev(&route) else {
-        return Ok(None);
-    };
+    match direct_route_dev(&route) {
+        Some(dev) => bridge_port_of(ip, dev),
+        None => Ok(None),
+    }
+}
+
+/// `host_interface` for many addresses with one `ip` process (a node has a hundred pods, and
+/// the agent looks again when links change). Addresses with no route map to `None`.
+pub fn host_interfaces(
+    ips: &[IpAddr],
+) -> Result<std::collections::HashMap<IpAddr, Option<String>>> {
+    use std::io::Write;
+    let mut out: std::collections::HashMap<IpAddr, Option<String>> =
+        ips.iter().map(|ip| (*ip, None)).collect();
+    if ips.is_empty() {
+        return Ok(out);
+    }
+    let mut child = std::process::Command::new("ip")
+        .args(["-o", "-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|source| crate::NetnsError::Spawn {
+            command: "ip -o -force -batch -".into(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let script: String = ips.iter().map(|ip| format!("route get {ip}\n")).collect();
+        // A failed write leaves lookups unanswered: they stay `None` and are tried again.
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|source| crate::NetnsError::Spawn {
+            command: "ip -o -force -batch -".into(),
+            source,
+        })?;
+    // Failed lookups print nothing on stdout, so each answer is matched by its address.
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        let addr = match first {
+            "local" | "unreachable" | "blackhole" | "prohibit" | "broadcast" | "multicast" => {
+                continue;
+            }
+            a => a,
+        };
+        let (Ok(ip), Some(dev)) = (addr.parse::<IpAddr>(), direct_route_dev(line)) else {
+            continue;
+        };
+        if out.contains_key(&ip) {
+            out.insert(ip, bridge_port_of(ip, dev)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The device itself, or the bridge port behind it where it is a bridge.
+fn bridge_port_of(ip: IpAddr, dev: String) -> Result<Option<String>> {
     if !std::path::Path::new(&format!("/sys/class/net/{dev}/bridge")).exists() {
         return Ok(Some(dev));
     }

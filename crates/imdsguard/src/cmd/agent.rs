@@ -268,9 +268,13 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             "Cilium is this node's datapath ({cni}): it enforces Cilium's policies itself, and imdsguard must not attach next to it. Use imdsguard here as the offline tool (policy check|trace|test, observe, replay); see docs/kubernetes.md"
         );
     }
-    if args.hubble_listen_address.is_empty() && socket.is_none() && !enforcing {
+    if args.hubble_listen_address.is_empty()
+        && socket.is_none()
+        && args.ui_listen_address.is_empty()
+        && !enforcing
+    {
         bail!(
-            "nothing to do: give --kubeconfig or --endpoints to enforce, or --hubble-listen-address or --hubble-socket-path to serve flows"
+            "nothing to do: give --kubeconfig or --endpoints to enforce, or --hubble-listen-address, --hubble-socket-path or --ui-listen-address to serve flows"
         );
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

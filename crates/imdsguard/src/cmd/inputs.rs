@@ -12,6 +12,7 @@ use imdsguard_scenario::EndpointsFile;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Where the datapath attaches.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -263,6 +264,14 @@ fn apply_endpoints(
     }
 }
 
+/// Where an endpoint's addresses were last routed.
+struct Lookup {
+    ips: Vec<IpAddr>,
+    dev: Option<String>,
+    next_try: Instant,
+    delay: Duration,
+}
+
 /// `--kubeconfig` or in-cluster: reflectors over the API.
 pub struct ClusterInputs {
     cluster: Cluster,
@@ -273,8 +282,8 @@ pub struct ClusterInputs {
     applied: Option<ClusterObjects>,
     store: PolicyStore,
     problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
-    /// Endpoint → (the addresses it was looked up by, the interface found).
-    found: HashMap<String, (Vec<IpAddr>, Option<String>)>,
+    /// Each endpoint's interface as last looked up.
+    found: HashMap<String, Lookup>,
     /// Guard veths no known pod has (`--unknown-veths guard`), rescanned when links change.
     guard: bool,
     links: Option<imdsguard_netns::LinkWatch>,
@@ -399,33 +408,60 @@ impl Inputs for ClusterInputs {
     }
 
     fn interfaces(&mut self, repo: &Repository, retry: bool) -> Interfaces {
-        let retry = retry || self.rescan;
-        let mut out = BTreeMap::new();
+        let links_changed = self.rescan;
+        let now = Instant::now();
         let mut live = HashSet::new();
+        let mut wanted: Vec<(String, Vec<IpAddr>)> = Vec::new();
         for (spec, _) in repo.endpoints() {
             let key = spec.key();
             live.insert(key.clone());
-            let cached = self.found.get(&key).filter(|(ips, _)| *ips == spec.ips);
-            let stale = cached.is_some_and(|(_, dev)| {
-                dev.as_ref()
-                    .is_some_and(|d| !std::path::Path::new(&format!("/sys/class/net/{d}")).exists())
-            });
-            let dev = match cached {
-                Some((_, dev)) if !stale && (dev.is_some() || !retry) => dev.clone(),
-                _ => {
-                    let dev = spec
-                        .ips
-                        .iter()
-                        .find_map(|ip| imdsguard_netns::host_interface(*ip).ok().flatten());
-                    self.found
-                        .insert(key.clone(), (spec.ips.clone(), dev.clone()));
-                    dev
+            let cached = self.found.get(&key).filter(|l| l.ips == spec.ips);
+            let look = match cached {
+                None => true,
+                // The veth went (the pod's sandbox was recreated): look again.
+                Some(Lookup { dev: Some(d), .. }) => {
+                    !std::path::Path::new(&format!("/sys/class/net/{d}")).exists()
                 }
+                // Not found yet: again when links change, else with backoff (a pod may have no
+                // route here for good: a stale IP, another network).
+                Some(l) => links_changed || (retry && now >= l.next_try),
             };
-            if let Some(d) = dev {
-                out.insert(key, d);
+            if look {
+                wanted.push((key, spec.ips.clone()));
             }
         }
+        if !wanted.is_empty() {
+            let ips: Vec<IpAddr> = wanted.iter().flat_map(|(_, ips)| ips.clone()).collect();
+            let routes = imdsguard_netns::host_interfaces(&ips).unwrap_or_else(|e| {
+                eprintln!("looking up pod interfaces: {e}");
+                HashMap::new()
+            });
+            for (key, ips) in wanted {
+                let dev = ips.iter().find_map(|ip| routes.get(ip).cloned().flatten());
+                let delay = match self.found.get(&key) {
+                    Some(l) if l.dev.is_none() && l.ips == ips => {
+                        (l.delay * 2).min(Duration::from_secs(30))
+                    }
+                    _ => Duration::from_secs(1),
+                };
+                self.found.insert(
+                    key,
+                    Lookup {
+                        ips,
+                        dev,
+                        next_try: now + delay,
+                        delay,
+                    },
+                );
+            }
+        }
+        let out: BTreeMap<String, String> = self
+            .found
+            .iter()
+            .filter(|(k, _)| live.contains(*k))
+            .filter_map(|(k, l)| Some((k.clone(), l.dev.clone()?)))
+            .collect();
+        let retry = retry || links_changed;
         self.found.retain(|k, _| live.contains(k));
         if self.guard && retry {
             match imdsguard_netns::veths() {

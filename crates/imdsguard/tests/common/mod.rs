@@ -30,8 +30,11 @@ impl Kapilite {
         let dir = std::env::temp_dir().join(unique_name("kapi"));
         std::fs::create_dir_all(&dir).expect("mkdir");
         // Three free ports in a row: the API server and etcd's two.
-        let port = (0..200)
-            .map(|i| 20_000 + ((std::process::id() as u16 % 300) * 30 + i * 3) % 30_000)
+        // Tests of one binary start servers at once: each takes its own slot.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let slot = NEXT.fetch_add(50, std::sync::atomic::Ordering::Relaxed);
+        let port = (0..50)
+            .map(|i| 20_000 + ((std::process::id() as u16 % 100) * 300 + (slot + i) * 3) % 30_000)
             .find(|p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
             .expect("free ports");
         let k = Kapilite { dir, port };
