@@ -61,8 +61,8 @@ pub fn host_interfaces(
         let (Ok(ip), Some(dev)) = (addr.parse::<IpAddr>(), direct_route_dev(line)) else {
             continue;
         };
-        if out.contains_key(&ip) {
-            out.insert(ip, bridge_port_of(ip, dev)?);
+        if let Some(slot) = out.get_mut(&ip) {
+            *slot = bridge_port_of(ip, dev)?;
         }
     }
     Ok(out)
