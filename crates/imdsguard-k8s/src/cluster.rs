@@ -100,6 +100,7 @@ pub struct Cluster {
     policies: Arc<Vec<PolicyStore>>,
     status: Arc<Mutex<Vec<WatchStatus>>>,
     generation: Arc<AtomicU64>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Cluster {
@@ -111,9 +112,11 @@ impl Cluster {
 
     pub fn start_with(client: Client, node_name: &str) -> Cluster {
         let generation = Arc::new(AtomicU64::new(0));
+        let changed = Arc::new(tokio::sync::Notify::new());
         let status = Arc::new(Mutex::new(Vec::new()));
         let reflect = {
-            let (generation, status) = (generation.clone(), status.clone());
+            let (generation, status, changed) =
+                (generation.clone(), status.clone(), changed.clone());
             move |resource: String| Progress {
                 index: {
                     let mut s = lock(&status);
@@ -125,6 +128,7 @@ impl Cluster {
                 },
                 status: status.clone(),
                 generation: generation.clone(),
+                changed: changed.clone(),
             }
         };
         let pods = spawn_reflector(
@@ -164,7 +168,13 @@ impl Cluster {
             policies: Arc::new(policies),
             status,
             generation,
+            changed,
         }
+    }
+
+    /// Completes when the generation moves (at once if it moved since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     pub fn client(&self) -> Client {
@@ -302,6 +312,14 @@ struct Progress {
     index: usize,
     status: Arc<Mutex<Vec<WatchStatus>>>,
     generation: Arc<AtomicU64>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Progress {
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
 }
 
 impl Progress {
@@ -342,7 +360,7 @@ where
                         });
                     }
                     if !matches!(e, watcher::Event::Init | watcher::Event::InitApply(_)) {
-                        progress.generation.fetch_add(1, Ordering::AcqRel);
+                        progress.bump();
                     }
                 }
                 Err(e) => {
@@ -357,7 +375,7 @@ where
                         // A kind the API does not serve has no objects, and that is complete.
                         if missing && !s.missing && !s.synced {
                             s.missing = true;
-                            progress.generation.fetch_add(1, Ordering::AcqRel);
+                            progress.bump();
                         }
                     });
                 }

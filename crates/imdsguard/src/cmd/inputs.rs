@@ -61,6 +61,11 @@ pub trait Inputs: Send {
     fn watches(&self) -> Vec<WatchStatus> {
         Vec::new()
     }
+    /// Waits up to `timeout` for the next turn of the loop; a source that can tell when it
+    /// changed ends the wait early.
+    fn wait(&self, timeout: Duration) {
+        std::thread::sleep(timeout);
+    }
     /// Files to watch with inotify.
     fn paths(&self) -> Vec<PathBuf> {
         Vec::new()
@@ -275,6 +280,8 @@ struct Lookup {
 /// `--kubeconfig` or in-cluster: reflectors over the API.
 pub struct ClusterInputs {
     cluster: Cluster,
+    /// The agent's runtime, to wait for the reflectors from the loop's thread.
+    runtime: tokio::runtime::Handle,
     /// Policies shipped as files (a ConfigMap), in force next to the cluster's objects.
     policy_dir: Option<PathBuf>,
     files: Vec<Source>,
@@ -312,6 +319,7 @@ impl ClusterInputs {
             None
         };
         ClusterInputs {
+            runtime: tokio::runtime::Handle::current(),
             guard,
             links,
             rescan: true,
@@ -339,6 +347,13 @@ impl Inputs for ClusterInputs {
 
     fn poll_every_tick(&self) -> bool {
         true
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let changed = self.cluster.changed();
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, changed).await })
+            .ok();
     }
 
     fn refresh(&mut self, repo: &mut Repository, due: bool) -> bool {
