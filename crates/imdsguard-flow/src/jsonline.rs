@@ -114,6 +114,77 @@ impl<'a> Parser<'a> {
         Ok(s)
     }
 
+    /// A string value into `out` (replacing what it held), escapes decoded: Go's JSON encoder
+    /// writes `&`, `<` and `>` as `\u0026`, `\u003c` and `\u003e`, so Hubble's URLs have them.
+    fn string_into(&mut self, out: &mut String) -> R {
+        self.expect(b'"')?;
+        out.clear();
+        loop {
+            let start = self.i;
+            self.i += string_len(&self.b[start..]).ok_or(Unsupported)?;
+            out.push_str(self.s.get(start..self.i).ok_or(Unsupported)?);
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                b'\\' => {
+                    self.i += 1;
+                    let c = self.escape()?;
+                    out.push(c);
+                }
+                // A control character: invalid JSON, which the generated decoder reports.
+                _ => return Err(Unsupported),
+            }
+        }
+    }
+
+    /// The character of the escape after a backslash.
+    fn escape(&mut self) -> R<char> {
+        let c = *self.b.get(self.i).ok_or(Unsupported)?;
+        self.i += 1;
+        Ok(match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let high = self.hex4()?;
+                let code = if (0xD800..0xDC00).contains(&high) {
+                    if self.b.get(self.i..self.i + 2) != Some(b"\\u".as_slice()) {
+                        return Err(Unsupported);
+                    }
+                    self.i += 2;
+                    let low = self.hex4()?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return Err(Unsupported);
+                    }
+                    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+                } else {
+                    high
+                };
+                // A lone low surrogate is no character.
+                char::from_u32(code).ok_or(Unsupported)?
+            }
+            _ => return Err(Unsupported),
+        })
+    }
+
+    /// Exactly four hex digits (`from_str_radix` would also take a sign).
+    fn hex4(&mut self) -> R<u32> {
+        let digits = self.b.get(self.i..self.i + 4).ok_or(Unsupported)?;
+        let mut v = 0;
+        for d in digits {
+            v = v * 16 + char::from(*d).to_digit(16).ok_or(Unsupported)?;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
     /// Calls `f` with each key of an object, positioned at its value.
     fn object(&mut self, mut f: impl FnMut(&mut Self, &'a [u8]) -> R) -> R {
         self.expect(b'{')?;
@@ -309,10 +380,7 @@ trait Value {
 
 impl Value for String {
     fn decode(&mut self, p: &mut Parser<'_>) -> R {
-        let s = p.str()?;
-        self.clear();
-        self.push_str(s);
-        Ok(())
+        p.string_into(self)
     }
     fn reset(&mut self) {
         self.clear();
@@ -790,6 +858,9 @@ mod tests {
             r#"{"flow":{"l7":{"type":"REQUEST","latency_ns":"1200","http":{"method":"GET","headers":[{"key":"a","value":"b"}]}}}}"#,
             r#"{"flow":{"l4":{"ICMPv4":{"type":8}},"is_reply":true,"source":{},"egress_allowed_by":[]}}"#,
             r#"{"flow":{"time":"2025-07-15T21:49:39.668000001Z","l4":{}}}"#,
+            r#"{"flow":{"node_name":"a\"b"}}"#, // escapes, as Go writes them
+            r#"{"flow":{"Summary":"a\u0026b \u003c\u003e \"q\" \\ \/ \n\t\b\f\r \ud83d\ude00 é"}}"#,
+            r#"{"flow":{"Summary":"\u00e9\u20AC"}}"#,
         ];
         for line in lines {
             let got = fast(line).unwrap_or_else(|| panic!("fast path refused {line}"));
@@ -800,7 +871,6 @@ mod tests {
     #[test]
     fn hands_everything_else_to_the_generated_decoder() {
         let lines = [
-            r#"{"flow":{"node_name":"a\"b"}}"#,                // escape
             r#"{"flow":{"source":null}}"#,                     // null
             r#"{"flow":{"nodeName":"x"}}"#,                    // camelCase
             r#"{"flow":{"verdict":"FORWARDED","verdict":1}}"#, // duplicate
@@ -810,6 +880,11 @@ mod tests {
             r#"{"flow":{"verdict":"NOPE"}}"#,                  // unknown enum name
             r#"{"flow":{"verdict":99}}"#,                      // unknown enum number
             r#"{"flow":{"l4":{"TCP":{},"UDP":{}}}}"#,          // two oneof members
+            r#"{"flow":{"Summary":"\ud83d"}}"#,                // a lone high surrogate
+            r#"{"flow":{"Summary":"\ude00"}}"#,                // a lone low surrogate
+            r#"{"flow":{"Summary":"\u+123"}}"#,                // a sign is no hex digit
+            r#"{"flow":{"Summary":"\x"}}"#,                    // no such escape
+            r#"{"flow":{"Summary":"\u12"}}"#,                  // too short
             r#"{"flow":{"extensions":{}}}"#,                   // a field it does not list
             r#"{"lost_events":{"num_events_lost":"3"}}"#,      // another response type
             r#"{"flow":{}} x"#,                                // trailing garbage
