@@ -52,19 +52,15 @@ pub const CRDS: [(&str, &str); 3] = [
 ];
 
 /// The capabilities the agent's container gets, and why each: nothing else.
-pub const CAPABILITIES: [(&str, &str); 4] = [
+pub const CAPABILITIES: [(&str, &str); 3] = [
     ("BPF", "load programs, create and pin maps"),
     (
         "NET_ADMIN",
-        "attach TCX programs, the proxy's ip rule, IP_TRANSPARENT and SO_MARK",
+        "attach TCX programs and read their chains, the proxy's ip rule, IP_TRANSPARENT and SO_MARK",
     ),
     (
         "PERFMON",
         "the verifier's pointer arithmetic and bpf_sk_assign for an unprivileged loader",
-    ),
-    (
-        "SYS_ADMIN",
-        "reading the TCX chain to check the programs are first (bpf_prog_get_fd_by_id)",
     ),
 ];
 
@@ -292,6 +288,6 @@ mod tests {
         assert!(text.contains("- \"--policy-audit-mode\""));
         assert!(text.contains("{name: flows, mountPath: \"/var/log/imdsguard\"}"));
         assert!(text.contains("- BPF #"));
-        assert!(!text.contains("SYS_MODULE"));
+        assert!(!text.contains("SYS_ADMIN"));
     }
 }

@@ -103,10 +103,7 @@ fn install_dry_run_prints_the_committed_manifests_with_least_privilege() {
     let agent = agent_container(ds);
     assert_eq!(agent["securityContext"]["privileged"], false);
     assert_eq!(agent["securityContext"]["capabilities"]["drop"][0], "ALL");
-    assert_eq!(
-        capabilities(ds),
-        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"]
-    );
+    assert_eq!(capabilities(ds), ["BPF", "NET_ADMIN", "PERFMON"]);
     let mounts: Vec<&str> = agent["volumeMounts"]
         .as_array()
         .unwrap()
