@@ -6,18 +6,10 @@
 use crate::{Result, run};
 use std::net::IpAddr;
 
-/// The interface the host sends `ip` out of, when that is a pod's own link: `None` for an address
-/// reached through a gateway, a local address, or a bridge port not learned yet.
-pub fn host_interface(ip: IpAddr) -> Result<Option<String>> {
-    let route = run("ip", &["route", "get", &ip.to_string()])?;
-    match direct_route_dev(&route) {
-        Some(dev) => bridge_port_of(ip, dev),
-        None => Ok(None),
-    }
-}
-
-/// `host_interface` for many addresses with one `ip` process (a node has a hundred pods, and
-/// the agent looks again when links change). Addresses with no route map to `None`.
+/// The interface the host sends each address out of, when that is a pod's own link, with one
+/// `ip` process for all (a node has a hundred pods, and the agent looks again when links
+/// change): `None` for an address with no route, one reached through a gateway, a local
+/// address, or a bridge port not learned yet.
 pub fn host_interfaces(
     ips: &[IpAddr],
 ) -> Result<std::collections::HashMap<IpAddr, Option<String>>> {

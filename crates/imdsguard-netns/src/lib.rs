@@ -7,7 +7,7 @@
 
 mod host;
 
-pub use host::{LinkWatch, direct_route_dev, host_interface, host_interfaces, veths};
+pub use host::{LinkWatch, direct_route_dev, host_interfaces, veths};
 
 use std::net::IpAddr;
 use std::process::{Command, Output};

@@ -238,6 +238,14 @@ async fn apply(client: &Client, ar: &ApiResource, ns: Option<&str>, obj: Value) 
     .expect("apply");
 }
 
+fn ccnp() -> ApiResource {
+    cilium(
+        "CiliumClusterwideNetworkPolicy",
+        "v2",
+        "ciliumclusterwidenetworkpolicies",
+    )
+}
+
 /// The seed's CIDR group: IMDS's address.
 async fn imds_group(client: &Client) {
     let ccg = cilium("CiliumCIDRGroup", "v2alpha1", "ciliumcidrgroups");
@@ -296,11 +304,7 @@ fn the_agent_follows_pods_namespaces_and_policies_from_the_api_server() {
     let rt = runtime();
     let kapi = Kapilite::start();
     let client = rt.block_on(kapi.client());
-    let ccnp = cilium(
-        "CiliumClusterwideNetworkPolicy",
-        "v2",
-        "ciliumclusterwidenetworkpolicies",
-    );
+    let ccnp = ccnp();
     rt.block_on(async {
         install_crds(&client).await;
         // kapilite has no namespace controller to create `default`, where Events of
@@ -524,11 +528,7 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
     let rt = runtime();
     let kapi = Kapilite::start();
     let client = rt.block_on(kapi.client());
-    let ccnp = cilium(
-        "CiliumClusterwideNetworkPolicy",
-        "v2",
-        "ciliumclusterwidenetworkpolicies",
-    );
+    let ccnp = ccnp();
     rt.block_on(async {
         install_crds(&client).await;
         namespace(&client, "go-webapp", json!({})).await;

@@ -286,6 +286,7 @@ pub struct ClusterInputs {
     policy_dir: Option<PathBuf>,
     files: Vec<Source>,
     seen: u64,
+    /// The cluster's objects as last applied (the policy files are in `files`).
     applied: Option<ClusterObjects>,
     store: PolicyStore,
     problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
@@ -379,7 +380,7 @@ impl Inputs for ClusterInputs {
         if self.applied.as_ref() == Some(&snap.objects) && !files_changed {
             return false;
         }
-        let mut objects = snap.objects;
+        let objects = snap.objects;
         let mut sources = objects.policies.clone();
         sources.extend(self.files.iter().cloned());
         let first = self.applied.is_none();
@@ -410,7 +411,6 @@ impl Inputs for ClusterInputs {
                 objects.policies.len()
             );
         }
-        objects.policies = sources;
         self.applied = Some(objects);
         true
     }
