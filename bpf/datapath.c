@@ -96,6 +96,31 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
+/* The proxy's listeners (0: IPv4, 1: IPv6), for proxy_time_wait. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} proxy_listeners SEC(".maps");
+
+/* A redirected SYN that found a TIME_WAIT of the proxy's on its tuple, handed
+ * from to_proxy to proxy_time_wait. */
+struct tw_key {
+	__u32 family;
+	__be32 remote[4];
+	__be32 local[4];
+	__be16 remote_port;
+	__be16 local_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tw_key);
+	__type(value, __u8);
+} tw_handoff SEC(".maps");
+
 /* ICMP and ICMPv6 share this layout for the fields read here. (linux/icmp.h
  * pulls in libc headers that do not build for the BPF target.) */
 struct icmp_echo_hdr {
@@ -467,6 +492,33 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 	}
 	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
+		if (sk->state == BPF_TCP_TIME_WAIT && (p->tcp_flags & TCP_SYN)) {
+			/* The proxy closed this tuple first and keeps its TIME_WAIT;
+			 * the client reuses the port. Given the listener, the SYN
+			 * would be dropped without a word: the kernel refuses a
+			 * request whose tuple is taken. Given the TIME_WAIT, the
+			 * kernel recycles it as for any server and looks for a
+			 * listener on the original destination, which
+			 * proxy_time_wait answers with the proxy's. */
+			struct tw_key k = {};
+			__u8 one = 1;
+
+			if (p->ipver == 4) {
+				k.family = 4;
+				k.remote[0] = t.ipv4.saddr;
+				k.local[0] = t.ipv4.daddr;
+			} else {
+				k.family = 6;
+				__builtin_memcpy(k.remote, t.ipv6.saddr, 16);
+				__builtin_memcpy(k.local, t.ipv6.daddr, 16);
+			}
+			k.remote_port = p->sport;
+			k.local_port = p->dport;
+			bpf_map_update_elem(&tw_handoff, &k, &one, BPF_ANY);
+			ret = bpf_sk_assign(skb, sk, 0);
+			bpf_sk_release(sk);
+			goto done;
+		}
 		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT) {
 			ret = bpf_sk_assign(skb, sk, 0);
 			bpf_sk_release(sk);
@@ -647,4 +699,47 @@ SEC("classifier")
 int noop(struct __sk_buff *skb)
 {
 	return TCX_NEXT;
+}
+
+/* Socket lookup in the agent's network namespace: a redirected SYN that met
+ * the proxy's TIME_WAIT (see to_proxy) asks for a listener on its original
+ * destination, where none listens; the answer is the proxy's. Every other
+ * lookup goes on as usual. */
+SEC("sk_lookup")
+int proxy_time_wait(struct bpf_sk_lookup *ctx)
+{
+	struct tw_key k = {};
+	struct bpf_sock *sk;
+	__u32 idx;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->family == 2 /* AF_INET */) {
+		k.family = 4;
+		k.remote[0] = ctx->remote_ip4;
+		k.local[0] = ctx->local_ip4;
+		idx = 0;
+	} else {
+		k.family = 6;
+		k.remote[0] = ctx->remote_ip6[0];
+		k.remote[1] = ctx->remote_ip6[1];
+		k.remote[2] = ctx->remote_ip6[2];
+		k.remote[3] = ctx->remote_ip6[3];
+		k.local[0] = ctx->local_ip6[0];
+		k.local[1] = ctx->local_ip6[1];
+		k.local[2] = ctx->local_ip6[2];
+		k.local[3] = ctx->local_ip6[3];
+		idx = 1;
+	}
+	k.remote_port = (__be16)ctx->remote_port;
+	k.local_port = bpf_htons((__u16)ctx->local_port);
+	if (!bpf_map_lookup_elem(&tw_handoff, &k))
+		return SK_PASS;
+	bpf_map_delete_elem(&tw_handoff, &k);
+	sk = bpf_map_lookup_elem(&proxy_listeners, &idx);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
 }

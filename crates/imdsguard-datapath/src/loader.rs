@@ -11,14 +11,17 @@ use crate::abi::{
 };
 use crate::tables::EndpointTables;
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, SockMap,
+};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{ProgramError, SchedClassifier, SkLookup, TcAttachType};
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -139,6 +142,8 @@ pub struct Datapath {
     config: Array<MapData, Config>,
     events: Option<RingBuf<MapData>>,
     written: HashMap<u32, Written>,
+    proxy_listeners: SockMap<MapData>,
+    time_wait_attached: bool,
 }
 
 impl Datapath {
@@ -184,6 +189,8 @@ impl Datapath {
             PerCpuArray::try_from(take(&mut bpf, "counters")?).map_err(map_err("counters"))?;
         let events = RingBuf::try_from(take(&mut bpf, "events")?).map_err(map_err("events"))?;
         let config = Array::try_from(take(&mut bpf, "config")?).map_err(map_err("config"))?;
+        let proxy_listeners = SockMap::try_from(take(&mut bpf, "proxy_listeners")?)
+            .map_err(map_err("proxy_listeners"))?;
         Ok(Datapath {
             bpf,
             dir,
@@ -194,7 +201,49 @@ impl Datapath {
             config,
             events: Some(events),
             written: HashMap::new(),
+            proxy_listeners,
+            time_wait_attached: false,
         })
+    }
+
+    /// Hands the proxy's listeners to the datapath, so that a redirected SYN which meets the
+    /// proxy's TIME_WAIT on its tuple (the proxy closes first, as a server does, and clients
+    /// reuse ports) opens a new connection instead of being dropped: the socket-lookup program
+    /// `proxy_time_wait` answers the kernel's TIME_WAIT recycling with the proxy's listener. It
+    /// is attached to this process's network namespace for as long as this `Datapath` lives, and
+    /// a listener leaves the map when it closes.
+    pub fn set_proxy_listeners(
+        &mut self,
+        ipv4: Option<BorrowedFd<'_>>,
+        ipv6: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        const NAME: &str = "proxy_time_wait";
+        for (index, fd) in [(0u32, ipv4), (1, ipv6)] {
+            match fd {
+                Some(fd) => self
+                    .proxy_listeners
+                    .set(index, &fd, 0)
+                    .map_err(map_err("proxy_listeners"))?,
+                None => {
+                    let _ = self.proxy_listeners.clear_index(&index);
+                }
+            }
+        }
+        if self.time_wait_attached {
+            return Ok(());
+        }
+        let prog: &mut SkLookup = self
+            .bpf
+            .program_mut(NAME)
+            .ok_or(DatapathError::Missing(NAME))?
+            .try_into()
+            .map_err(prog_err(NAME))?;
+        prog.load().map_err(prog_err(NAME))?;
+        let path = Path::new("/proc/self/ns/net");
+        let netns = std::fs::File::open(path).map_err(io_err(path))?;
+        prog.attach(&netns).map_err(prog_err(NAME))?;
+        self.time_wait_attached = true;
+        Ok(())
     }
 
     /// `links/<ifname>/<program>`. bpffs refuses dots in names (EPERM: reserved by the kernel),

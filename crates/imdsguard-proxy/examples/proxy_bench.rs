@@ -122,6 +122,34 @@ fn wrk_c(client: &Pod, url: &str, secs: u64, close: bool, conns: &str) -> Run {
     r
 }
 
+/// Handshake and first-byte times of single `curl` requests, each on a new connection.
+fn probe(client: &Pod, url: &str, when: &str) {
+    let script = format!(
+        "ss -tan state time-wait | wc -l; nstat -az | grep -iE 'SynRetrans|TCPTimeouts|TcpOutRsts|TcpAttemptFails|TcpInErrs|TcpExtTCPAbortOnData|TcpRetransSegs|TcpActiveOpens' | awk '$2 > 0'; for i in $(seq 200); do curl -s -o /dev/null -w '%{{time_connect}} %{{time_starttransfer}}\\n' -H 'Connection: close' {url}; done"
+    );
+    let out = client.ns.exec("sh", &["-c", &script]).expect("probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tw = text.lines().next().unwrap_or_default().to_owned();
+    let mut t: Vec<(f64, f64)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect();
+    t.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for l in text.lines().filter(|l| l.starts_with("Tcp")) {
+        eprintln!("  client {l}");
+    }
+    eprintln!(
+        "probe {when} ({tw} client TIME_WAIT): (connect, first byte) p50 {:?} p90 {:?} max {:?}",
+        t.get(t.len() / 2),
+        t.get(t.len() * 9 / 10),
+        t.last()
+    );
+}
+
 fn nginx(pod: &Pod, dir: &Path, name: &str, server: &str) -> Process {
     let conf = dir.join(format!("{name}.conf"));
     let tmp = dir.join(name);
@@ -269,6 +297,10 @@ fn main() {
         .expect("runtime");
     let guard = rt.enter();
     let listener = transparent_listener((Ipv4Addr::LOCALHOST, proxy_port).into()).expect("listen");
+    let listener_fd = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned().expect("dup")
+    };
     let flows = Arc::new(Count::default());
     let sink: Arc<dyn FlowSink> = flows.clone();
     let proxy = tokio::spawn(serve(
@@ -282,6 +314,11 @@ fn main() {
         ..Default::default()
     })
     .expect("datapath");
+    {
+        use std::os::fd::AsFd;
+        dp.set_proxy_listeners(Some(listener_fd.as_fd()), None)
+            .expect("proxy listeners");
+    }
     let mut sync = TableSync::new(SyncOptions {
         proxy_port,
         ..Default::default()
@@ -289,6 +326,9 @@ fn main() {
     sync.sync(&repo, &mut dp).expect("sync");
     dp.attach(&client.host_if).expect("attach");
     eprintln!("[3/4] imdsguard proxy");
+    if std::env::var_os("PROBE").is_some() {
+        probe(&client, &direct_url, "before wrk");
+    }
     let ours = (
         wrk(&client, &direct_url, secs, false),
         wrk(&client, &direct_url, secs, true),
@@ -297,24 +337,7 @@ fn main() {
 
     eprintln!("datapath counters: {:?}", dp.counters().unwrap_or_default());
     if std::env::var_os("PROBE").is_some() {
-        let script = format!(
-            "for i in $(seq 200); do curl -s -o /dev/null -w '%{{time_connect}} %{{time_starttransfer}}\\n' -H 'Connection: close' {direct_url}; done"
-        );
-        let out = client.ns.exec("sh", &["-c", &script]).expect("probe");
-        let mut t: Vec<(f64, f64)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
-            })
-            .collect();
-        t.sort_by(|a, b| a.1.total_cmp(&b.1));
-        eprintln!(
-            "probe (connect, first byte) p50 {:?} p90 {:?} max {:?}",
-            t.get(t.len() / 2),
-            t.get(t.len() * 9 / 10),
-            t.last()
-        );
+        probe(&client, &direct_url, "after wrk");
     }
     eprintln!("[4/4] 1,000 open connections");
     let before = rss_kb();

@@ -443,14 +443,35 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
     {
         ctx.give_back(target, stream);
     }
-    // Let the client close first: the side that closes first keeps the TIME_WAIT, and one left
-    // on the proxy's side would make the kernel refuse the next SYN that reuses the client's
-    // port (the redirected SYN goes to the listener, not through TIME_WAIT recycling).
+    // Close as a server does: our FIN first (carried by the last response segment when
+    // `exchanges` corked it), so the TIME_WAIT stays here. Left on the client's side, thousands
+    // of them make every new connect() search for a free port (4 ms per connect at 15,000 on
+    // this kernel). Then read until the client closes, so a request still in flight cannot
+    // turn into a reset that destroys the response.
+    let _ = client.shutdown().await;
     let mut sink = [0u8; 1024];
     let _ = timeout(Duration::from_secs(2), async {
         while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// Holds partial segments until the connection's FIN: the last response and the FIN then
+/// leave in one segment, so the client sees the close before it could start its own.
+fn cork(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size. Failure only
+    // costs a separate FIN segment.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// The upstream connection of one client connection.
@@ -617,6 +638,9 @@ async fn exchanges(
         // The upstream connection stays open (Connection is per hop), so a client that asked
         // to close must hear it from us.
         let head = &upbuf[..resp.head_len];
+        if req.close || resp.close {
+            cork(client);
+        }
         let written = if req.close && !resp.close {
             client.write_all(&closing_head(head)).await
         } else {

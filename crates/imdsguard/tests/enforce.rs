@@ -521,6 +521,57 @@ fn the_proxy_enforces_http_rules_on_redirected_connections() {
         .map(str::to_owned)
         .collect::<Vec<_>>();
     assert_eq!(seen[probes..], [format!("GET {instance}")]);
+    // The proxy closes first, as a server does, so the TIME_WAIT is its own, and a client may
+    // reuse its port at once: three requests in a row from one port each get their answer
+    // (a SYN meeting the proxy's TIME_WAIT used to be dropped until it expired), and the pod
+    // is left with no TIME_WAIT of its own.
+    let port = 20000 + (std::process::id() % 10000) as u16;
+    let syn_retransmits = |pod: &Pod| {
+        let out = pod
+            .ns
+            .exec("nstat", &["-az", "TcpExtTCPSynRetrans"])
+            .expect("nstat");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("TcpExtTCPSynRetrans")
+    };
+    let before = syn_retransmits(&c);
+    for i in 0..3 {
+        let out =
+            c.ns.exec(
+                "curl",
+                &[
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "--local-port",
+                    &port.to_string(),
+                    "-H",
+                    "Connection: close",
+                    "-w",
+                    "\n%{http_code}",
+                    &format!("http://{imds}{instance}"),
+                ],
+            )
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with("\n200"),
+            "request {i} from port {port}: {text:?}; curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(syn_retransmits(&c), before, "a SYN was lost on the way");
+    let waiting =
+        c.ns.exec("ss", &["-Htan", "state", "time-wait"])
+            .expect("ss");
+    let waiting = String::from_utf8_lossy(&waiting.stdout);
+    assert!(
+        !waiting.contains(&format!(":{port} ")),
+        "the pod keeps a TIME_WAIT on port {port}:\n{waiting}"
+    );
     std::fs::remove_file(policies.join("c.yaml")).expect("rm");
     std::fs::remove_file(policies.join("d.yaml")).expect("rm");
     let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-imds");

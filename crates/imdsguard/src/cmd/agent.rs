@@ -425,6 +425,10 @@ fn start_proxy(
         match transparent_listener(addr) {
             Ok(l) => {
                 eprintln!("proxy: listening on {addr} (transparent)");
+                let fd = std::os::fd::AsFd::as_fd(&l)
+                    .try_clone_to_owned()
+                    .context("duplicating the proxy's listener")?;
+                view.add_listener(addr.is_ipv6(), fd);
                 let (cfg, view, sink) = (cfg.clone(), view.clone(), sink.clone());
                 let authority: Arc<dyn imdsguard_proxy::server::Authority> = view;
                 servers.spawn(async move {

@@ -14,6 +14,7 @@ use imdsguard_policy::{EngineOptions, Identity, Repository};
 use imdsguard_proxy::server::{Authority, Client, FlowSink};
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +98,13 @@ pub fn run(
             args.bpf_root.display()
         )
     })?;
+    if let Ok(l) = proxy.listeners.lock() {
+        dp.set_proxy_listeners(
+            l.0.as_ref().map(|f| f.as_fd()),
+            l.1.as_ref().map(|f| f.as_fd()),
+        )
+        .context("handing the proxy's listeners to the datapath")?;
+    }
     let mut events = dp
         .take_events()
         .context("the datapath's event ring buffer is already taken")?;
@@ -434,17 +442,32 @@ impl ProxyView {
 
 /// The proxy's view of the agent, shared between the reload loop and the proxy's tasks.
 #[derive(Default)]
-pub struct ProxyShared(std::sync::RwLock<Arc<ProxyView>>);
+pub struct ProxyShared {
+    view: std::sync::RwLock<Arc<ProxyView>>,
+    /// The proxy's listeners (IPv4, IPv6), for the datapath's TIME_WAIT hand-off.
+    listeners: std::sync::Mutex<(Option<OwnedFd>, Option<OwnedFd>)>,
+}
 
 impl ProxyShared {
     fn update(&self, view: ProxyView) {
-        if let Ok(mut v) = self.0.write() {
+        if let Ok(mut v) = self.view.write() {
             *v = Arc::new(view);
         }
     }
 
     fn view(&self) -> Arc<ProxyView> {
-        self.0.read().map(|v| v.clone()).unwrap_or_default()
+        self.view.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Records a listener the proxy serves (a duplicate of its descriptor).
+    pub fn add_listener(&self, ipv6: bool, fd: OwnedFd) {
+        if let Ok(mut l) = self.listeners.lock() {
+            if ipv6 {
+                l.1 = Some(fd);
+            } else {
+                l.0 = Some(fd);
+            }
+        }
     }
 }
 
