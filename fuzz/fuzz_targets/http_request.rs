@@ -10,8 +10,8 @@ fuzz_target!(|data: &[u8]| {
     if let Parse::Done(r) = parse_request(data, "169.254.169.254:80", &limits) {
         assert!(r.head_len <= data.len());
         assert!(data[..r.head_len].ends_with(b"\r\n\r\n"));
-        assert!(r.path.starts_with('/'));
-        let path = r.path.split('?').next().unwrap_or("");
+        assert!(r.http.path.starts_with('/'));
+        let path = r.http.path.split('?').next().unwrap_or("");
         assert!(!path.contains("//") && !path.split('/').any(|s| s == ".." || s == "."));
         let again = parse_request(&data[..r.head_len], "169.254.169.254:80", &limits);
         assert_eq!(again, Parse::Done(r));

@@ -19,8 +19,8 @@ pub struct Exchange<'a> {
     pub client: SocketAddr,
     /// The original destination.
     pub server: SocketAddr,
-    pub source: Endpoint,
-    pub destination: Endpoint,
+    pub source: &'a Endpoint,
+    pub destination: &'a Endpoint,
     pub request: &'a Request,
     pub node_name: &'a str,
     /// The policies that allowed the request (empty when denied).
@@ -29,12 +29,13 @@ pub struct Exchange<'a> {
 
 impl Exchange<'_> {
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.server, self.request.path)
+        format!("http://{}{}", self.server, self.request.http.path)
     }
 
     fn http(&self, code: u32) -> Http {
         let mut headers: Vec<HttpHeader> = self
             .request
+            .http
             .headers
             .iter()
             .map(|(k, v)| HttpHeader {
@@ -45,7 +46,7 @@ impl Exchange<'_> {
         headers.sort_by(|a, b| a.key.cmp(&b.key));
         Http {
             code,
-            method: self.request.method.clone(),
+            method: self.request.http.method.clone(),
             url: self.url(),
             protocol: format!("HTTP/1.{}", self.request.minor_version),
             headers,
@@ -56,9 +57,9 @@ impl Exchange<'_> {
     #[allow(deprecated)]
     fn flow(&self, reply: bool, verdict: Verdict, l7: Layer7, summary: String) -> Flow {
         let (src, dst, s, d) = if reply {
-            (self.server, self.client, &self.destination, &self.source)
+            (self.server, self.client, self.destination, self.source)
         } else {
-            (self.client, self.server, &self.source, &self.destination)
+            (self.client, self.server, self.source, self.destination)
         };
         Flow {
             time: Some(Timestamp::now()),
@@ -153,12 +154,9 @@ pub fn refused_flow(
     reason: &crate::http1::Refusal,
 ) -> Flow {
     let placeholder = Request {
-        method: String::new(),
+        http: Default::default(),
         target: String::new(),
-        path: String::new(),
         minor_version: 1,
-        headers: Vec::new(),
-        host: String::new(),
         body: crate::http1::Body::None,
         close: true,
         head_len: 0,
@@ -166,8 +164,8 @@ pub fn refused_flow(
     let x = Exchange {
         client,
         server,
-        source: source.clone(),
-        destination: destination.clone(),
+        source,
+        destination,
         request: &placeholder,
         node_name,
         allowed_by: Vec::new(),
@@ -195,13 +193,13 @@ mod tests {
         let x = Exchange {
             client: "10.244.1.17:40132".parse().expect("addr"),
             server: "169.254.169.254:80".parse().expect("addr"),
-            source: Endpoint {
+            source: &Endpoint {
                 identity: 14226,
                 namespace: "go-webapp".into(),
                 pod_name: "go-webapp-847857f68-2qlnd".into(),
                 ..Default::default()
             },
-            destination: Endpoint {
+            destination: &Endpoint {
                 identity: 16_777_217,
                 ..Default::default()
             },

@@ -5,6 +5,7 @@
 //! unambiguous or it is an error with a reason (RFC 9112 §2.2, §3, §5, §6.1, §6.3, and the
 //! smuggling cases of spec imds.md §0 and §1.2).
 
+use imdsguard_policy::l7::HttpRequest;
 use std::fmt;
 
 /// Limits on what a client may send before the proxy has decided.
@@ -104,15 +105,12 @@ pub enum Body {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    /// What the rules match: the method, the origin-form path and query (`path`), `host`, and
+    /// the fields in the order received, names as sent.
+    pub http: HttpRequest,
     /// As sent: origin-form (`/path?query`) or absolute-form naming the original destination.
     pub target: String,
-    /// The origin-form path and query, what the rules' `path` matches.
-    pub path: String,
     pub minor_version: u8,
-    /// In the order received, names as sent.
-    pub headers: Vec<(String, String)>,
-    pub host: String,
     pub body: Body,
     /// The client wants the connection closed after this exchange.
     pub close: bool,
@@ -413,12 +411,14 @@ fn parse_request_inner(
         (false, Some(n)) => Body::Length(n),
     };
     Ok(Some(Request {
-        method: String::from_utf8_lossy(method).into_owned(),
+        http: HttpRequest {
+            method: String::from_utf8_lossy(method).into_owned(),
+            path,
+            host,
+            headers,
+        },
         target,
-        path,
         minor_version,
-        headers,
-        host,
         body,
         close,
         head_len: end,
@@ -587,12 +587,15 @@ mod tests {
     fn a_plain_imds_request() {
         let r = req("GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n")
             .expect("valid");
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/metadata/instance?api-version=2021-02-01");
-        assert_eq!(r.host, "169.254.169.254");
+        assert_eq!(r.http.method, "GET");
+        assert_eq!(r.http.path, "/metadata/instance?api-version=2021-02-01");
+        assert_eq!(r.http.host, "169.254.169.254");
         assert_eq!(r.body, Body::None);
         assert!(!r.close);
-        assert_eq!(r.headers[1], ("Metadata".to_owned(), "true".to_owned()));
+        assert_eq!(
+            r.http.headers[1],
+            ("Metadata".to_owned(), "true".to_owned())
+        );
     }
 
     #[test]
@@ -724,7 +727,7 @@ mod tests {
     fn absolute_form_only_for_the_original_destination() {
         let r = req("GET http://169.254.169.254/metadata/instance HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
             .expect("same host");
-        assert_eq!(r.path, "/metadata/instance");
+        assert_eq!(r.http.path, "/metadata/instance");
         assert!(req("GET http://169.254.169.254:80/m HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
         assert_eq!(
             req("GET http://evil.example/m HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"),

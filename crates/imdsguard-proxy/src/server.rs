@@ -7,7 +7,6 @@ use crate::http1::{
 };
 use imdsguard_hubble_proto::flow::{Endpoint, Flow, Policy};
 use imdsguard_policy::Identity;
-use imdsguard_policy::l7::HttpRequest;
 use imdsguard_policy::mapstate::Origin;
 use imdsguard_policy::repository::EndpointPolicy;
 use std::collections::HashMap;
@@ -236,6 +235,9 @@ fn policy_of(origin: &Origin) -> Option<Policy> {
     }
 }
 
+/// How much a read asks the kernel for.
+const READ_SIZE: usize = 16 * 1024;
+
 /// Reads until a request head is complete. `None` at a clean end of stream.
 async fn read_head(
     s: &mut TcpStream,
@@ -259,16 +261,17 @@ async fn read_head(
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => first_byte,
         };
-        let mut chunk = [0u8; 8192];
-        let n = match timeout(wait, s.read(&mut chunk)).await {
+        // Straight into the buffer's spare room: no zeroed chunk and no copy per read.
+        buf.reserve(READ_SIZE);
+        let had = buf.len();
+        let n = match timeout(wait, s.read_buf(buf)).await {
             Ok(Ok(n)) => n,
             // A timeout or a reset: nothing to answer.
             _ => return Err(None),
         };
         if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(None) };
+            return if had == 0 { Ok(None) } else { Err(None) };
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -280,7 +283,8 @@ async fn pass_body(
     body: Body,
     mut to: Option<&mut TcpStream>,
 ) -> io::Result<()> {
-    let mut chunk = vec![0u8; 16 * 1024];
+    // Allocated on the first read: most bodies are already in `buf`, or absent.
+    let mut chunk = Vec::new();
     match body {
         Body::None => Ok(()),
         Body::Length(mut left) => {
@@ -291,6 +295,7 @@ async fn pass_body(
             buf.drain(..take);
             left -= take as u64;
             while left > 0 {
+                chunk.resize(READ_SIZE, 0);
                 let want = (left as usize).min(chunk.len());
                 let n = from.read(&mut chunk[..want]).await?;
                 if n == 0 {
@@ -316,11 +321,11 @@ async fn pass_body(
                 if framer.done() {
                     return Ok(());
                 }
-                let n = from.read(&mut chunk).await?;
+                buf.reserve(READ_SIZE);
+                let n = from.read_buf(buf).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                buf.extend_from_slice(&chunk[..n]);
             }
         }
         Body::UntilClose => {
@@ -328,6 +333,7 @@ async fn pass_body(
                 t.write_all(buf).await?;
             }
             buf.clear();
+            chunk.resize(READ_SIZE, 0);
             loop {
                 let n = from.read(&mut chunk).await?;
                 if n == 0 {
@@ -352,23 +358,24 @@ fn forwarded_head(req: &Request) -> Vec<u8> {
         "trailer",
         "proxy-authorization",
     ];
-    let listed: Vec<String> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .collect();
+    let headers = &req.http.headers;
+    // Fields the client's Connection names are hop-by-hop too.
+    let listed = |name: &str| {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name))
+    };
     let mut out = Vec::with_capacity(req.head_len + 32);
-    out.extend_from_slice(
-        format!(
-            "{} {} HTTP/1.{}\r\n",
-            req.method, req.target, req.minor_version
-        )
-        .as_bytes(),
-    );
-    for (n, v) in &req.headers {
-        let lower = n.to_ascii_lowercase();
-        if HOP.contains(&lower.as_str()) || listed.contains(&lower) {
+    out.extend_from_slice(req.http.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.");
+    out.push(b'0' + req.minor_version);
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in headers {
+        if HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || listed(n) {
             continue;
         }
         out.extend_from_slice(n.as_bytes());
@@ -540,21 +547,15 @@ async fn exchanges(
             }
         };
         buf.drain(..req.head_len);
-        let http = HttpRequest {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            host: req.host.clone(),
-            headers: req.headers.clone(),
-        };
         let (allowed, origins) =
             c.policy
                 .egress
-                .http_allows(Identity(destination.identity), local.port(), &http);
+                .http_allows(Identity(destination.identity), local.port(), &req.http);
         let exchange = Exchange {
             client: peer,
             server: local,
-            source: c.endpoint.clone(),
-            destination: destination.clone(),
+            source: &c.endpoint,
+            destination: &destination,
             request: &req,
             node_name: &cfg.node_name,
             allowed_by: origins.iter().filter_map(|o| policy_of(o)).collect(),
@@ -618,14 +619,14 @@ async fn exchanges(
         }
         // The response head, then its body, passed through unchanged.
         let resp = loop {
-            match parse_response(upbuf, &req.method, &cfg.limits) {
+            match parse_response(upbuf, &req.http.method, &cfg.limits) {
                 Parse::Done(r) => break Some(r),
                 Parse::Refused(_) => break None,
                 Parse::Partial => {}
             }
-            let mut chunk = [0u8; 8192];
-            match timeout(cfg.upstream_timeout, up.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => upbuf.extend_from_slice(&chunk[..n]),
+            upbuf.reserve(READ_SIZE);
+            match timeout(cfg.upstream_timeout, up.read_buf(upbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => break None,
             }
         };
@@ -637,20 +638,32 @@ async fn exchanges(
         };
         // The upstream connection stays open (Connection is per hop), so a client that asked
         // to close must hear it from us.
-        let head = &upbuf[..resp.head_len];
         if req.close || resp.close {
             cork(client);
         }
+        // The head and as much of a sized body as has arrived leave in one write: one segment
+        // and one wake-up for the client where a small response (an IMDS answer) is complete.
+        let (body, arrived) = match resp.body {
+            Body::Length(n) => {
+                let arrived =
+                    (upbuf.len() - resp.head_len).min(usize::try_from(n).unwrap_or(usize::MAX));
+                (Body::Length(n - arrived as u64), arrived)
+            }
+            other => (other, 0),
+        };
+        let end = resp.head_len + arrived;
         let written = if req.close && !resp.close {
-            client.write_all(&closing_head(head)).await
+            let mut out = closing_head(&upbuf[..resp.head_len]);
+            out.extend_from_slice(&upbuf[resp.head_len..end]);
+            client.write_all(&out).await
         } else {
-            client.write_all(head).await
+            client.write_all(&upbuf[..end]).await
         };
         if written.is_err() {
             return;
         }
-        upbuf.drain(..resp.head_len);
-        let done = pass_body(up, upbuf, resp.body, Some(client)).await;
+        upbuf.drain(..end);
+        let done = pass_body(up, upbuf, body, Some(client)).await;
         ctx.sink
             .flow(exchange.response_flow(resp.status, elapsed_ns(started)));
         *reusable = done.is_ok() && !resp.close && upbuf.is_empty();
