@@ -6,7 +6,7 @@
 //! - the datapath enforcing an allow policy, with 1 endpoint and then with 1,000;
 //! - the same policy as nftables rules for 1,000 pod IPs (forward chain, the client's rule last).
 //!
-//! `cargo run --release -p imdsguard-datapath --example datapath_bench -- [SECONDS]`
+//! `cargo run --release -p imdsguard-datapath --example datapath_bench -- [SECONDS] [ROUNDS]`
 
 use imdsguard_datapath::loader::{Datapath, Options, unpin_all};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
@@ -139,28 +139,17 @@ fn main() {
     );
     let url = format!("http://{}:8080/", server.ipv4);
 
-    eprintln!("[1/5] no program");
-    let baseline = measure(&client, &url, secs);
-
+    let rounds: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+        .max(1);
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("kernel.bpf_stats_enabled");
     let bpf = BpfRoot(std::env::temp_dir().join(unique_name("bnbpf")));
     let opts = Options {
         bpf_root: bpf.0.clone(),
         ..Default::default()
     };
-    eprintln!("[2/5] noop program");
-    let mut noop_wrk = Wrk::default();
-    let noop_cost = {
-        let mut dp = Datapath::open(&opts).expect("load");
-        dp.attach_noop(&client.host_if).expect("attach noop");
-        let cost = per_packet(&dp, || {
-            noop_wrk.keepalive_rps = wrk(&client, &url, secs, false)
-        });
-        drop(dp);
-        cost
-    };
-    let _ = unpin_all(&bpf.0);
-
     let decoded = decode_source(
         &Source::new("policy.yaml", policy(server.ipv4)),
         &DecodeOptions::default(),
@@ -172,10 +161,86 @@ fn main() {
     let mut dp = Datapath::open(&opts).expect("load");
     let mut sync = TableSync::new(SyncOptions::default());
     sync.sync(&repo, &mut dp).expect("sync");
+
+    // Rounds of baseline, noop and imdsguard runs in turn, so that the VM's drift over a run
+    // falls on all three alike; each figure is the median over the rounds. Per-packet cost is
+    // read separately for the keep-alive run (established flows) and the new-connection run.
+    let mut baseline = Vec::new();
+    let mut noop_wrk = Vec::new();
+    let mut one = Vec::new();
+    let mut floor = Vec::new();
+    let mut one_ka_cost = Vec::new();
+    let mut one_nc_cost = Vec::new();
+    for r in 1..=rounds {
+        // Every other round runs imdsguard first: the state one run leaves (the server's
+        // TIME_WAITs, for one) then weighs on both sides alike.
+        let ours_first = r % 2 == 0;
+        eprintln!(
+            "[round {r}/{rounds}] {}",
+            if ours_first {
+                "imdsguard with 1 endpoint, noop, no program"
+            } else {
+                "no program, noop, imdsguard with 1 endpoint"
+            }
+        );
+        for step in 0..3 {
+            match (step, ours_first) {
+                (0, false) | (2, true) => baseline.push(measure(&client, &url, secs)),
+                (1, _) => {
+                    let mut noop = Datapath::open(&Options {
+                        bpf_root: bpf.0.clone(),
+                        ..Default::default()
+                    })
+                    .expect("load noop");
+                    noop.attach_noop(&client.host_if).expect("attach noop");
+                    let mut rps = 0.0;
+                    floor.push(per_packet(&noop, || rps = wrk(&client, &url, secs, false)));
+                    noop_wrk.push(Wrk {
+                        keepalive_rps: rps,
+                        close_rps: 0.0,
+                    });
+                }
+                _ => {
+                    dp.attach(&client.host_if).expect("attach");
+                    let mut w = Wrk::default();
+                    one_ka_cost.push(per_packet(&dp, || {
+                        w.keepalive_rps = wrk(&client, &url, secs, false)
+                    }));
+                    one_nc_cost.push(per_packet(&dp, || {
+                        w.close_rps = wrk(&client, &url, secs, true)
+                    }));
+                    one.push(w);
+                    dp.detach(&client.host_if).expect("detach");
+                }
+            }
+        }
+    }
+    let rounds_text = [
+        ("no program", &baseline),
+        ("noop", &noop_wrk),
+        ("imdsguard", &one),
+    ]
+    .map(|(name, runs)| {
+        let list = |f: fn(&Wrk) -> f64| {
+            runs.iter()
+                .map(|w| format!("{:.0}", f(w)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "- {name}: keep-alive {}; new connections {}",
+            list(|w| w.keepalive_rps),
+            list(|w| w.close_rps)
+        )
+    })
+    .join("\n");
+    let baseline = median_wrk(&baseline);
+    let noop_wrk = median_wrk(&noop_wrk);
+    let one = median_wrk(&one);
+    let noop_cost = median_cost(&floor);
+    let one_ka_cost = median_cost(&one_ka_cost);
+    let one_nc_cost = median_cost(&one_nc_cost);
     dp.attach(&client.host_if).expect("attach");
-    eprintln!("[3/5] imdsguard, 1 endpoint");
-    let mut one = Wrk::default();
-    let one_cost = per_packet(&dp, || one = measure(&client, &url, secs));
 
     // 999 more pods selected by the same policy, each with its own table rows.
     for i in 0..999u32 {
@@ -184,9 +249,12 @@ fn main() {
     }
     repo.resolve();
     sync.sync(&repo, &mut dp).expect("sync 1000");
-    eprintln!("[4/5] imdsguard, 1,000 endpoints");
+    eprintln!("imdsguard, 1,000 endpoints");
     let mut thousand = Wrk::default();
-    let thousand_cost = per_packet(&dp, || thousand = measure(&client, &url, secs));
+    let thousand_ka_cost = per_packet(&dp, || {
+        thousand.keepalive_rps = wrk(&client, &url, secs, false)
+    });
+    let thousand_nc_cost = per_packet(&dp, || thousand.close_rps = wrk(&client, &url, secs, true));
     drop(dp);
     drop(bpf);
     drop(stats);
@@ -212,13 +280,16 @@ fn main() {
     let file = conf_dir.join("rules.nft");
     std::fs::write(&file, script).expect("rules");
     run("nft", &["-f", &file.to_string_lossy()]).expect("nft -f");
-    eprintln!("[5/5] nftables, 1,000 rules");
+    eprintln!("nftables, 1,000 rules");
     let nft = measure(&client, &url, secs);
     drop(table);
     let _ = std::fs::remove_dir_all(&conf_dir);
 
     let pct = |v: f64, base: f64| format!("{:+.1} %", (v / base - 1.0) * 100.0);
-    println!("wrk -t1 -c16 -d{secs}s from the client pod to nginx in the server pod\n");
+    println!(
+        "wrk -t1 -c16 -d{secs}s from the client pod to nginx in the server pod; no program, noop and \
+         1 endpoint: median of {rounds} rounds\n"
+    );
     println!("| setup | keep-alive req/s | vs none | new connection req/s | vs none |");
     println!("|---|---|---|---|---|");
     for (name, w) in [
@@ -244,16 +315,56 @@ fn main() {
             },
         );
     }
-    println!("\nbpf_stats (run_time_ns / run_cnt over the measured runs):\n");
-    println!("| program | setup | ns/packet | packets |");
-    println!("|---|---|---|---|");
-    for (setup, costs) in [
-        ("floor", &noop_cost),
-        ("1 endpoint", &one_cost),
-        ("1,000 endpoints", &thousand_cost),
+    println!("\nEach round, req/s:\n{rounds_text}");
+    println!(
+        "\nbpf_stats (run_time_ns / run_cnt; keep-alive: established flows; new connections: \
+         every packet of the run, handshakes and closes included):\n"
+    );
+    println!("| program | setup | run | ns/packet | net of the floor | packets |");
+    println!("|---|---|---|---|---|---|");
+    let floor_ns = noop_cost.first().map(|c| c.1).unwrap_or(0.0);
+    for (setup, run, costs) in [
+        ("floor", "keep-alive", &noop_cost),
+        ("1 endpoint", "keep-alive", &one_ka_cost),
+        ("1 endpoint", "new connections", &one_nc_cost),
+        ("1,000 endpoints", "keep-alive", &thousand_ka_cost),
+        ("1,000 endpoints", "new connections", &thousand_nc_cost),
     ] {
         for (name, ns, n) in costs {
-            println!("| {name} | {setup} | {ns:.0} | {n} |");
+            let net = if *name == "noop" {
+                String::new()
+            } else {
+                format!("{:.0}", ns - floor_ns)
+            };
+            println!("| {name} | {setup} | {run} | {ns:.0} | {net} | {n} |");
         }
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_wrk(runs: &[Wrk]) -> Wrk {
+    Wrk {
+        keepalive_rps: median(runs.iter().map(|w| w.keepalive_rps).collect()),
+        close_rps: median(runs.iter().map(|w| w.close_rps).collect()),
+    }
+}
+
+/// Per program, the median ns/packet over the rounds and the packets of all of them.
+fn median_cost(rounds: &[Vec<(&'static str, f64, u64)>]) -> Vec<(&'static str, f64, u64)> {
+    let mut names: Vec<&'static str> = rounds.iter().flatten().map(|c| c.0).collect();
+    names.dedup();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let runs = rounds.iter().flatten().filter(|c| c.0 == name);
+            let ns = median(runs.clone().map(|c| c.1).collect());
+            (name, ns, runs.map(|c| c.2).sum())
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@
 //!
 //! Then the proxy's memory with 1,000 open client connections.
 //!
-//! `cargo run --release -p imdsguard-proxy --example proxy_bench -- [SECONDS]`
+//! `cargo run --release -p imdsguard-proxy --example proxy_bench -- [SECONDS] [ROUNDS]`
 
 use imdsguard_datapath::loader::{Datapath, Options, unpin_all};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
@@ -19,7 +19,7 @@ use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, d
 use imdsguard_proxy::server::{
     Authority, Client, FlowSink, ProxyConfig, serve, transparent_listener,
 };
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +81,94 @@ struct Run {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+}
+
+/// One path's three runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Paths {
+    keepalive: Run,
+    close: Run,
+    one: Run,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+impl Run {
+    fn median(runs: &[Run]) -> Run {
+        Run {
+            rps: median(runs.iter().map(|r| r.rps).collect()),
+            p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
+            p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
+        }
+    }
+}
+
+impl Paths {
+    fn median(runs: &[Paths]) -> Paths {
+        let of = |f: fn(&Paths) -> Run| Run::median(&runs.iter().map(f).collect::<Vec<_>>());
+        Paths {
+            keepalive: of(|p| p.keepalive),
+            close: of(|p| p.close),
+            one: of(|p| p.one),
+        }
+    }
+}
+
+/// Latencies in µs, sorted, of `n` requests on each of `targets` in turn, each over its own
+/// keep-alive connection, from a thread in network namespace `ns`: the paths share every
+/// moment of the VM's jitter.
+fn interleaved(ns: &str, targets: &[SocketAddr], n: usize) -> Vec<Vec<f64>> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let ns = ns.to_owned();
+    let targets = targets.to_vec();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns");
+        // SAFETY: a valid namespace fd; only this thread moves.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut conns: Vec<std::net::TcpStream> = targets
+            .iter()
+            .map(|t| {
+                let s = std::net::TcpStream::connect(t).expect("connect");
+                s.set_nodelay(true).expect("nodelay");
+                s
+            })
+            .collect();
+        let mut out = vec![Vec::with_capacity(n); targets.len()];
+        let mut buf = vec![0u8; 4096];
+        for i in 0..n + 200 {
+            for (c, o) in conns.iter_mut().zip(out.iter_mut()) {
+                let t = std::time::Instant::now();
+                c.write_all(b"GET /metadata/instance HTTP/1.1\r\nHost: imds\r\n\r\n")
+                    .expect("write");
+                // The answer is nginx's `ok\n`: a head, then three bytes.
+                let mut have = 0;
+                loop {
+                    let k = c.read(&mut buf[have..]).expect("read");
+                    assert!(k > 0, "closed");
+                    have += k;
+                    if let Some(h) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
+                        && have >= h + 4 + 3
+                    {
+                        break;
+                    }
+                }
+                // The first 200 warm up.
+                if i >= 200 {
+                    o.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+        for o in &mut out {
+            o.sort_by(f64::total_cmp);
+        }
+        out
+    })
+    .join()
+    .expect("interleaved")
 }
 
 fn micros(v: &str) -> f64 {
@@ -198,6 +286,10 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    let rounds: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let k = 120 + (std::process::id() % 50) as u8;
     let client =
         Pod::create(&unique_name("pbc"), Ipv4Addr::new(10, k, 2, 2), None).expect("client");
@@ -218,8 +310,8 @@ fn main() {
         &dir,
         "upstream",
         &format!(
-            "server {{ listen {}:80 reuseport; keepalive_requests 1000000; location / {{ return 200 \"ok\\n\"; }} }}",
-            upstream.ipv4
+            "server {{ listen {ip}:80 reuseport; listen {ip}:81; keepalive_requests 1000000; location / {{ return 200 \"ok\\n\"; }} }}",
+            ip = upstream.ipv4
         ),
     );
     let _mid = nginx(
@@ -241,26 +333,15 @@ fn main() {
     let direct_url = format!("http://{}:80/metadata/instance", upstream.ipv4);
     let nginx_url = format!("http://{}:8080/metadata/instance", middle.ipv4);
 
-    eprintln!("[1/4] direct");
-    let direct = (
-        wrk(&client, &direct_url, secs, false),
-        wrk(&client, &direct_url, secs, true),
-    );
-    let direct_1 = wrk_c(&client, &direct_url, secs, false, "1");
-    eprintln!("[2/4] nginx reverse proxy");
-    let via_nginx = (
-        wrk(&client, &nginx_url, secs, false),
-        wrk(&client, &nginx_url, secs, true),
-    );
-    let nginx_1 = wrk_c(&client, &nginx_url, secs, false, "1");
-
     // imdsguard: the client's egress to the upstream carries an HTTP rule, so the datapath
     // redirects it to the proxy below.
     let policy = format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: l7, namespace: default}}\n\
          spec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n    - toCIDR: [{}/32]\n      \
-         toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET, path: \"/metadata/.*\"}}]}}}}]\n",
-        upstream.ipv4
+         toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET, path: \"/metadata/.*\"}}]}}}}]\n    \
+         - toCIDR: [{}/32]\n      toPorts: [{{ports: [{{port: \"81\", protocol: TCP}}]}}]\n    \
+         - toCIDR: [{}/32]\n      toPorts: [{{ports: [{{port: \"8080\", protocol: TCP}}]}}]\n",
+        upstream.ipv4, upstream.ipv4, middle.ipv4
     );
     // Two identical engines: one for the proxy's task, one for the table sync (identities are
     // derived from labels and CIDRs, so both number them alike).
@@ -324,22 +405,44 @@ fn main() {
         ..Default::default()
     });
     sync.sync(&repo, &mut dp).expect("sync");
+    // Rounds of the three paths in turn (every other round in reverse), so that the VM's drift
+    // and the state one run leaves weigh on all alike; the tables give medians over the rounds.
+    // The datapath is attached only for imdsguard's runs.
+    let mut runs: [Vec<Paths>; 3] = Default::default();
+    for r in 1..=rounds {
+        let order = if r % 2 == 0 { [2, 1, 0] } else { [0, 1, 2] };
+        eprintln!("[round {r}/{rounds}] {order:?} (0 direct, 1 nginx, 2 imdsguard)");
+        for which in order {
+            let url = if which == 1 { &nginx_url } else { &direct_url };
+            if which == 2 {
+                dp.attach(&client.host_if).expect("attach");
+                if std::env::var_os("PROBE").is_some() {
+                    probe(&client, &direct_url, "before wrk");
+                }
+            }
+            runs[which].push(Paths {
+                keepalive: wrk(&client, url, secs, false),
+                close: wrk(&client, url, secs, true),
+                one: wrk_c(&client, url, secs, false, "1"),
+            });
+            if which == 2 {
+                if std::env::var_os("PROBE").is_some() {
+                    probe(&client, &direct_url, "after wrk");
+                }
+                dp.detach(&client.host_if).expect("detach");
+            }
+        }
+    }
     dp.attach(&client.host_if).expect("attach");
-    eprintln!("[3/4] imdsguard proxy");
-    if std::env::var_os("PROBE").is_some() {
-        probe(&client, &direct_url, "before wrk");
-    }
-    let ours = (
-        wrk(&client, &direct_url, secs, false),
-        wrk(&client, &direct_url, secs, true),
-    );
-    let ours_1 = wrk_c(&client, &direct_url, secs, false, "1");
-
+    eprintln!("interleaved latency");
+    let targets = [
+        SocketAddr::from((upstream.ipv4, 81)),
+        SocketAddr::from((middle.ipv4, 8080)),
+        SocketAddr::from((upstream.ipv4, 80)),
+    ];
+    let samples = interleaved(&client.ns.name, &targets, 20_000 * secs as usize / 5);
     eprintln!("datapath counters: {:?}", dp.counters().unwrap_or_default());
-    if std::env::var_os("PROBE").is_some() {
-        probe(&client, &direct_url, "after wrk");
-    }
-    eprintln!("[4/4] 1,000 open connections");
+    eprintln!("1,000 open connections");
     let before = rss_kb();
     let mut hold = client
         .ns
@@ -362,35 +465,79 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(1));
     std::thread::sleep(Duration::from_millis(300));
 
-    let row = |name: &str, (ka, nc): (Run, Run)| {
+    let names = [
+        "direct",
+        "nginx reverse proxy",
+        "imdsguard proxy (redirected, judged)",
+    ];
+    let med: Vec<Paths> = runs.iter().map(|r| Paths::median(r)).collect();
+    println!(
+        "wrk -t1 -c16 -d{secs}s --latency from the client pod; the upstream is nginx returning 200; \
+         medians of {rounds} rounds\n"
+    );
+    println!("| path | keep-alive req/s | p50 | p99 | new connection req/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, m) in names.iter().zip(&med) {
+        let (ka, nc) = (m.keepalive, m.close);
         println!(
             "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs |",
             ka.rps, ka.p50_us, ka.p99_us, nc.rps, nc.p50_us, nc.p99_us
         );
-    };
-    println!(
-        "wrk -t1 -c16 -d{secs}s --latency from the client pod; the upstream is nginx returning 200\n"
-    );
-    println!("| path | keep-alive req/s | p50 | p99 | new connection req/s | p50 | p99 |");
-    println!("|---|---|---|---|---|---|---|");
-    row("direct", direct);
-    row("nginx reverse proxy", via_nginx);
-    row("imdsguard proxy (redirected, judged)", ours);
+    }
     println!("\nOne keep-alive connection, one request at a time (latency without queueing):\n");
-    println!("| path | req/s | p50 | p99 | p99 added over direct |");
+    println!(
+        "| path | req/s | p50 | p99 | p99 added over direct (median of the rounds' differences) |"
+    );
     println!("|---|---|---|---|---|");
-    for (name, r) in [
-        ("direct", direct_1),
-        ("nginx reverse proxy", nginx_1),
-        ("imdsguard proxy", ours_1),
-    ] {
-        println!(
-            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
-            r.rps,
-            r.p50_us,
-            r.p99_us,
-            r.p99_us - direct_1.p99_us
+    for (i, name) in names.iter().enumerate() {
+        let added = median(
+            runs[i]
+                .iter()
+                .zip(&runs[0])
+                .map(|(r, d)| r.one.p99_us - d.one.p99_us)
+                .collect(),
         );
+        let r = med[i].one;
+        println!(
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {added:.0} µs |",
+            r.rps, r.p50_us, r.p99_us
+        );
+    }
+    println!(
+        "\nInterleaved: one keep-alive connection per path from one client thread in the client pod, \
+         a request on each in turn ({} each), with the datapath attached (the direct path is \
+         allowed at L4 on port 81 and passes the datapath, not the proxy):\n",
+        samples[0].len()
+    );
+    println!("| path | p50 | p90 | p99 | p99.9 | p99 added over direct |");
+    println!("|---|---|---|---|---|---|");
+    let pct = |v: &[f64], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    let direct_p99 = pct(&samples[0], 0.99);
+    for (name, v) in ["direct", "nginx reverse proxy", "imdsguard proxy"]
+        .iter()
+        .zip(&samples)
+    {
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            pct(v, 0.999),
+            pct(v, 0.99) - direct_p99
+        );
+    }
+    println!("\nEach round (keep-alive req/s, new connection req/s, one-connection p99 µs):");
+    for (name, r) in names.iter().zip(&runs) {
+        let list: Vec<String> = r
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.0}/{:.0}/{:.0}",
+                    p.keepalive.rps, p.close.rps, p.one.p99_us
+                )
+            })
+            .collect();
+        println!("- {name}: {}", list.join(", "));
     }
     println!(
         "1,000 open connections ({}): proxy process RSS {} kB -> {} kB ({:+} kB)",

@@ -8,7 +8,21 @@ use imdsguard_hubble_proto::flow::{
     Layer7, Policy, Tcp, TrafficDirection, Verdict, layer4, layer7,
 };
 use imdsguard_hubble_proto::wkt::Timestamp;
+use imdsguard_policy::mapstate::Origin;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+fn policy_of(origin: &Origin) -> Option<Policy> {
+    match origin {
+        Origin::Rule { policy, .. } => Some(Policy {
+            name: policy.name.to_string(),
+            namespace: policy.namespace.to_string(),
+            kind: policy.kind.as_str().to_owned(),
+            ..Default::default()
+        }),
+        _ => None,
+    }
+}
 
 /// Cilium's monitor type for L7 access logs.
 const MONITOR_ACCESS_LOG: i32 = 129;
@@ -23,8 +37,9 @@ pub struct Exchange<'a> {
     pub destination: &'a Endpoint,
     pub request: &'a Request,
     pub node_name: &'a str,
-    /// The policies that allowed the request (empty when denied).
-    pub allowed_by: Vec<Policy>,
+    /// The rules that allowed the request (empty when denied); turned into the flow's policies
+    /// only when a flow is built, after the request has gone on.
+    pub allowed_by: &'a [Arc<Origin>],
 }
 
 impl Exchange<'_> {
@@ -92,7 +107,11 @@ impl Exchange<'_> {
             }),
             traffic_direction: TrafficDirection::Egress as i32,
             is_reply: Some(pbjson_types::BoolValue { value: reply }),
-            egress_allowed_by: self.allowed_by.clone(),
+            egress_allowed_by: self
+                .allowed_by
+                .iter()
+                .filter_map(|o| policy_of(o))
+                .collect(),
             summary,
             ..Default::default()
         }
@@ -168,7 +187,7 @@ pub fn refused_flow(
         destination,
         request: &placeholder,
         node_name,
-        allowed_by: Vec::new(),
+        allowed_by: &[],
     };
     let mut f = x.request_flow(false);
     f.summary = format!("HTTP request refused: {reason}");
@@ -205,7 +224,7 @@ mod tests {
             },
             request: &req,
             node_name: "n",
-            allowed_by: vec![],
+            allowed_by: &[],
         };
         let line = compact(&x.request_flow(true), &PrintOptions::default());
         assert!(

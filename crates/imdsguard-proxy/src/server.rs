@@ -5,9 +5,8 @@ use crate::flows::Exchange;
 use crate::http1::{
     Body, ChunkedFramer, Limits, Parse, Refusal, Request, parse_request, parse_response,
 };
-use imdsguard_hubble_proto::flow::{Endpoint, Flow, Policy};
+use imdsguard_hubble_proto::flow::{Endpoint, Flow};
 use imdsguard_policy::Identity;
-use imdsguard_policy::mapstate::Origin;
 use imdsguard_policy::repository::EndpointPolicy;
 use std::collections::HashMap;
 use std::io;
@@ -220,18 +219,6 @@ pub async fn serve(
             };
             connection(stream, peer, local, &ctx).await;
         });
-    }
-}
-
-fn policy_of(origin: &Origin) -> Option<Policy> {
-    match origin {
-        Origin::Rule { policy, .. } => Some(Policy {
-            name: policy.name.to_string(),
-            namespace: policy.namespace.to_string(),
-            kind: policy.kind.as_str().to_owned(),
-            ..Default::default()
-        }),
-        _ => None,
     }
 }
 
@@ -558,10 +545,10 @@ async fn exchanges(
             destination: &destination,
             request: &req,
             node_name: &cfg.node_name,
-            allowed_by: origins.iter().filter_map(|o| policy_of(o)).collect(),
+            allowed_by: &origins,
         };
-        ctx.sink.flow(exchange.request_flow(allowed));
         if !allowed {
+            ctx.sink.flow(exchange.request_flow(false));
             // Read the body away so the connection stays usable; a large one ends it.
             let small = match req.body {
                 Body::Length(n) => n <= cfg.max_discarded_body,
@@ -587,6 +574,7 @@ async fn exchanges(
                     })
                 }
                 Err(_) => {
+                    ctx.sink.flow(exchange.request_flow(true));
                     ctx.sink
                         .flow(exchange.response_flow(503, elapsed_ns(started)));
                     if pass_body(client, &mut buf, req.body, None).await.is_err()
@@ -608,11 +596,13 @@ async fn exchanges(
             return;
         };
         *reusable = false;
-        let sent = async {
-            up.write_all(&forwarded_head(&req)).await?;
-            pass_body(client, &mut buf, req.body, Some(up)).await
-        }
-        .await;
+        let head_sent = up.write_all(&forwarded_head(&req)).await;
+        // The request's flow is built once the request is on its way, off the latency path.
+        ctx.sink.flow(exchange.request_flow(true));
+        let sent = match head_sent {
+            Ok(()) => pass_body(client, &mut buf, req.body, Some(up)).await,
+            Err(e) => Err(e),
+        };
         if sent.is_err() {
             let _ = client.write_all(UNAVAILABLE).await;
             return;
