@@ -234,6 +234,32 @@ fn main() {
         )
     })
     .join("\n");
+    // Each round's runs against that round's baseline: neighbours share the VM's drift.
+    let paired = |runs: &[Wrk], f: fn(&Wrk) -> f64| {
+        median(
+            runs.iter()
+                .zip(&baseline)
+                .map(|(w, b)| f(w) / f(b) - 1.0)
+                .collect(),
+        )
+    };
+    let noop_vs = (paired(&noop_wrk, |w| w.keepalive_rps), f64::NAN);
+    let one_vs = (
+        paired(&one, |w| w.keepalive_rps),
+        paired(&one, |w| w.close_rps),
+    );
+    // The programs' own time per new connection, against the CPU time a connection takes.
+    let program_ns: f64 = one_nc_cost
+        .iter()
+        .flatten()
+        .map(|(_, ns, n)| ns * *n as f64)
+        .sum();
+    let connections: f64 = one.iter().map(|w| w.close_rps * secs as f64).sum();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_connection = (
+        program_ns / connections / 1e3,
+        cpus * 1e6 / median(one.iter().map(|w| w.close_rps).collect()),
+    );
     let baseline = median_wrk(&baseline);
     let noop_wrk = median_wrk(&noop_wrk);
     let one = median_wrk(&one);
@@ -286,23 +312,34 @@ fn main() {
     let _ = std::fs::remove_dir_all(&conf_dir);
 
     let pct = |v: f64, base: f64| format!("{:+.1} %", (v / base - 1.0) * 100.0);
+    let paired_pct = |r: f64| {
+        if r.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:+.1} %", r * 100.0)
+        }
+    };
     println!(
         "wrk -t1 -c16 -d{secs}s from the client pod to nginx in the server pod; no program, noop and \
          1 endpoint: median of {rounds} rounds\n"
     );
-    println!("| setup | keep-alive req/s | vs none | new connection req/s | vs none |");
-    println!("|---|---|---|---|---|");
-    for (name, w) in [
-        ("no program (baseline)", baseline),
-        ("noop program", noop_wrk),
-        ("imdsguard, 1 endpoint", one),
-        ("imdsguard, 1,000 endpoints", thousand),
-        ("nftables, 1,000 pod rules", nft),
+    println!(
+        "| setup | keep-alive req/s | vs none | vs none, paired | new connection req/s | vs none | vs none, paired |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let none = (f64::NAN, f64::NAN);
+    for (name, w, vs) in [
+        ("no program (baseline)", baseline, none),
+        ("noop program", noop_wrk, noop_vs),
+        ("imdsguard, 1 endpoint", one, one_vs),
+        ("imdsguard, 1,000 endpoints", thousand, none),
+        ("nftables, 1,000 pod rules", nft, none),
     ] {
         println!(
-            "| {name} | {:.0} | {} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {} | {} | {} |",
             w.keepalive_rps,
             pct(w.keepalive_rps, baseline.keepalive_rps),
+            paired_pct(vs.0),
             if w.close_rps > 0.0 {
                 format!("{:.0}", w.close_rps)
             } else {
@@ -313,9 +350,20 @@ fn main() {
             } else {
                 "-".into()
             },
+            paired_pct(vs.1),
         );
     }
-    println!("\nEach round, req/s:\n{rounds_text}");
+    println!(
+        "\n\"vs none, paired\": the median over the rounds of each run against its own round's \
+         baseline.\n\nEach round, req/s:\n{rounds_text}"
+    );
+    println!(
+        "\nPer new connection (1 endpoint): {:.2} µs in from_pod and to_pod (bpf_stats), of {:.0} µs \
+         of CPU a connection takes on this machine ({cpus} CPUs / median req/s): {:.1} %.",
+        per_connection.0,
+        per_connection.1,
+        per_connection.0 / per_connection.1 * 100.0
+    );
     println!(
         "\nbpf_stats (run_time_ns / run_cnt; keep-alive: established flows; new connections: \
          every packet of the run, handshakes and closes included):\n"

@@ -526,6 +526,23 @@ fn main() {
             pct(v, 0.99) - direct_p99
         );
     }
+    // Each round's imdsguard runs against that round's nginx runs: neighbours share the VM's
+    // drift, which moves a path's req/s by ±15 % from round to round.
+    let paired = |f: fn(&Paths) -> f64| {
+        median(
+            runs[2]
+                .iter()
+                .zip(&runs[1])
+                .map(|(ours, nginx)| f(ours) / f(nginx) - 1.0)
+                .collect(),
+        ) * 100.0
+    };
+    println!(
+        "\nimdsguard against nginx, median over the rounds of each round's ratio: keep-alive \
+         {:+.1} %, new connections {:+.1} %.",
+        paired(|p| p.keepalive.rps),
+        paired(|p| p.close.rps)
+    );
     println!("\nEach round (keep-alive req/s, new connection req/s, one-connection p99 µs):");
     for (name, r) in names.iter().zip(&runs) {
         let list: Vec<String> = r
