@@ -361,7 +361,7 @@ impl Drop for ProxyRouting {
 
 /// A stand-in for IMDS: answers every GET and POST with what it saw, and logs each request.
 const UPSTREAM: &str = r#"
-import http.server, sys
+import http.server, socket, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
@@ -377,7 +377,10 @@ class H(http.server.BaseHTTPRequestHandler):
     do_POST = answer
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
+bind = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0"
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+S((bind, 80), H).serve_forever()
 "#;
 
 fn http(from: &Pod, method: &str, url: &str) -> (u16, String) {
@@ -387,6 +390,7 @@ fn http(from: &Pod, method: &str, url: &str) -> (u16, String) {
             "curl",
             &[
                 "-s",
+                "-g",
                 "--max-time",
                 "3",
                 "-X",
@@ -402,6 +406,63 @@ fn http(from: &Pod, method: &str, url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Three requests in a row from one client port, each with `Connection: close`.
+fn requests_from_one_port(pod: &Pod, url: &str, port: u16) {
+    // The proxy closes first, as a server does, so the TIME_WAIT is its own, and a client may
+    // reuse its port at once: three requests in a row from one port each get their answer
+    // (a SYN meeting the proxy's TIME_WAIT used to be dropped until it expired), and the pod
+    // is left with no TIME_WAIT of its own.
+    let syn_retransmits = || {
+        let out = pod
+            .ns
+            .exec("nstat", &["-az", "TcpExtTCPSynRetrans"])
+            .expect("nstat");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("TcpExtTCPSynRetrans")
+    };
+    let before = syn_retransmits();
+    for i in 0..3 {
+        let out = pod
+            .ns
+            .exec(
+                "curl",
+                &[
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "-g",
+                    "--local-port",
+                    &port.to_string(),
+                    "-H",
+                    "Connection: close",
+                    "-w",
+                    "\n%{http_code}",
+                    url,
+                ],
+            )
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with("\n200"),
+            "request {i} from port {port}: {text:?}; curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(syn_retransmits(), before, "a SYN was lost on the way");
+    let waiting = pod
+        .ns
+        .exec("ss", &["-Htan", "state", "time-wait"])
+        .expect("ss");
+    let waiting = String::from_utf8_lossy(&waiting.stdout);
+    assert!(
+        !waiting.contains(&format!(":{port} ")),
+        "the pod keeps a TIME_WAIT on port {port}:\n{waiting}"
+    );
 }
 
 #[test]
@@ -521,56 +582,10 @@ fn the_proxy_enforces_http_rules_on_redirected_connections() {
         .map(str::to_owned)
         .collect::<Vec<_>>();
     assert_eq!(seen[probes..], [format!("GET {instance}")]);
-    // The proxy closes first, as a server does, so the TIME_WAIT is its own, and a client may
-    // reuse its port at once: three requests in a row from one port each get their answer
-    // (a SYN meeting the proxy's TIME_WAIT used to be dropped until it expired), and the pod
-    // is left with no TIME_WAIT of its own.
-    let port = 20000 + (std::process::id() % 10000) as u16;
-    let syn_retransmits = |pod: &Pod| {
-        let out = pod
-            .ns
-            .exec("nstat", &["-az", "TcpExtTCPSynRetrans"])
-            .expect("nstat");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .expect("TcpExtTCPSynRetrans")
-    };
-    let before = syn_retransmits(&c);
-    for i in 0..3 {
-        let out =
-            c.ns.exec(
-                "curl",
-                &[
-                    "-s",
-                    "--max-time",
-                    "3",
-                    "--local-port",
-                    &port.to_string(),
-                    "-H",
-                    "Connection: close",
-                    "-w",
-                    "\n%{http_code}",
-                    &format!("http://{imds}{instance}"),
-                ],
-            )
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.ends_with("\n200"),
-            "request {i} from port {port}: {text:?}; curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    assert_eq!(syn_retransmits(&c), before, "a SYN was lost on the way");
-    let waiting =
-        c.ns.exec("ss", &["-Htan", "state", "time-wait"])
-            .expect("ss");
-    let waiting = String::from_utf8_lossy(&waiting.stdout);
-    assert!(
-        !waiting.contains(&format!(":{port} ")),
-        "the pod keeps a TIME_WAIT on port {port}:\n{waiting}"
+    requests_from_one_port(
+        &c,
+        &format!("http://{imds}{instance}"),
+        20000 + (std::process::id() % 10000) as u16,
     );
     std::fs::remove_file(policies.join("c.yaml")).expect("rm");
     std::fs::remove_file(policies.join("d.yaml")).expect("rm");
@@ -608,4 +623,86 @@ fn the_proxy_enforces_http_rules_on_redirected_connections() {
             ))
             && flows.contains("http-response FORWARDED (HTTP/1.1 200")
     });
+}
+
+/// The TIME_WAIT hand-off (docs/proxy.md) for IPv6: the listener on ::1 and the second SOCKMAP
+/// entry.
+#[test]
+fn an_ipv6_client_reusing_its_port_reaches_the_proxy() {
+    if !can_create_namespaces() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let _serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
+    let _routing = ProxyRouting::take();
+    let k = 150 + (std::process::id() % 50) as u8;
+    let v6 = |host: u16| std::net::Ipv6Addr::new(0xfd00, u16::from(k), 0, 0, 0, 0, 0x12, host);
+    let c = Pod::create(
+        &unique_name("e6c"),
+        Ipv4Addr::new(10, k, 12, 2),
+        Some(v6(2)),
+    )
+    .expect("pod c");
+    let s = Pod::create(
+        &unique_name("e6s"),
+        Ipv4Addr::new(10, k, 12, 5),
+        Some(v6(5)),
+    )
+    .expect("imds");
+    let imds = v6(5);
+    assert_eq!(c.ns.route_dev(imds.into()).expect("route"), "eth0");
+    let _upstream = imdsguard_netns::Process(
+        s.ns.command("python3")
+            .args(["-c", UPSTREAM, "::"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("upstream"),
+    );
+    let dir = TempDir(std::env::temp_dir().join(unique_name("e6dir")));
+    std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
+    std::fs::write(
+        dir.0.join("policies/c.yaml"),
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: c6, namespace: default}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: c}}}}\n  egress:\n    - toCIDR: [\"{imds}/128\"]\n      \
+             toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET, path: \"/metadata/.*\"}}]}}}}]\n"
+        ),
+    )
+    .expect("policy");
+    let endpoints = dir.0.join("endpoints.yaml");
+    std::fs::write(
+        &endpoints,
+        format!(
+            "endpoints:\n- {{name: c, labels: {{app: c}}, ips: [{}, \"{}\"], interface: {}}}\n",
+            c.ipv4,
+            v6(2),
+            c.host_if
+        ),
+    )
+    .expect("endpoints");
+    let bpf = BpfRoot(dir.0.join("bpf"));
+    let args = [
+        "--policies".to_owned(),
+        dir.0.join("policies").to_string_lossy().into_owned(),
+        "--endpoints".to_owned(),
+        endpoints.to_string_lossy().into_owned(),
+        "--bpf-root".to_owned(),
+        bpf.0.to_string_lossy().into_owned(),
+        "--hubble-listen-address".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--proxy-port".to_owned(),
+        (17000 + std::process::id() % 1000).to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&args);
+    agent.wait_log(&format!("attached to {}", c.host_if));
+    let url = format!("http://[{imds}]/metadata/instance");
+    eventually("the upstream answers through the proxy", || {
+        http(&c, "GET", &format!("http://[{imds}]/metadata/x")).0 == 200
+    });
+    requests_from_one_port(&c, &url, 21000 + (std::process::id() % 10000) as u16);
+    // And the proxy judged them: a path outside the rule is refused.
+    assert_eq!(http(&c, "GET", &format!("http://[{imds}]/other")).0, 403);
+    drop(agent);
 }
