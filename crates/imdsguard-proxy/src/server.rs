@@ -84,30 +84,17 @@ const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 
 /// A listener for connections the datapath assigns with `bpf_sk_assign`: IP_TRANSPARENT lets it
 /// accept connections to addresses that are not local (the original destination).
 pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    use std::os::fd::AsRawFd;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    let one: libc::c_int = 1;
     let (level, name) = if addr.is_ipv4() {
         (libc::SOL_IP, libc::IP_TRANSPARENT)
     } else {
         (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
     };
-    // SAFETY: a valid socket fd and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = set_int_option(&socket, level, name, 1) {
         return Err(io::Error::new(
             e.kind(),
             format!("setting IP_TRANSPARENT ({e}); it needs CAP_NET_ADMIN"),
@@ -394,27 +381,18 @@ fn closing_head(head: &[u8]) -> Vec<u8> {
 }
 
 async fn connect(addr: SocketAddr, within: Duration, mark: Option<u32>) -> io::Result<TcpStream> {
-    use std::os::fd::AsRawFd;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     if let Some(mark) = mark {
-        let value = mark as libc::c_int;
-        // SAFETY: a valid socket fd and a c_int option value of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_MARK,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_int_option(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            mark as libc::c_int,
+        )?;
     }
     match timeout(within, socket.connect(addr)).await {
         Ok(r) => {
@@ -459,19 +437,32 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
 
 /// Holds partial segments until the connection's FIN: the last response and the FIN then
 /// leave in one segment, so the client sees the close before it could start its own.
+/// Failure only costs a separate FIN segment.
 fn cork(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the right size. Failure only
-    // costs a separate FIN segment.
-    unsafe {
+    let _ = set_int_option(s, libc::IPPROTO_TCP, libc::TCP_CORK, 1);
+}
+
+/// A socket option whose value is a C int (tokio offers no setter for these).
+fn set_int_option(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&one as *const libc::c_int).cast(),
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

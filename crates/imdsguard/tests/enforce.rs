@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The agent process and everything it printed.
@@ -166,13 +166,9 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
 
 #[test]
 fn the_agent_enforces_watched_files_reports_flows_and_survives_sigkill() {
-    if !can_create_namespaces() {
-        eprintln!("skipped: needs root to create network namespaces");
+    let Some((_serial, _routing, k)) = agent_test() else {
         return;
-    }
-    let _serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
-    let _routing = ProxyRouting::take();
-    let k = 150 + (std::process::id() % 50) as u8;
+    };
     let a = Pod::create(&unique_name("eta"), Ipv4Addr::new(10, k, 9, 2), None).expect("pod a");
     let b = Pod::create(&unique_name("etb"), Ipv4Addr::new(10, k, 9, 3), None).expect("pod b");
     let s = Pod::create(&unique_name("ets"), Ipv4Addr::new(10, k, 9, 4), None).expect("server");
@@ -359,6 +355,21 @@ impl Drop for ProxyRouting {
     }
 }
 
+/// What every agent test starts with: root (else it is skipped), the routing lock, and the
+/// second octet of its pods' subnet.
+fn agent_test() -> Option<(MutexGuard<'static, ()>, ProxyRouting, u8)> {
+    if !can_create_namespaces() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return None;
+    }
+    let serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
+    Some((
+        serial,
+        ProxyRouting::take(),
+        150 + (std::process::id() % 50) as u8,
+    ))
+}
+
 /// A stand-in for IMDS: answers every GET and POST with what it saw, and logs each request.
 const UPSTREAM: &str = r#"
 import http.server, socket, sys
@@ -467,13 +478,9 @@ fn requests_from_one_port(pod: &Pod, url: &str, port: u16) {
 
 #[test]
 fn the_proxy_enforces_http_rules_on_redirected_connections() {
-    if !can_create_namespaces() {
-        eprintln!("skipped: needs root to create network namespaces");
+    let Some((_serial, _routing, k)) = agent_test() else {
         return;
-    }
-    let _serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
-    let _routing = ProxyRouting::take();
-    let k = 150 + (std::process::id() % 50) as u8;
+    };
     let c = Pod::create(&unique_name("epc"), Ipv4Addr::new(10, k, 11, 2), None).expect("pod c");
     let d = Pod::create(&unique_name("epd"), Ipv4Addr::new(10, k, 11, 3), None).expect("pod d");
     let f = Pod::create(&unique_name("epf"), Ipv4Addr::new(10, k, 11, 4), None).expect("pod f");
@@ -629,13 +636,9 @@ fn the_proxy_enforces_http_rules_on_redirected_connections() {
 /// entry.
 #[test]
 fn an_ipv6_client_reusing_its_port_reaches_the_proxy() {
-    if !can_create_namespaces() {
-        eprintln!("skipped: needs root to create network namespaces");
+    let Some((_serial, _routing, k)) = agent_test() else {
         return;
-    }
-    let _serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
-    let _routing = ProxyRouting::take();
-    let k = 150 + (std::process::id() % 50) as u8;
+    };
     let v6 = |host: u16| std::net::Ipv6Addr::new(0xfd00, u16::from(k), 0, 0, 0, 0, 0x12, host);
     let c = Pod::create(
         &unique_name("e6c"),
