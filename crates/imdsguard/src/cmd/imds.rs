@@ -56,11 +56,7 @@ pub fn run(args: EmulatorArgs) -> Result<ExitCode> {
         rate_per_second: args.rate_limit,
         ..Default::default()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
+    super::block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -74,6 +70,6 @@ pub fn run(args: EmulatorArgs) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok::<_, anyhow::Error>(())
-    })?;
+    })??;
     Ok(ExitCode::SUCCESS)
 }

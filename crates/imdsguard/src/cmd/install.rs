@@ -61,11 +61,7 @@ pub fn run(args: InstallArgs) -> Result<ExitCode> {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(apply(&args, &text))?;
+    super::block_on(apply(&args, &text))??;
     Ok(ExitCode::SUCCESS)
 }
 

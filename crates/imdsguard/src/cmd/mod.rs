@@ -10,3 +10,20 @@ pub mod observe;
 pub mod policy;
 pub mod replay;
 pub mod status;
+
+/// Runs one future on a runtime of its own: for the commands that make one call (a listing, an
+/// apply, a stream) rather than serve.
+pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(future))
+}
+
+/// `1 policy`, `2 policies`.
+pub fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, one: &str, many: &str) -> String {
+    let word = if n == N::from(1) { one } else { many };
+    format!("{n} {word}")
+}

@@ -261,10 +261,7 @@ pub fn run(args: ObserveArgs) -> Result<ExitCode> {
             until: if args.follow { None } else { until },
             ..Default::default()
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        return rt.block_on(remote(server, req, &mut printer));
+        return super::block_on(remote(server, req, &mut printer))?;
     }
     let Some(input) = &args.input_file else {
         bail!(

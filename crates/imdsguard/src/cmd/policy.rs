@@ -509,11 +509,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
 
 /// The namespaces and pods of a live cluster, listed once.
 fn cluster_of(kubeconfig: &Path) -> Result<imdsguard_lint::Cluster> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
+    super::block_on(async {
         let client = imdsguard_k8s::cluster::connect(Some(kubeconfig)).await?;
         let (namespaces, endpoints) = imdsguard_k8s::cluster::list_all(&client)
             .await
@@ -524,7 +520,7 @@ fn cluster_of(kubeconfig: &Path) -> Result<imdsguard_lint::Cluster> {
             namespaces,
             endpoints,
         })
-    })
+    })?
 }
 
 fn lint(args: LintArgs) -> Result<ExitCode> {
@@ -591,16 +587,13 @@ fn lint(args: LintArgs) -> Result<ExitCode> {
                 );
                 println!("  fix: {}", f.fix);
             }
-            let plural = |n: usize, one: &str, many: &str| {
-                format!("{n} {}", if n == 1 { one } else { many })
-            };
             println!(
                 "{} and {} linted: {}, {}, {}",
-                plural(report.policies, "policy", "policies"),
-                plural(report.groups, "CIDR group", "CIDR groups"),
-                plural(report.count(Severity::Error), "error", "errors"),
-                plural(report.count(Severity::Warning), "warning", "warnings"),
-                plural(report.count(Severity::Note), "note", "notes"),
+                super::count(report.policies, "policy", "policies"),
+                super::count(report.groups, "CIDR group", "CIDR groups"),
+                super::count(report.count(Severity::Error), "error", "errors"),
+                super::count(report.count(Severity::Warning), "warning", "warnings"),
+                super::count(report.count(Severity::Note), "note", "notes"),
             );
         }
     }

@@ -174,34 +174,24 @@ fn print_text(
     let t = &r.totals;
     writeln!(
         out,
-        "Replayed {} flows from {} under {policies} {} and {groups} CIDR {}.",
+        "Replayed {} flows from {} under {} and {}.",
         t.flows,
         args.flows,
-        if policies == 1 { "policy" } else { "policies" },
-        if groups == 1 { "group" } else { "groups" },
+        super::count(policies, "policy", "policies"),
+        super::count(groups, "CIDR group", "CIDR groups"),
     )?;
     let s = &t.skipped;
     let mut skipped = Vec::new();
     if s.replies > 0 {
         skipped.push(format!(
-            "{} {}, which follow their request",
-            s.replies,
-            if s.replies == 1 {
-                "reply or response"
-            } else {
-                "replies and responses"
-            }
+            "{}, which follow their request",
+            super::count(s.replies, "reply or response", "replies and responses")
         ));
     }
     if s.not_policy_drops > 0 {
         skipped.push(format!(
-            "{} {} for reasons other than policy",
-            s.not_policy_drops,
-            if s.not_policy_drops == 1 {
-                "drop"
-            } else {
-                "drops"
-            }
+            "{} for reasons other than policy",
+            super::count(s.not_policy_drops, "drop", "drops")
         ));
     }
     if s.unjudgeable > 0 {
@@ -231,13 +221,12 @@ fn print_text(
     for g in &changed[..shown] {
         writeln!(
             out,
-            "  {}: {} → {} ({}), {} {}",
+            "  {}: {} → {} ({}), {}",
             subject(g),
             g.key.before,
             g.key.after,
             g.key.decided_by,
-            g.flows,
-            if g.flows == 1 { "flow" } else { "flows" }
+            super::count(g.flows, "flow", "flows")
         )?;
         if args.details {
             detail(out, g)?;
@@ -262,12 +251,11 @@ fn print_text(
         for g in same {
             writeln!(
                 out,
-                "  {}: {} ({}), {} {}",
+                "  {}: {} ({}), {}",
                 subject(g),
                 g.key.after,
                 g.key.decided_by,
-                g.flows,
-                if g.flows == 1 { "flow" } else { "flows" }
+                super::count(g.flows, "flow", "flows")
             )?;
             detail(out, g)?;
         }
