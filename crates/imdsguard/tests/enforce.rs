@@ -2,8 +2,9 @@
 //! endpoints as files, real curl from inside the pods, flows read back with `observe --server`.
 //! The protected "metadata" server is a namespace of the test's own; no machine route changes.
 
+mod common;
+
 use imdsguard_netns::{Pod, can_create_namespaces, unique_name};
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,14 +26,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the agent");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().map(|mut l| l.push(line)).ok();
-            }
-        });
+        let log = common::stderr_lines(&mut child);
         let mut agent = Agent {
             child,
             log,

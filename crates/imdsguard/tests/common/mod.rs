@@ -1,4 +1,5 @@
-//! What several root test files share: a private Kubernetes API server.
+//! What several root test files share: a private Kubernetes API server, and a child's stderr
+//! collected line by line.
 #![allow(dead_code)]
 
 use imdsguard_netns::unique_name;
@@ -90,4 +91,22 @@ impl Drop for Kapilite {
         self.down();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Collects `child`'s stderr (spawned with `Stdio::piped()`) line by line as it comes, so a test
+/// can wait for a log line and show the whole log when it fails.
+pub fn stderr_lines(
+    child: &mut std::process::Child,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead, BufReader};
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+    }
+    log
 }
