@@ -42,6 +42,20 @@ struct {
 } endpoints SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct iface_info);
+} ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+} frags SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -136,6 +150,10 @@ struct icmp_echo_hdr {
 #define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
 
+#define FRAG_NONE 0
+#define FRAG_FIRST 1 /* offset 0, more to come: must carry the ports */
+#define FRAG_LATER 2 /* no L4 header: takes the first fragment's ports */
+
 struct pkt {
 	struct addr saddr;
 	struct addr daddr;
@@ -148,13 +166,17 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 icmp_code;
 	__u8 neighbor_discovery;
-	__u8 pad[3];
+	__u8 frag;
+	__u8 reason; /* why parse refused the packet */
+	__u8 pad;
 	__u32 len;
+	__u32 frag_id;
 };
 
 struct verdict {
 	struct endpoint_info ep;
 	struct policy_value pv;
+	const struct iface_info *iface; /* NULL: no known pod behind this interface */
 	__u32 remote; /* looked up only when needed: known connections skip the LPM */
 	__u32 remote_flags;
 	__u8 remote_known;
@@ -165,12 +187,19 @@ struct verdict {
 	__u8 is_reply;
 };
 
-static __always_inline __u32 policy_epoch(void)
+static __always_inline __u32 config_word(int flags)
 {
 	__u32 zero = 0;
 	struct config *c = bpf_map_lookup_elem(&config, &zero);
 
-	return c ? c->policy_epoch : 0;
+	if (!c)
+		return 0;
+	return flags ? c->flags : c->policy_epoch;
+}
+
+static __always_inline __u32 policy_epoch(void)
+{
+	return config_word(0);
 }
 
 static __always_inline void count2(__u32 a, __u32 b)
@@ -190,86 +219,211 @@ static __always_inline void count(__u32 idx)
 	count2(idx, idx);
 }
 
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+#define PARSE_OK 0
+#define PARSE_PASS 1 /* ARP: not ours to judge */
+#define PARSE_DROP 2 /* cannot be judged: p->reason says why */
+
+static __always_inline int refuse(struct pkt *p, __u8 reason)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	void *l4;
-	int frag = 0;
+	p->reason = reason;
+	return PARSE_DROP;
+}
 
-	if ((void *)(eth + 1) > end)
-		return -1;
-	p->len = skb->len;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+#define IPV6_MAX_EXT 6
 
-		if ((void *)(ip + 1) > end || ip->ihl < 5)
-			return -1;
-		p->ipver = 4;
-		p->proto = ip->protocol;
-		p->saddr.b[10] = 0xff;
-		p->saddr.b[11] = 0xff;
-		p->daddr.b[10] = 0xff;
-		p->daddr.b[11] = 0xff;
-		__builtin_memcpy(&p->saddr.b[12], &ip->saddr, 4);
-		__builtin_memcpy(&p->daddr.b[12], &ip->daddr, 4);
-		/* A later fragment has no L4 header: it is judged with port 0. */
-		frag = (ip->frag_off & bpf_htons(0x1fff)) != 0;
-		l4 = (void *)ip + ip->ihl * 4;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+static __always_inline int is_ipv6_ext(__u8 nh)
+{
+	return nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_FRAGMENT ||
+	       nh == NEXTHDR_AUTH || nh == NEXTHDR_DEST;
+}
 
-		if ((void *)(ip6 + 1) > end)
-			return -1;
-		p->ipver = 6;
-		p->proto = ip6->nexthdr;
-		__builtin_memcpy(p->saddr.b, &ip6->saddr, 16);
-		__builtin_memcpy(p->daddr.b, &ip6->daddr, 16);
-		l4 = ip6 + 1;
-	} else {
-		return -1; /* ARP and the rest are not ours to judge */
+/* The L4 header at `off`, of which `l4_len` bytes are in the packet (or this
+ * fragment). Read with bpf_skb_load_bytes, so a header outside the linear
+ * part is read, not mistaken for a missing one. A header too short to hold
+ * what the verdict depends on is refused, never judged as port 0. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 off, __u32 l4_len)
+{
+	__u8 short_reason = p->frag == FRAG_FIRST ? DROP_FRAG_NOSUPPORT : DROP_CT_INVALID_HDR;
+
+	if (p->frag == FRAG_LATER)
+		return PARSE_OK;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		__be16 ports[2];
+
+		/* A whole datagram must have a whole header; a first fragment
+		 * at least the ports (RFC 1858's tiny fragments carry less). */
+		if (p->frag == FRAG_NONE && l4_len < (p->proto == IPPROTO_TCP ? 20 : 8))
+			return refuse(p, short_reason);
+		if (l4_len < 4 || bpf_skb_load_bytes(skb, off, ports, 4))
+			return refuse(p, short_reason);
+		p->sport = ports[0];
+		p->dport = ports[1];
+		p->ct_sport = ports[0];
+		p->ct_dport = ports[1];
+		if (p->proto == IPPROTO_TCP && l4_len >= 14 &&
+		    bpf_skb_load_bytes(skb, off + 13, &p->tcp_flags, 1))
+			return refuse(p, short_reason);
+		return PARSE_OK;
 	}
-	if (frag)
-		return 0;
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *t = l4;
-
-		if ((void *)(t + 1) > end)
-			return 0;
-		p->sport = t->source;
-		p->dport = t->dest;
-		p->tcp_flags = ((__u8 *)t)[13];
-	} else if (p->proto == IPPROTO_UDP) {
-		struct udphdr *u = l4;
-
-		if ((void *)(u + 1) > end)
-			return 0;
-		p->sport = u->source;
-		p->dport = u->dest;
-	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
-		struct icmp_echo_hdr *ic = l4;
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		struct icmp_echo_hdr ic = {};
 		__u8 type;
 
-		if ((void *)(ic + 1) > end)
-			return 0;
-		type = ic->type;
+		if (l4_len < 4 || bpf_skb_load_bytes(skb, off, &ic, 4))
+			return refuse(p, short_reason);
+		type = ic.type;
 		/* Router and neighbour discovery (133-137) keep IPv6 working: never
 		 * judged, as in Cilium. */
 		if (p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137)
 			p->neighbor_discovery = 1;
 		p->dport = bpf_htons(type);
-		p->icmp_code = ic->code;
+		p->icmp_code = ic.code;
 		if (type == ICMP_ECHO || type == ICMP_ECHOREPLY || type == ICMPV6_ECHO_REQUEST ||
 		    type == ICMPV6_ECHO_REPLY) {
-			p->ct_sport = ic->id;
-			p->ct_dport = ic->id;
+			if (l4_len < 8 || bpf_skb_load_bytes(skb, off, &ic, 8))
+				return refuse(p, short_reason);
+			p->ct_sport = ic.id;
+			p->ct_dport = ic.id;
 		}
-		return 0;
+		return PARSE_OK;
 	}
-	p->ct_sport = p->sport;
-	p->ct_dport = p->dport;
-	return 0;
+	/* Other protocols have no ports: judged by protocol alone. */
+	return PARSE_OK;
+}
+
+/* Walks IPv6 extension headers to the real L4 header, noting a fragment
+ * header. A chain too long, truncated, or with a routing header that still
+ * has segments to visit (the packet's real destination is not daddr) is
+ * refused. */
+static __always_inline int parse_ipv6_ext(struct __sk_buff *skb, struct pkt *p, __u32 *off)
+{
+	__u8 nh = p->proto;
+	int seen_frag = 0;
+
+	for (int i = 0; i < IPV6_MAX_EXT; i++) {
+		__u8 h[8];
+
+		if (!is_ipv6_ext(nh))
+			break;
+		if (bpf_skb_load_bytes(skb, *off, h, 8))
+			return refuse(p, DROP_INVALID_EXTHDR);
+		if (nh == NEXTHDR_FRAGMENT) {
+			__u16 offlg = ((__u16)h[2] << 8) | h[3];
+
+			if (seen_frag)
+				return refuse(p, DROP_INVALID_EXTHDR);
+			seen_frag = 1;
+			__builtin_memcpy(&p->frag_id, &h[4], 4);
+			if (offlg & 0xfff8)
+				p->frag = FRAG_LATER;
+			else if (offlg & 1)
+				p->frag = FRAG_FIRST;
+			*off += 8;
+		} else if (nh == NEXTHDR_AUTH) {
+			*off += ((__u32)h[1] + 2) * 4;
+		} else {
+			if (nh == NEXTHDR_ROUTING && h[3] != 0)
+				return refuse(p, DROP_INVALID_EXTHDR);
+			*off += ((__u32)h[1] + 1) * 8;
+		}
+		nh = h[0];
+	}
+	if (is_ipv6_ext(nh))
+		return refuse(p, DROP_INVALID_EXTHDR);
+	p->proto = nh;
+	return PARSE_OK;
+}
+
+/* Only IPv4, IPv6 and ARP are known; everything else (VLAN tags that the
+ * kernel would strip and route, unknown ethertypes) is refused, as Cilium
+ * drops unknown L3 (DROP_UNKNOWN_L3). */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 off = sizeof(struct ethhdr);
+	__u32 l4_len;
+	__be16 proto;
+
+	p->len = skb->len;
+	/* The kernel takes one VLAN tag off into skb metadata before TCX runs:
+	 * the frame would be judged as its inner packet and then belong to
+	 * another network. Pod interfaces carry no VLANs. */
+	if (skb->vlan_present)
+		return refuse(p, DROP_VLAN_FILTERED);
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
+		return refuse(p, DROP_INVALID);
+	if (proto == bpf_htons(ETH_P_ARP))
+		return PARSE_PASS;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		__u32 hlen, tot;
+		__u16 frag_off;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) || ip.ihl < 5 || ip.version != 4)
+			return refuse(p, DROP_INVALID);
+		hlen = ip.ihl * 4;
+		tot = bpf_ntohs(ip.tot_len);
+		if (skb->len < off + hlen)
+			return refuse(p, DROP_INVALID);
+		p->ipver = 4;
+		p->proto = ip.protocol;
+		p->saddr.b[10] = 0xff;
+		p->saddr.b[11] = 0xff;
+		p->daddr.b[10] = 0xff;
+		p->daddr.b[11] = 0xff;
+		__builtin_memcpy(&p->saddr.b[12], &ip.saddr, 4);
+		__builtin_memcpy(&p->daddr.b[12], &ip.daddr, 4);
+		frag_off = bpf_ntohs(ip.frag_off);
+		if (frag_off & 0x1fff)
+			p->frag = FRAG_LATER;
+		else if (frag_off & 0x2000)
+			p->frag = FRAG_FIRST;
+		p->frag_id = ip.id;
+		off += hlen;
+		l4_len = skb->len - off;
+		/* A fragment's L4 bytes are what its header says, not what
+		 * trails it (padding); GSO packets may have tot_len 0. */
+		if (p->frag != FRAG_NONE) {
+			if (tot < hlen)
+				return refuse(p, DROP_INVALID);
+			if (tot - hlen < l4_len)
+				l4_len = tot - hlen;
+		}
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		__u32 payload;
+		int r;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) || ip6.version != 6)
+			return refuse(p, DROP_INVALID);
+		p->ipver = 6;
+		p->proto = ip6.nexthdr;
+		__builtin_memcpy(p->saddr.b, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr.b, &ip6.daddr, 16);
+		payload = bpf_ntohs(ip6.payload_len);
+		off += sizeof(ip6);
+		r = parse_ipv6_ext(skb, p, &off);
+		if (r != PARSE_OK)
+			return r;
+		if (skb->len < off)
+			return refuse(p, DROP_INVALID_EXTHDR);
+		l4_len = skb->len - off;
+		if (p->frag != FRAG_NONE) {
+			__u32 ext = off - sizeof(struct ethhdr) - sizeof(ip6);
+
+			if (payload < ext)
+				return refuse(p, DROP_INVALID);
+			if (payload - ext < l4_len)
+				l4_len = payload - ext;
+		}
+	} else {
+		return refuse(p, DROP_UNKNOWN_L3);
+	}
+	return parse_l4(skb, p, off, l4_len);
 }
 
 /* Fills the direction-independent key; returns 1 when the packet comes from
@@ -310,16 +464,52 @@ static __always_inline struct ipcache_value *ipcache_lookup(const struct addr *a
 	return bpf_map_lookup_elem(&ipcache, &k);
 }
 
-/* The pod's endpoint: the source for egress, the destination for ingress.
- * Returns 0 when the address is not a known endpoint. */
+static __always_inline int addr_eq(const struct addr *a, const struct addr *b)
+{
+	const __u64 *x = (const __u64 *)a->b;
+	const __u64 *y = (const __u64 *)b->b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* Whether the pod behind this interface owns `a`. */
+static __always_inline int iface_owns(const struct iface_info *i, const struct pkt *p,
+				      const struct addr *a)
+{
+	if (p->ipver == 4)
+		return (i->flags & IFACE_HAS_V4) && addr_eq(&i->ip4, a);
+	return (i->flags & IFACE_HAS_V6) && addr_eq(&i->ip6, a);
+}
+
+/* IPv6 link-local and unspecified sources talking to link-local or multicast
+ * destinations (neighbour discovery, DAD, MLD) never leave the link, so they
+ * need not be the pod's own address. */
+static __always_inline int link_scoped(const struct pkt *p)
+{
+	const __u8 *s = p->saddr.b, *d = p->daddr.b;
+	int s_ll = s[0] == 0xfe && (s[1] & 0xc0) == 0x80;
+	int s_unspec = 1;
+	int d_scoped = d[0] == 0xff || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80);
+
+	for (int i = 0; i < 16; i++)
+		s_unspec &= s[i] == 0;
+	return p->ipver == 6 && (s_ll || s_unspec) && d_scoped;
+}
+
+/* The pod's endpoint: the source for egress, the destination for ingress,
+ * and only when the pod behind the interface owns that address. Returns 0
+ * when no known endpoint applies. */
 static __always_inline int load_endpoint(struct verdict *v, const struct pkt *p)
 {
+	const struct addr *a = v->dir == DIR_EGRESS ? &p->saddr : &p->daddr;
 	struct endpoint_info *ep;
 
 	if (v->ep_known)
 		return v->ep.identity != 0 || v->ep.ep_id != 0;
 	v->ep_known = 1;
-	ep = bpf_map_lookup_elem(&endpoints, v->dir == DIR_EGRESS ? &p->saddr : &p->daddr);
+	if (!v->iface || !iface_owns(v->iface, p, a))
+		return 0;
+	ep = bpf_map_lookup_elem(&endpoints, a);
 	if (!ep)
 		return 0;
 	v->ep = *ep;
@@ -399,6 +589,12 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, str
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
 	e->ep_id = v->ep.ep_id;
+	if (!v->ep.ep_id && v->iface) {
+		/* A packet its pod may not send (a spoofed source): the event
+		 * names the pod that sent it, not the one whose address it used. */
+		e->ep_id = v->iface->ep_id;
+		v->ep.identity = v->iface->identity;
+	}
 	if (v->dir == DIR_EGRESS) {
 		e->src_identity = v->ep.identity;
 		e->dst_identity = v->remote;
@@ -475,6 +671,12 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 
 	if (p->proto != IPPROTO_TCP) {
 		reason = DROP_PROXY_PROTO;
+		goto fail;
+	}
+	if (config_word(1) & CFG_PROXY_ROUTE_SHADOWED) {
+		/* A routing rule ahead of the proxy's would take the packet
+		 * elsewhere: never let a redirect leave unproxied. */
+		reason = DROP_FIB_LOOKUP;
 		goto fail;
 	}
 	if (p->ipver == 4) {
@@ -650,7 +852,13 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		count(CNT_AUDITED);
 	}
 	emit(skb, p, v, EV_POLICY_VERDICT, 0);
-track: {
+track:
+	/* A metadata service never opens connections to pods: an entry made by
+	 * such a packet would let the pod's own connection to it pass as a
+	 * reply, unjudged. The packet is judged, and not remembered. */
+	if (v->dir == DIR_INGRESS && (v->remote_flags & IPC_PROTECTED))
+		goto tracked;
+	{
 	struct ct_value nv = {
 		.created_ns = bpf_ktime_get_ns(),
 		.rule_id = v->pv.rule_id,
@@ -662,7 +870,8 @@ track: {
 	};
 
 	bpf_map_update_elem(&ct, &key, &nv, BPF_ANY);
-}
+	}
+tracked:
 	if (v->verdict == VERDICT_REDIRECTED) {
 		count(CNT_REDIRECTED);
 		return to_proxy(skb, p, v, v->pv.proxy_port);
@@ -672,26 +881,87 @@ track: {
 	return TCX_NEXT;
 }
 
+static __always_inline void frag_key_of(struct frag_key *k, const struct pkt *p, __u32 ifindex)
+{
+	k->saddr = p->saddr;
+	k->daddr = p->daddr;
+	k->id = p->frag_id;
+	k->ifindex = ifindex;
+	k->proto = p->proto;
+}
+
+/* Both directions: refuse what cannot be judged, check that the pod sends
+ * only from its own addresses, give later fragments their first one's ports,
+ * then judge. */
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct pkt p = {};
+	struct verdict v = { .dir = dir };
+	struct frag_key fk = {};
+	__u32 ifindex = skb->ifindex;
+	int r, ret;
+
+	r = parse(skb, &p);
+	if (r == PARSE_PASS)
+		return TCX_NEXT;
+	v.iface = bpf_map_lookup_elem(&ifaces, &ifindex);
+	if (r == PARSE_DROP) {
+		count(p.reason == DROP_UNKNOWN_L3 || p.reason == DROP_VLAN_FILTERED ? CNT_UNSUPPORTED_L3
+			: p.reason == DROP_FRAG_NOSUPPORT ? CNT_FRAG_DROPPED
+							  : CNT_INVALID_PACKET);
+		v.verdict = VERDICT_DROPPED;
+		return drop(skb, &p, &v, p.reason, 0);
+	}
+	if (dir == DIR_EGRESS && v.iface && !iface_owns(v.iface, &p, &p.saddr) &&
+	    !link_scoped(&p)) {
+		count(CNT_INVALID_SOURCE);
+		v.verdict = VERDICT_DROPPED;
+		return drop(skb, &p, &v, DROP_INVALID_SIP, 0);
+	}
+	if (p.neighbor_discovery)
+		return TCX_NEXT;
+	if (p.frag == FRAG_LATER) {
+		struct frag_value *fv;
+
+		frag_key_of(&fk, &p, ifindex);
+		fv = bpf_map_lookup_elem(&frags, &fk);
+		if (!fv) {
+			/* Its first fragment was refused, or never seen. */
+			count(CNT_FRAG_DROPPED);
+			v.verdict = VERDICT_DROPPED;
+			return drop(skb, &p, &v, DROP_FRAG_NOT_FOUND, 0);
+		}
+		p.sport = fv->sport;
+		p.dport = fv->dport;
+		p.ct_sport = fv->ct_sport;
+		p.ct_dport = fv->ct_dport;
+	}
+	ret = judge(skb, &p, &v);
+	if (p.frag == FRAG_FIRST && ret != TCX_DROP) {
+		struct frag_value fv = {
+			.sport = p.sport,
+			.dport = p.dport,
+			.ct_sport = p.ct_sport,
+			.ct_dport = p.ct_dport,
+			.tcp_flags = p.tcp_flags,
+		};
+
+		frag_key_of(&fk, &p, ifindex);
+		bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+	}
+	return ret;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
-	struct pkt p = {};
-	struct verdict v = { .dir = DIR_EGRESS };
-
-	if (parse(skb, &p) || p.neighbor_discovery)
-		return TCX_NEXT;
-	return judge(skb, &p, &v);
+	return handle(skb, DIR_EGRESS);
 }
 
 SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
-	struct pkt p = {};
-	struct verdict v = { .dir = DIR_INGRESS };
-
-	if (parse(skb, &p) || p.neighbor_discovery)
-		return TCX_NEXT;
-	return judge(skb, &p, &v);
+	return handle(skb, DIR_INGRESS);
 }
 
 /* Passes everything: the floor for per-packet cost measurements (BENCHMARKS.md). */

@@ -26,6 +26,42 @@ struct endpoint_info {
 	__u32 flags;
 };
 
+/* ifaces: a pod's host-side interface -> the addresses its pod may send from
+ * and the endpoint behind it. A pod is known by the interface its packets
+ * arrive on, never by the source address it writes (Cilium's
+ * DROP_INVALID_SIP); an interface with no entry has no known pod. */
+#define IFACE_HAS_V4 (1u << 0)
+#define IFACE_HAS_V6 (1u << 1)
+
+struct iface_info {
+	struct addr ip4;
+	struct addr ip6;
+	__u32 flags;
+	__u32 ep_id;
+	__u32 identity;
+	__u32 pad;
+};
+
+/* frags: the ports of a datagram's first fragment, for its later ones
+ * (which carry no L4 header). Keyed as Cilium's fragment tracking is. */
+struct frag_key {
+	struct addr saddr;
+	struct addr daddr;
+	__u32 id;
+	__u32 ifindex;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+	__be16 ct_sport;
+	__be16 ct_dport;
+	__u8 tcp_flags;
+	__u8 pad[3];
+};
+
 /* ipcache: prefix -> identity (LPM over the 128-bit mapped address). */
 #define IPC_PROTECTED (1u << 0) /* a metadata address: fail closed */
 
@@ -103,9 +139,11 @@ struct ct_value {
  * a connection judged under an older epoch is judged again on its next
  * packet from the side that opened it (as Cilium enforces policy on every
  * non-reply packet), so a new deny also cuts existing connections. */
+#define CFG_PROXY_ROUTE_SHADOWED (1u << 0) /* a routing rule catches redirects first */
+
 struct config {
 	__u32 policy_epoch;
-	__u32 pad;
+	__u32 flags;
 };
 
 /* Counters (per CPU). */
@@ -120,6 +158,10 @@ enum counter {
 	CNT_PROXY_DOWN,
 	CNT_NOT_READY,
 	CNT_RB_FULL,
+	CNT_INVALID_SOURCE,
+	CNT_UNSUPPORTED_L3,
+	CNT_FRAG_DROPPED,
+	CNT_INVALID_PACKET,
 	CNT_MAX,
 };
 
@@ -134,6 +176,15 @@ enum counter {
 #define TRACE_TO_NETWORK 11
 
 /* Drop reasons (Cilium's numbers). */
+#define DROP_INVALID_SIP 132
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_UNKNOWN_L3 139
+#define DROP_INVALID_EXTHDR 156
+#define DROP_FRAG_NOSUPPORT 157
+#define DROP_FIB_LOOKUP 169 /* the proxy's routing is shadowed: fail closed */
+#define DROP_FRAG_NOT_FOUND 175
+#define DROP_VLAN_FILTERED 182
 #define DROP_POLICY 133
 #define DROP_POLICY_DENY 181
 #define DROP_SOCKET_LOOKUP 178 /* no proxy listening: never pass instead */
@@ -174,5 +225,8 @@ _Static_assert(sizeof(struct event) == 80, "event size is part of the ABI");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
 _Static_assert(sizeof(struct ct_value) == 32, "ct_value size");
+_Static_assert(sizeof(struct iface_info) == 48, "iface_info size");
+_Static_assert(sizeof(struct frag_key) == 44, "frag_key size");
+_Static_assert(sizeof(struct frag_value) == 12, "frag_value size");
 
 #endif

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The pin layout. Pinned maps are reused as they are, so a change to any struct here or in
 /// `datapath.h` must bump this: a new agent then starts a fresh tree next to the old one.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const EP_READY: u32 = 1 << 0;
 pub const EP_EGRESS_ENFORCED: u32 = 1 << 1;
@@ -13,6 +13,13 @@ pub const EP_INGRESS_ENFORCED: u32 = 1 << 2;
 pub const EP_AUDIT: u32 = 1 << 3;
 
 pub const IPC_PROTECTED: u32 = 1 << 0;
+
+pub const IFACE_HAS_V4: u32 = 1 << 0;
+pub const IFACE_HAS_V6: u32 = 1 << 1;
+
+/// `Config::flags`: a routing rule ahead of the proxy's would take redirected packets elsewhere,
+/// so the datapath drops them instead of redirecting.
+pub const CFG_PROXY_ROUTE_SHADOWED: u32 = 1 << 0;
 
 pub const POL_DENY: u8 = 1 << 0;
 pub const POLICY_FIXED_BITS: u32 = 104;
@@ -24,7 +31,7 @@ pub const EV_DROP: u8 = 2;
 pub const EV_TRACE: u8 = 3;
 
 /// The counters, in the order of `enum counter` in `datapath.h`.
-pub const COUNTER_NAMES: [&str; 10] = [
+pub const COUNTER_NAMES: [&str; 14] = [
     "packets",
     "allowed",
     "denied",
@@ -35,6 +42,10 @@ pub const COUNTER_NAMES: [&str; 10] = [
     "proxy_down",
     "not_ready",
     "ringbuf_full",
+    "invalid_source",
+    "unsupported_l3",
+    "fragment_dropped",
+    "invalid_packet",
 ];
 
 /// An address as the maps hold it: IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
@@ -140,7 +151,47 @@ pub struct CtValue {
 pub struct Config {
     /// Bumped after every table change: connections judged under an older epoch are judged again.
     pub policy_epoch: u32,
+    /// `CFG_*` bits.
+    pub flags: u32,
+}
+
+/// A pod's host-side interface: the addresses its pod may send from, and its endpoint.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IfaceInfo {
+    pub ip4: Addr,
+    pub ip6: Addr,
+    /// `IFACE_HAS_*` bits.
+    pub flags: u32,
+    pub ep_id: u32,
+    pub identity: u32,
     pub pad: u32,
+}
+
+impl IfaceInfo {
+    /// The interface of an endpoint with these addresses (the first of each family is the pod's;
+    /// Kubernetes gives a pod at most one per family).
+    pub fn new(ips: &[IpAddr], ep_id: u32, identity: u32) -> IfaceInfo {
+        let mut i = IfaceInfo {
+            ep_id,
+            identity,
+            ..Default::default()
+        };
+        for ip in ips {
+            match ip {
+                IpAddr::V4(_) if i.flags & IFACE_HAS_V4 == 0 => {
+                    i.ip4 = Addr::from(*ip);
+                    i.flags |= IFACE_HAS_V4;
+                }
+                IpAddr::V6(_) if i.flags & IFACE_HAS_V6 == 0 => {
+                    i.ip6 = Addr::from(*ip);
+                    i.flags |= IFACE_HAS_V6;
+                }
+                _ => {}
+            }
+        }
+        i
+    }
 }
 
 /// One datapath event, decoded from the ring buffer.
@@ -254,6 +305,7 @@ const _: () = {
     assert!(size_of::<CtKey>() == 44);
     assert!(size_of::<CtValue>() == 32);
     assert!(size_of::<Config>() == 8);
+    assert!(size_of::<IfaceInfo>() == 48);
 };
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
             nanos.div_euclid(1_000_000_000),
             nanos.rem_euclid(1_000_000_000) as i32,
         )),
-        ip: Some(Ip {
+        ip: has_ip(e).then(|| Ip {
             source: src_ip.to_string(),
             destination: dst_ip.to_string(),
             ip_version: if e.ipver == 6 {
@@ -98,7 +98,11 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
                     (false, true) => f.ingress_denied_by.push(p),
                 }
             }
-            f.is_reply = Some(pbjson_types::BoolValue { value: false });
+            // As Cilium's parser (`decodeIsReply`): a verdict that lets the packet through is for
+            // the first packet of a connection, so not a reply; for a denied one the direction is
+            // unknown, and Hubble prints `<>`. AUDIT and REDIRECTED let the packet through.
+            f.is_reply = (verdict(e.verdict) != Verdict::Dropped)
+                .then_some(pbjson_types::BoolValue { value: false });
         }
         EV_DROP => {
             f.event_type = Some(CiliumEventType {
@@ -130,11 +134,42 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
     f
 }
 
+/// The datapath's verdict codes (`VERDICT_*` in `bpf/datapath.h`) as Hubble's. They are Hubble's
+/// numbers except AUDIT: `VERDICT_AUDIT` is 6, which is Hubble's TRACED; Hubble's AUDIT (4) is
+/// taken as well, should the datapath move to it.
 fn verdict(v: u8) -> Verdict {
-    Verdict::try_from(i32::from(v)).unwrap_or(Verdict::Unknown)
+    match v {
+        1 => Verdict::Forwarded,
+        2 => Verdict::Dropped,
+        4 | 6 => Verdict::Audit,
+        5 => Verdict::Redirected,
+        _ => Verdict::Unknown,
+    }
+}
+
+/// Drop reasons for packets the datapath refused before it read their L4 header (`parse` in
+/// `bpf/datapath.c`): an invalid IP header (134), an L4 header too short (135), an IPv6 extension
+/// header chain it would not walk (156), a first fragment too short to carry the ports (157), a
+/// later fragment whose first was not seen (175).
+const DROPS_WITHOUT_L4: [u8; 5] = [134, 135, 156, 157, 175];
+
+/// The event is for an IP packet. A frame the datapath could not read as IPv4 or IPv6 (drop reasons
+/// 139 "Unsupported L3 protocol" and 134 before the IP header) has no IP layer in Hubble's flow.
+fn has_ip(e: &Event) -> bool {
+    matches!(e.ipver, 4 | 6)
+}
+
+/// The event's L4 header was read. When it was not (the drops above), the flow has no L4 layer and
+/// no ports, and the summary names the IP layer (`IPv4`), as Hubble's does for a packet whose L4
+/// header gopacket does not decode (a fragment, an extension header it does not know).
+fn has_l4(e: &Event) -> bool {
+    has_ip(e) && !(e.kind == EV_DROP && DROPS_WITHOUT_L4.contains(&e.sub_type))
 }
 
 fn layer4(e: &Event) -> Option<Layer4> {
+    if !has_l4(e) {
+        return None;
+    }
     let protocol = match e.proto {
         6 => layer4::Protocol::Tcp(Tcp {
             source_port: u32::from(e.sport),
@@ -174,9 +209,14 @@ fn tcp_flags(b: u8) -> TcpFlags {
     }
 }
 
-/// Hubble's L3/L4 summary: `TCP Flags: SYN, ACK` (in Hubble's order), `UDP`, `ICMPv4 EchoRequest`.
+/// Hubble's L3/L4 summary: `TCP Flags: SYN, ACK` (in Hubble's order), `UDP`, `ICMPv4 EchoRequest`;
+/// the name of the last layer decoded (`IPv4`, `Ethernet`) when there is no L4 layer.
 pub fn summary(e: &Event) -> String {
-    match e.proto {
+    if !has_ip(e) {
+        return "Ethernet".to_owned();
+    }
+    let proto = if has_l4(e) { e.proto } else { 0 };
+    match proto {
         6 => {
             const ORDER: [(u8, &str); 8] = [
                 (0x02, "SYN"),
@@ -312,8 +352,13 @@ mod tests {
     fn policy_verdict_and_drop_print_as_hubble_does() {
         assert_eq!(
             line(&event(EV_POLICY_VERDICT, 0, 2)),
-            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) -> \
+            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) <> \
              169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS DENIED (TCP Flags: SYN)\n"
+        );
+        assert_eq!(
+            line(&event(EV_POLICY_VERDICT, 0, 1)),
+            "Jul 15 21:49:39.668: go-webapp/go-webapp-847857f68-2qlnd:40132 (ID:14226) -> \
+             169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS ALLOWED (TCP Flags: SYN)\n"
         );
         assert_eq!(
             line(&event(EV_DROP, 181, 2)),

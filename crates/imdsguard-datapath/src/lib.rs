@@ -7,8 +7,14 @@
 //! - `loader` (Linux only): load, pin under `<bpf-root>/imdsguard/v<layout>/`, attach first in
 //!   the TCX chain, write the tables atomically per endpoint, read counters and events.
 //!
-//! Limits: TCX needs Linux 6.6 or later; IPv6 extension headers are not walked (the first next
-//! header is taken as the L4 protocol); the proxy redirect is for TCP on pod egress.
+//! A pod is known by its interface (the `ifaces` map), never by the source address it writes;
+//! what cannot be judged (spoofed sources, unknown ethertypes and VLAN tags, fragments without
+//! their ports, IPv6 extension header chains it will not walk) is dropped with Cilium's reasons.
+//! docs/security.md has the threat model.
+//!
+//! Limits: TCX needs Linux 6.6 or later; IPv6 chains of more than six extension headers are
+//! dropped; fragments that arrive before their first fragment are dropped; the proxy redirect is
+//! for TCP on pod egress.
 
 pub mod abi;
 pub mod flows;

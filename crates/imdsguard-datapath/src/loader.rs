@@ -6,8 +6,8 @@
 //! moment without a program on an interface.
 
 use crate::abi::{
-    Addr, COUNTER_NAMES, Config, EndpointInfo, Event, IpcacheValue, LAYOUT_VERSION, PolicyKey,
-    PolicyValue,
+    Addr, CFG_PROXY_ROUTE_SHADOWED, COUNTER_NAMES, Config, EndpointInfo, Event, IfaceInfo,
+    IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyValue,
 };
 use crate::tables::EndpointTables;
 use aya::maps::lpm_trie::Key;
@@ -35,6 +35,7 @@ unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for IfaceInfo {}
 
 /// The programs, and where each attaches on the host side of a pod's veth.
 pub const PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -42,9 +43,11 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
     ("to_pod", TcAttachType::Egress),
 ];
 
-const PINNED_MAPS: [&str; 8] = [
+const PINNED_MAPS: [&str; 10] = [
     "config",
     "endpoints",
+    "ifaces",
+    "frags",
     "ipcache",
     "policy",
     "ct",
@@ -136,12 +139,17 @@ pub struct Datapath {
     bpf: Ebpf,
     dir: PathBuf,
     endpoints: BpfHashMap<MapData, Addr, EndpointInfo>,
+    ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
     ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     counters: PerCpuArray<MapData, [u64; COUNTERS]>,
     config: Array<MapData, Config>,
     events: Option<RingBuf<MapData>>,
     written: HashMap<u32, Written>,
+    /// The next policy generation. Generations are unique across all endpoints and agent
+    /// restarts (the first is above any in the pinned tables), so an endpoint ID that passes to
+    /// another pod can never select rows its previous owner left.
+    next_generation: u32,
     proxy_listeners: SockMap<MapData>,
     time_wait_attached: bool,
 }
@@ -181,10 +189,24 @@ impl Datapath {
         for (name, _) in PROGRAMS {
             classifier(&mut bpf, name)?.load().map_err(prog_err(name))?;
         }
-        let endpoints =
+        let endpoints: BpfHashMap<MapData, Addr, EndpointInfo> =
             BpfHashMap::try_from(take(&mut bpf, "endpoints")?).map_err(map_err("endpoints"))?;
+        let ifaces = BpfHashMap::try_from(take(&mut bpf, "ifaces")?).map_err(map_err("ifaces"))?;
         let ipcache = LpmTrie::try_from(take(&mut bpf, "ipcache")?).map_err(map_err("ipcache"))?;
-        let policy = LpmTrie::try_from(take(&mut bpf, "policy")?).map_err(map_err("policy"))?;
+        let policy: LpmTrie<MapData, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(take(&mut bpf, "policy")?).map_err(map_err("policy"))?;
+        let highest = endpoints
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, e)| e.generation)
+            .chain(
+                policy
+                    .keys()
+                    .filter_map(|k| k.ok())
+                    .map(|k| k.data().generation),
+            )
+            .max()
+            .unwrap_or(0);
         let counters =
             PerCpuArray::try_from(take(&mut bpf, "counters")?).map_err(map_err("counters"))?;
         let events = RingBuf::try_from(take(&mut bpf, "events")?).map_err(map_err("events"))?;
@@ -195,12 +217,14 @@ impl Datapath {
             bpf,
             dir,
             endpoints,
+            ifaces,
             ipcache,
             policy,
             counters,
             config,
             events: Some(events),
             written: HashMap::new(),
+            next_generation: highest.saturating_add(1),
             proxy_listeners,
             time_wait_attached: false,
         })
@@ -265,9 +289,12 @@ impl Datapath {
             }
             let prog = classifier(&mut self.bpf, name)?;
             let adopted = match PinnedLink::from_pin(&pin) {
+                // The program keeps the links it attaches; taken back and dropped, the link
+                // lives on through its pin alone, so `detach` (unpinning) really detaches.
                 Ok(old) => SchedClassifierLink::try_from(FdLink::from(old))
                     .map_err(|e| e.to_string())
                     .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()))
+                    .and_then(|id| prog.take_link(id).map_err(|e| e.to_string()))
                     .is_ok(),
                 Err(_) => false,
             };
@@ -430,7 +457,9 @@ impl Datapath {
             .chain(self.written.get(&ep_id).map(|w| w.generation))
             .max()
             .unwrap_or(0);
-        let generation = live.wrapping_add(1).max(1);
+        let generation = self.next_generation;
+        // 2^32 policy changes would be needed to wrap; start again at 1 rather than panic.
+        self.next_generation = generation.checked_add(1).unwrap_or(1);
         let t = tables(generation);
         let mut rows = Vec::with_capacity(t.rows.len());
         for (prefixlen, key, value) in &t.rows {
@@ -531,9 +560,65 @@ impl Datapath {
         }
     }
 
+    /// Every endpoint entry, by address.
+    pub fn endpoints(&self) -> Vec<(IpAddr, EndpointInfo)> {
+        self.endpoints
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(a, e)| (a.ip(), e))
+            .collect()
+    }
+
     /// The endpoint entry for an address, as the datapath sees it.
     pub fn endpoint(&self, ip: IpAddr) -> Option<EndpointInfo> {
         self.endpoints.get(&Addr::from(ip), 0).ok()
+    }
+
+    /// Says which pod is behind the interface `ifindex`: only its addresses may leave through
+    /// it, and only its policy applies to what passes.
+    pub fn set_interface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<()> {
+        if self.ifaces.get(&ifindex, 0).ok() == Some(info) {
+            return Ok(());
+        }
+        self.ifaces
+            .insert(ifindex, info, 0)
+            .map_err(map_err("ifaces"))
+    }
+
+    /// The interfaces with a known pod, by index.
+    pub fn interfaces(&self) -> Vec<(u32, IfaceInfo)> {
+        self.ifaces.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Forgets the pod behind each interface not in `keep` (gone, or now without a known pod).
+    pub fn retain_interfaces(&mut self, keep: &[u32]) -> usize {
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for i in &stale {
+            let _ = self.ifaces.remove(i);
+        }
+        stale.len()
+    }
+
+    /// Marks the proxy's routing as shadowed (a rule ahead of ours would take redirected packets
+    /// elsewhere): the datapath then drops what it would redirect. True when this changed it.
+    pub fn set_proxy_route_shadowed(&mut self, shadowed: bool) -> Result<bool> {
+        let mut c = self.config.get(&0, 0).map_err(map_err("config"))?;
+        let flags = if shadowed {
+            c.flags | CFG_PROXY_ROUTE_SHADOWED
+        } else {
+            c.flags & !CFG_PROXY_ROUTE_SHADOWED
+        };
+        if flags == c.flags {
+            return Ok(false);
+        }
+        c.flags = flags;
+        self.config.set(0, c, 0).map_err(map_err("config"))?;
+        Ok(true)
     }
 
     pub fn set_ipcache(&mut self, net: IpNet, identity: u32, flags: u32) -> Result<()> {
@@ -788,6 +873,20 @@ pub fn unpin_all(bpf_root: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes the pin trees of older layouts (`v1` … below ours): their links detach. Call it once
+/// this layout is attached to every interface, so no interface is ever left without a program.
+pub fn remove_older_layouts(bpf_root: &Path) -> Vec<PathBuf> {
+    let base = bpf_root.join("imdsguard");
+    let mut removed = Vec::new();
+    for v in 1..LAYOUT_VERSION {
+        let dir = base.join(format!("v{v}"));
+        if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
 /// The datapath as the kernel holds it, read from the pins: works whether or not an agent runs.
 #[derive(Debug, Clone)]
 pub struct Inspection {
@@ -796,6 +895,9 @@ pub struct Inspection {
     pub ipcache: Vec<(IpNet, IpcacheValue)>,
     pub counters: Vec<(&'static str, u64)>,
     pub interfaces: Vec<InterfaceState>,
+    /// `Config::flags` (`CFG_*`): e.g. redirects failing closed while the proxy's routing is
+    /// shadowed.
+    pub config_flags: u32,
 }
 
 /// One pinned interface and where our programs sit in its TCX chains.
@@ -832,6 +934,11 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
         .filter_map(|r| r.ok())
         .filter_map(|(k, v)| Some((ipcache_net(&k)?, v)))
         .collect();
+    let config_flags = map("config")
+        .ok()
+        .and_then(|m| Array::<MapData, Config>::try_from(aya::maps::Map::Array(m)).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .map_or(0, |c| c.flags);
     let counter_list = counters
         .get(&0, 0)
         .map(|v| sum_counters(v.iter()))
@@ -882,5 +989,6 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
         ipcache: ipcache_list,
         counters: counter_list,
         interfaces,
+        config_flags,
     })
 }

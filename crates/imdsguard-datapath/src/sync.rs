@@ -62,12 +62,16 @@ struct Applied {
     policy: Option<Arc<EndpointPolicy>>,
 }
 
-/// The engine → datapath writer. Endpoint IDs are small, stable numbers per endpoint key.
+/// The engine → datapath writer. Endpoint IDs are small numbers per endpoint key, stable across
+/// agent restarts: a restarted agent takes each endpoint's ID back from the pinned endpoints map
+/// (by its addresses), and hands new endpoints numbers above every pinned one.
 pub struct TableSync {
     opts: SyncOptions,
     pub rule_ids: RuleIds,
     ipcache: HashMap<IpNet, (u32, u32)>,
     endpoints: HashMap<String, Applied>,
+    /// IDs taken back from the pinned state at start, for endpoints not yet applied.
+    reserved: HashMap<String, u32>,
     next_ep_id: u32,
     synced: bool,
 }
@@ -79,6 +83,7 @@ impl TableSync {
             rule_ids: RuleIds::default(),
             ipcache: HashMap::new(),
             endpoints: HashMap::new(),
+            reserved: HashMap::new(),
             next_ep_id: 1,
             synced: false,
         }
@@ -102,6 +107,7 @@ impl TableSync {
         let mut stats = SyncStats::default();
         let first = !self.synced;
         if first {
+            self.adopt_endpoint_ids(repo, dp);
             // Start from what the maps hold (an earlier agent's state), so the diff removes
             // what is no longer wanted.
             self.ipcache = dp
@@ -130,6 +136,31 @@ impl TableSync {
             dp.bump_policy_epoch()?;
         }
         Ok(stats)
+    }
+
+    /// Takes back the IDs an earlier agent gave: an endpoint whose address the pinned map holds
+    /// keeps that entry's ID, unless another endpoint claimed it first (an address that moved
+    /// between pods while no agent ran). The rest get numbers above every pinned ID.
+    fn adopt_endpoint_ids(&mut self, repo: &Repository, dp: &Datapath) {
+        let pinned: HashMap<IpAddr, u32> = dp
+            .endpoints()
+            .into_iter()
+            .map(|(ip, e)| (ip, e.ep_id))
+            .collect();
+        self.next_ep_id = self
+            .next_ep_id
+            .max(pinned.values().max().map_or(1, |m| m.saturating_add(1)));
+        let mut claimed: HashSet<u32> = self.reserved.values().copied().collect();
+        for (spec, _) in repo.endpoints() {
+            let key = spec.key();
+            if self.reserved.contains_key(&key) {
+                continue;
+            }
+            let id = spec.ips.iter().find_map(|ip| pinned.get(ip).copied());
+            if let Some(id) = id.filter(|id| *id != 0 && claimed.insert(*id)) {
+                self.reserved.insert(key, id);
+            }
+        }
     }
 
     fn sync_ipcache(
@@ -185,8 +216,9 @@ impl TableSync {
         for (spec, identity) in repo.endpoints() {
             let key = spec.key();
             let policy = repo.endpoint_policy(&key).cloned();
-            let ep_id = match self.endpoints.get(&key) {
-                Some(a) => a.ep_id,
+            let known = self.endpoints.get(&key).map(|a| a.ep_id);
+            let ep_id = match known.or_else(|| self.reserved.get(&key).copied()) {
+                Some(id) => id,
                 None => {
                     let id = self.next_ep_id;
                     self.next_ep_id += 1;

@@ -177,6 +177,25 @@ fn open(lab: &Lab) -> Datapath {
     .expect("load the datapath")
 }
 
+/// Attaches to a pod's interface and says which pod is behind it (its addresses), as the agent
+/// does: only then does the pod's policy apply to what it sends.
+fn attach(
+    dp: &mut Datapath,
+    pod: &Pod,
+) -> Result<Vec<imdsguard_datapath::loader::Attachment>, imdsguard_datapath::loader::DatapathError>
+{
+    let att = dp.attach(&pod.host_if)?;
+    let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", pod.host_if))
+        .expect("ifindex")
+        .trim()
+        .parse()
+        .expect("ifindex");
+    let mut ips: Vec<IpAddr> = vec![pod.ipv4.into()];
+    ips.extend(pod.ipv6.map(IpAddr::from));
+    dp.set_interface(ifindex, abi::IfaceInfo::new(&ips, 0, 0))?;
+    Ok(att)
+}
+
 fn drain(reader: &mut EventReader) -> Vec<Event> {
     let mut out = Vec::new();
     reader.drain(|e| out.push(e));
@@ -196,7 +215,7 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
     for pod in [&lab.a, &lab.b] {
-        let att = dp.attach(&pod.host_if).expect("attach");
+        let att = attach(&mut dp, pod).expect("attach");
         assert!(
             att.iter()
                 .all(|a| a.position == Some(0) && a.chain_len == 1),
@@ -277,7 +296,7 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync after restart");
     for pod in [&lab.a, &lab.b] {
-        let att = dp.attach(&pod.host_if).expect("adopt");
+        let att = attach(&mut dp, pod).expect("adopt");
         assert!(
             att.iter()
                 .all(|a| a.position == Some(0) && a.chain_len == 1),
@@ -286,6 +305,21 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
     }
     assert!(!curl(&lab.a, server));
     assert!(curl(&lab.b, server));
+    // Detaching an adopted link really takes the programs off (the agent must not keep a
+    // reference of its own beside the pin).
+    dp.detach(&lab.a.host_if).expect("detach");
+    let chains = dp.attachments(&lab.a.host_if).expect("chains");
+    assert!(
+        chains
+            .iter()
+            .all(|a| a.position.is_none() && a.chain_len == 0),
+        "{chains:?}"
+    );
+    attach(&mut dp, &lab.a).expect("attach again");
+    assert!(
+        !curl(&lab.a, server),
+        "a reached the server after a re-attach"
+    );
 }
 
 #[test]
@@ -295,7 +329,7 @@ fn a_pod_without_policy_is_closed_for_metadata_until_its_policy_lands() {
     let mut dp = open(&lab);
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
-    dp.attach(&lab.a.host_if).expect("attach");
+    attach(&mut dp, &lab.a).expect("attach");
     // A new pod c appears on a's interface address space before the engine resolved it: simulate
     // it by registering the endpoint as pending.
     let c_ip = IpAddr::V4(lab.a.ipv4);
@@ -334,7 +368,7 @@ fn audit_mode_lets_denials_pass_and_reports_them() {
     opts.audit_endpoints.insert("default/a".to_owned());
     let mut sync = TableSync::new(opts);
     sync.sync(&repo, &mut dp).expect("sync");
-    dp.attach(&lab.a.host_if).expect("attach");
+    attach(&mut dp, &lab.a).expect("attach");
     let mut events = dp.take_events().expect("events");
     let server = IpAddr::V4(lab.server.ipv4);
     let passed = curl(&lab.a, server);
@@ -399,7 +433,7 @@ fn ingress_policy_replies_and_a_missing_proxy() {
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
     for pod in [&lab.a, &lab.b] {
-        dp.attach(&pod.host_if).expect("attach");
+        attach(&mut dp, pod).expect("attach");
     }
     let mut events = dp.take_events().expect("events");
     let b = IpAddr::V4(lab.b.ipv4);
@@ -514,7 +548,7 @@ fn a_new_deny_cuts_an_established_connection() {
     let mut dp = open(&lab);
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
-    dp.attach(&lab.b.host_if).expect("attach");
+    attach(&mut dp, &lab.b).expect("attach");
     std::thread::sleep(Duration::from_millis(300));
     let mut client = imdsguard_netns::Process(
         lab.b
@@ -540,5 +574,71 @@ fn a_new_deny_cuts_an_established_connection() {
     assert!(
         second.starts_with("failed"),
         "the connection survived the deny: {second:?}"
+    );
+}
+
+/// Hand-built frames, as a hostile pod (or a forged reply) puts them on an interface.
+const PACKETS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/hostile/packets.py"
+);
+
+#[test]
+fn a_packet_from_a_protected_address_never_makes_the_pods_connection_a_reply() {
+    let Some(lab) = lab() else { return };
+    let repo = repository(&lab);
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync");
+    attach(&mut dp, &lab.a).expect("attach");
+    let server = IpAddr::V4(lab.server.ipv4);
+    assert!(!curl(&lab.a, server), "a reached the protected server");
+    // A SYN-ACK from the protected address's port 8080 to a port of a's own arrives at a (the
+    // server needs no spoofing: it is the metadata address). a then connects from that port.
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", lab.server.host_if))
+        .expect("mac");
+    let out = lab
+        .server
+        .ns
+        .exec(
+            "python3",
+            &[
+                PACKETS,
+                mac.trim(),
+                "synack",
+                &format!("src={}", lab.server.ipv4),
+                &format!("dst={}", lab.a.ipv4),
+                "sport=8080",
+                "dport=43211",
+            ],
+        )
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let connected = lab
+        .a
+        .ns
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                "--local-port",
+                "43211",
+                &format!("http://{server}:8080/"),
+            ],
+        )
+        .expect("curl")
+        .status
+        .success();
+    assert!(
+        !connected,
+        "a packet from the metadata address turned a's denied connection into a reply"
     );
 }

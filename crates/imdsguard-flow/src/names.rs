@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 
 /// Cilium's drop reason text (`pkg/monitor/api/drop.go`), as the compact printer shows it for drop
-/// events. Unknown codes print as `"<code>, 0"`, as Hubble does.
+/// events. Unknown codes print as `"<code>, 0"`, as Hubble does. 130-198 are checked against
+/// drop.go's table (gaps are codes it has no text for); 199-201 are left out until checked.
 pub fn drop_reason_text(code: u32) -> Cow<'static, str> {
     let text = match code {
         130 => "Invalid source mac",
@@ -23,15 +24,35 @@ pub fn drop_reason_text(code: u32) -> Cow<'static, str> {
         144 => "Unknown ICMPv4 type",
         145 => "Unknown ICMPv6 code",
         146 => "Unknown ICMPv6 type",
+        147 => "Error retrieving tunnel key",
+        148 => "Error retrieving tunnel options",
+        149 => "Invalid Geneve option",
+        150 => "Unknown L3 target address",
         151 => "Stale or unroutable IP",
+        152 => "No matching local container found",
+        153 => "Error while correcting L3 checksum",
+        154 => "Error while correcting L4 checksum",
         155 => "CT: Map insertion failed",
+        156 => "Invalid IPv6 extension header",
+        157 => "IP fragmentation not supported",
         158 => "Service backend not found",
         160 => "No tunnel/encapsulation endpoint (datapath BUG!)",
         161 => "NAT 46/64 not enabled",
+        162 => "Reached EDT rate-limiting drop horizon",
+        163 => "Unknown connection tracking state",
+        164 => "Local host is unreachable",
         165 => "No configuration available to perform policy decision",
+        166 => "Unsupported L2 protocol",
+        167 => "No mapping for NAT masquerade",
+        168 => "Unsupported protocol for NAT masquerade",
         169 => "FIB lookup failed",
+        170 => "Encapsulation traffic is prohibited",
         171 => "Invalid identity",
+        172 => "Unknown sender",
+        173 => "NAT not needed",
         174 => "Is a ClusterIP",
+        175 => "First logical datagram fragment not found",
+        176 => "Forbidden ICMPv6 message",
         177 => "Denied by LB src range check",
         178 => "Socket lookup failed",
         179 => "Socket assign failed",
@@ -39,8 +60,20 @@ pub fn drop_reason_text(code: u32) -> Cow<'static, str> {
         181 => "Policy denied by denylist",
         182 => "VLAN traffic disallowed by VLAN filter",
         183 => "Incorrect VNI from VTEP",
+        184 => "Failed to update or lookup TC buffer",
+        185 => "No SID was found for the IP address",
+        186 => "SRv6 state was removed during tail call",
+        187 => "L3 translation from IPv4 to IPv6 failed (NAT46)",
+        188 => "L3 translation from IPv6 to IPv4 failed (NAT64)",
         189 => "Authentication required",
+        190 => "No conntrack map found",
+        191 => "No nat map found",
+        192 => "Invalid ClusterID",
+        193 => "Unsupported packet protocol for DSR encapsulation",
+        194 => "No egress gateway found",
         195 => "Traffic is unencrypted",
+        196 => "TTL exceeded",
+        197 => "No node ID found",
         198 => "Rate limited",
         202 => "Host datapath not ready",
         203 => "Endpoint policy program not available",
@@ -168,6 +201,13 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(drop_reason_text(181), "Policy denied by denylist");
+        assert_eq!(drop_reason_text(156), "Invalid IPv6 extension header");
+        assert_eq!(drop_reason_text(157), "IP fragmentation not supported");
+        assert_eq!(
+            drop_reason_text(175),
+            "First logical datagram fragment not found"
+        );
+        assert_eq!(drop_reason_text(159), "159, 0");
         assert_eq!(drop_reason_text(999), "999, 0");
         assert_eq!(trace_point_name(0), "to-endpoint");
         assert_eq!(trace_point_name(11), "to-network");

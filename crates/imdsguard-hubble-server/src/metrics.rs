@@ -7,6 +7,7 @@ use imdsguard_flow::names::{self, enum_name};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,9 @@ pub struct FlowMetrics {
     http_requests: Family<Labels, Counter>,
     http_duration: Family<Labels, Histogram>,
     lost: Family<Labels, Counter>,
+    input_errors: Family<Labels, Counter>,
+    proxy_route_shadowed: Gauge,
+    datapath: Family<Labels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -31,7 +35,8 @@ fn duration_histogram() -> Histogram {
 
 impl Default for FlowMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("hubble");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("hubble");
         let flows = Family::default();
         let drops = Family::default();
         let verdicts = Family::default();
@@ -64,8 +69,31 @@ impl Default for FlowMetrics {
             http_duration.clone(),
         );
         registry.register("lost_events", "Number of lost events", lost.clone());
+        // The agent's own state, under imdsguard_: what Hubble's flows cannot tell.
+        let agent = root.sub_registry_with_prefix("imdsguard");
+        let input_errors = Family::default();
+        agent.register(
+            "input_errors",
+            "Inputs rejected (an invalid policy, an endpoints file that is empty, truncated or unparsable); the last good state stays in force",
+            input_errors.clone(),
+        );
+        let proxy_route_shadowed = Gauge::default();
+        agent.register(
+            "proxy_route_shadowed",
+            "1 while a routing rule ahead of the proxy's could catch redirected packets (redirects then fail closed)",
+            proxy_route_shadowed.clone(),
+        );
+        let datapath = Family::default();
+        agent.register(
+            "datapath_packets",
+            "The datapath's packet counters by name (invalid_source, unsupported_l3, fragment_dropped, ...), summed over CPUs",
+            datapath.clone(),
+        );
         FlowMetrics {
-            registry,
+            registry: root,
+            input_errors,
+            proxy_route_shadowed,
+            datapath,
             flows,
             drops,
             verdicts,
@@ -235,6 +263,26 @@ impl FlowMetrics {
         self.lost
             .get_or_create(&vec![("source", source.to_owned())])
             .inc_by(n);
+    }
+
+    /// Counts one rejected input (`policy`, `endpoints`).
+    pub fn input_error(&self, input: &str) {
+        self.input_errors
+            .get_or_create(&vec![("input", input.to_owned())])
+            .inc();
+    }
+
+    pub fn set_proxy_route_shadowed(&self, shadowed: bool) {
+        self.proxy_route_shadowed.set(i64::from(shadowed));
+    }
+
+    /// Publishes the datapath's counters (they are totals kept by the kernel).
+    pub fn set_datapath_counters(&self, counters: &[(&'static str, u64)]) {
+        for (name, v) in counters {
+            self.datapath
+                .get_or_create(&vec![("counter", (*name).to_owned())])
+                .set(i64::try_from(*v).unwrap_or(i64::MAX));
+        }
     }
 
     /// The OpenMetrics text exposition.

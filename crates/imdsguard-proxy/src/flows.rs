@@ -4,11 +4,12 @@
 
 use crate::http1::Request;
 use imdsguard_hubble_proto::flow::{
-    CiliumEventType, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, L7FlowType, Layer4,
-    Layer7, Policy, Tcp, TrafficDirection, Verdict, layer4, layer7,
+    CiliumEventType, DropReason, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion,
+    L7FlowType, Layer4, Layer7, Policy, Tcp, TrafficDirection, Verdict, layer4, layer7,
 };
 use imdsguard_hubble_proto::wkt::Timestamp;
 use imdsguard_policy::mapstate::Origin;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -161,37 +162,67 @@ impl Exchange<'_> {
     }
 }
 
-/// A request refused before it could be judged (malformed or ambiguous): `http-request DROPPED`
-/// with the reason as the summary.
-#[allow(deprecated)]
-pub fn refused_flow(
-    client: SocketAddr,
-    server: SocketAddr,
-    source: &Endpoint,
-    destination: &Endpoint,
-    node_name: &str,
-    reason: &crate::http1::Refusal,
-) -> Flow {
-    let placeholder = Request {
-        http: Default::default(),
-        target: String::new(),
-        minor_version: 1,
-        body: crate::http1::Body::None,
-        close: true,
-        head_len: 0,
-    };
-    let x = Exchange {
-        client,
-        server,
-        source,
-        destination,
-        request: &placeholder,
-        node_name,
-        allowed_by: &[],
-    };
-    let mut f = x.request_flow(false);
-    f.summary = format!("HTTP request refused: {reason}");
-    f
+/// A connection the proxy answered before it had a request to judge: a malformed head, a head
+/// that did not arrive in time, a connection over a limit. Its flows carry no method or path.
+#[derive(Debug, Clone)]
+pub struct Unjudged<'a> {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub source: &'a Endpoint,
+    pub destination: &'a Endpoint,
+    pub node_name: &'a str,
+}
+
+impl Unjudged<'_> {
+    fn flows(&self, build: impl FnOnce(&Exchange<'_>) -> Flow) -> Flow {
+        let placeholder = Request {
+            http: Default::default(),
+            target: String::new(),
+            minor_version: 1,
+            body: crate::http1::Body::None,
+            close: true,
+            head_len: 0,
+        };
+        build(&Exchange {
+            client: self.client,
+            server: self.server,
+            source: self.source,
+            destination: self.destination,
+            request: &placeholder,
+            node_name: self.node_name,
+            allowed_by: &[],
+        })
+    }
+
+    /// `http-request DROPPED` with the reason as the summary: `HTTP request refused: <reason>`.
+    #[allow(deprecated)]
+    pub fn refused(&self, reason: &dyn fmt::Display) -> Flow {
+        let mut f = self.flows(|x| x.request_flow(false));
+        f.summary = format!("HTTP request refused: {reason}");
+        f
+    }
+
+    /// `refused`, for a connection over a connection limit. The drop reason is Cilium's
+    /// `DROP_RATE_LIMITED`: `hubble_drop_total` counts by drop reason, so limit hits count apart
+    /// from policy denials and malformed requests, whose flows leave it unset
+    /// (`DROP_REASON_UNKNOWN`).
+    #[allow(deprecated)]
+    pub fn limited(&self, limit: &dyn fmt::Display) -> Flow {
+        let mut f = self.refused(limit);
+        f.drop_reason_desc = DropReason::DropRateLimited as i32;
+        // Deprecated, but Cilium still fills it.
+        f.drop_reason = DropReason::DropRateLimited as u32;
+        f
+    }
+
+    /// `http-response FORWARDED (HTTP/1.1 408 10000ms (<why>))`: what the proxy answered itself.
+    /// The response flow is what `hubble_http_requests_total` counts, by status.
+    #[allow(deprecated)]
+    pub fn answered(&self, status: u16, latency_ns: u64, why: &dyn fmt::Display) -> Flow {
+        let mut f = self.flows(|x| x.response_flow(status, latency_ns));
+        f.summary = format!("HTTP/1.1 {status} {}ms ({why})", latency_ns / 1_000_000);
+        f
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +276,40 @@ mod tests {
         let line = compact(&x.request_flow(false), &PrintOptions::default());
         assert!(
             line.contains("http-request DROPPED (HTTP/1.1 GET "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn answers_without_a_request_say_why() {
+        let (source, destination) = (Endpoint::default(), Endpoint::default());
+        let u = Unjudged {
+            client: "10.244.1.17:40132".parse().expect("addr"),
+            server: "169.254.169.254:80".parse().expect("addr"),
+            source: &source,
+            destination: &destination,
+            node_name: "n",
+        };
+        let limited = u.limited(&"too many connections from this pod (16 open)");
+        assert_eq!(limited.verdict, Verdict::Dropped as i32);
+        assert_eq!(limited.drop_reason_desc, DropReason::DropRateLimited as i32);
+        let line = compact(&limited, &PrintOptions::default());
+        assert!(
+            line.contains(
+                "http-request DROPPED (HTTP request refused: too many connections from this pod (16 open))"
+            ),
+            "{line}"
+        );
+        // Refusals that are not limit hits keep Cilium's unset drop reason.
+        assert_eq!(u.refused(&"request head timed out").drop_reason_desc, 0);
+        let line = compact(
+            &u.answered(408, 10_000_000_000, &"request head timed out"),
+            &PrintOptions::default(),
+        );
+        assert!(
+            line.contains(
+                "http-response FORWARDED (HTTP/1.1 408 10000ms (request head timed out))"
+            ),
             "{line}"
         );
     }

@@ -6,8 +6,9 @@
 //! - `http1`: a strict request/response head parser that refuses anything the upstream could read
 //!   differently (pure).
 //! - `flows`: the access log as Hubble `http-request` / `http-response` flows (pure).
-//! - `server` (Linux): the transparent listener, per-connection judging and forwarding, timeouts
-//!   and per-identity connection limits.
+//! - `server` (Linux): the transparent listener, per-connection judging and forwarding, and the
+//!   timeouts.
+//! - `slots` (Linux): connection limits per identity and, inside them, per pod.
 //!
 //! Limits: HTTP/1.x only (no HTTP/2, no upgrades); one upstream connection per client connection.
 
@@ -17,3 +18,5 @@ pub mod http1;
 pub mod routing;
 #[cfg(target_os = "linux")]
 pub mod server;
+#[cfg(target_os = "linux")]
+mod slots;

@@ -1,17 +1,18 @@
 //! The proxy's sockets: a transparent listener, one task per client connection, a faithful
 //! forwarder to the original destination, and Envoy's answers for what is not forwarded.
 
-use crate::flows::Exchange;
+use crate::flows::{Exchange, Unjudged};
 use crate::http1::{
     Body, ChunkedFramer, Limits, Parse, Refusal, Request, parse_request, parse_response,
 };
+use crate::slots::{Caps, Limit, Slots};
 use imdsguard_hubble_proto::flow::{Endpoint, Flow};
 use imdsguard_policy::Identity;
 use imdsguard_policy::repository::EndpointPolicy;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -19,15 +20,27 @@ use tokio::time::timeout;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Time for a client to send a whole request head.
+    /// Time for a client to send a whole request head once it has begun (and for the first
+    /// request's first byte). A head cut short is answered 408.
     pub header_timeout: Duration,
-    /// Time a kept-alive client connection may stay silent.
+    /// Time for a client to send a whole request body, from the end of its head: a body that
+    /// trickles in does not extend it. Answered 408.
+    pub body_timeout: Duration,
+    /// Time a kept-alive client connection may stay silent between requests, and the longest the
+    /// proxy waits on a client that does not read what it is sent.
     pub idle_timeout: Duration,
     pub upstream_connect_timeout: Duration,
-    /// Time for the upstream to send its response head.
+    /// Time for the upstream to begin its response head once the request has gone, and then to
+    /// complete it. Answered 504.
     pub upstream_timeout: Duration,
-    /// Open client connections per source identity, so one pod cannot starve the others.
+    /// Time an upstream may stay silent in the middle of a response body (or leave a request
+    /// body unread), and the longest an upstream connection waits in the pool for reuse.
+    pub upstream_idle_timeout: Duration,
+    /// Open client connections per source identity, so one workload cannot starve the others.
     pub max_connections_per_identity: usize,
+    /// Open client connections per client address, inside its identity's limit, so one pod
+    /// cannot starve the other pods of its identity.
+    pub max_connections_per_pod: usize,
     /// The most request body the proxy reads and throws away to keep a connection after a 403.
     pub max_discarded_body: u64,
     pub limits: Limits,
@@ -43,10 +56,15 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(15),
+            upstream_idle_timeout: Duration::from_secs(15),
             max_connections_per_identity: 64,
+            // A quarter of the identity's: one pod of a workload never holds more than that,
+            // and it takes four pods at their cap at once to fill the identity's.
+            max_connections_per_pod: 16,
             max_discarded_body: 64 * 1024,
             limits: Limits::default(),
             node_name: String::new(),
@@ -79,7 +97,11 @@ pub trait FlowSink: Send + Sync + 'static {
 const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\ncontent-type: text/plain\r\n\r\nAccess denied\r\n";
 const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nBad Request";
 const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 91\r\ncontent-type: text/plain\r\n\r\nupstream connect error or disconnect/reset before headers. reset reason: connection failure";
-const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 37\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\ntoo many connections from this source";
+const POD_OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 34\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\ntoo many connections from this pod";
+const IDENTITY_OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 39\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\ntoo many connections from this identity";
+// Envoy's texts for its request and upstream timeouts.
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
+const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 24\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nupstream request timeout";
 
 /// A listener for connections the datapath assigns with `bpf_sk_assign`: IP_TRANSPARENT lets it
 /// accept connections to addresses that are not local (the original destination).
@@ -107,34 +129,6 @@ pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Open connections per identity.
-#[derive(Default)]
-struct Slots(Mutex<HashMap<u32, usize>>);
-
-struct Slot<'a>(&'a Slots, u32);
-
-impl Slots {
-    fn take(&self, identity: u32, max: usize) -> Option<Slot<'_>> {
-        let mut m = self.0.lock().ok()?;
-        let n = m.entry(identity).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Slot(self, identity))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.0.0.lock()
-            && let Some(n) = m.get_mut(&self.1)
-        {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
 struct Ctx {
     cfg: ProxyConfig,
     authority: Arc<dyn Authority>,
@@ -142,13 +136,25 @@ struct Ctx {
     slots: Slots,
     /// Idle upstream connections by destination, reused across client connections (as nginx's
     /// `keepalive`): no connect per request, and no TIME_WAIT pile-up on the proxy's ports.
-    pool: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+    pool: Mutex<HashMap<SocketAddr, Vec<Pooled>>>,
+}
+
+struct Pooled {
+    stream: TcpStream,
+    since: Instant,
 }
 
 /// Idle upstream connections kept per destination.
 const POOL_PER_DESTINATION: usize = 64;
 
 impl Ctx {
+    fn caps(&self) -> Caps {
+        Caps {
+            per_identity: self.cfg.max_connections_per_identity,
+            per_pod: self.cfg.max_connections_per_pod,
+        }
+    }
+
     /// A pooled connection that is still open, or a new one.
     async fn upstream(&self, target: SocketAddr) -> io::Result<TcpStream> {
         loop {
@@ -157,7 +163,7 @@ impl Ctx {
                 .lock()
                 .ok()
                 .and_then(|mut p| p.get_mut(&target).and_then(Vec::pop));
-            let Some(s) = pooled else {
+            let Some(Pooled { stream, since }) = pooled else {
                 return connect(
                     target,
                     self.cfg.upstream_connect_timeout,
@@ -165,21 +171,54 @@ impl Ctx {
                 )
                 .await;
             };
+            // Past its idle time the upstream may be closing it as we send: a request lost in
+            // that race would be a 503 for nothing.
+            if since.elapsed() >= self.cfg.upstream_idle_timeout {
+                continue;
+            }
             // Open and silent is the only reusable state: EOF or stray bytes mean it is not.
             let mut probe = [0u8; 1];
-            if matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-                return Ok(s);
+            if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            {
+                return Ok(stream);
             }
         }
     }
 
-    fn give_back(&self, target: SocketAddr, s: TcpStream) {
+    fn give_back(&self, target: SocketAddr, stream: TcpStream) {
         if let Ok(mut p) = self.pool.lock() {
             let idle = p.entry(target).or_default();
             if idle.len() < POOL_PER_DESTINATION {
-                idle.push(s);
+                idle.push(Pooled {
+                    stream,
+                    since: Instant::now(),
+                });
             }
         }
+    }
+
+    /// Closes the pooled connections idle for longer than `upstream_idle_timeout`. Without it a
+    /// burst's connections would stay open (and, once the upstream closes its end, in
+    /// CLOSE_WAIT) for as long as nothing else goes to their destination.
+    fn close_idle(&self) {
+        let max = self.cfg.upstream_idle_timeout;
+        if let Ok(mut p) = self.pool.lock() {
+            p.retain(|_, idle| {
+                idle.retain(|c| c.since.elapsed() < max);
+                !idle.is_empty()
+            });
+        }
+    }
+}
+
+/// Runs `close_idle` until the proxy is gone; it holds the context weakly so as not to keep it.
+async fn close_idle_upstreams(ctx: Weak<Ctx>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(ctx) = ctx.upgrade() else {
+            return;
+        };
+        ctx.close_idle();
     }
 }
 
@@ -190,6 +229,8 @@ pub async fn serve(
     authority: Arc<dyn Authority>,
     sink: Arc<dyn FlowSink>,
 ) -> io::Result<()> {
+    // A zero interval would make the sweeper spin.
+    let sweep = cfg.upstream_idle_timeout.max(Duration::from_millis(10));
     let ctx = Arc::new(Ctx {
         cfg,
         authority,
@@ -197,6 +238,7 @@ pub async fn serve(
         slots: Slots::default(),
         pool: Mutex::new(HashMap::new()),
     });
+    tokio::spawn(close_idle_upstreams(Arc::downgrade(&ctx), sweep));
     loop {
         let (stream, peer) = listener.accept().await?;
         let ctx = ctx.clone();
@@ -213,21 +255,37 @@ pub async fn serve(
 /// How much a read asks the kernel for.
 const READ_SIZE: usize = 16 * 1024;
 
-/// Reads until a request head is complete. `None` at a clean end of stream.
-async fn read_head(
+/// Why no message head came.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("{0}")]
+    Refused(Refusal),
+    /// Nothing at all arrived in time: for a client, an idle connection ending.
+    #[error("nothing arrived in time")]
+    Silent,
+    /// The head began but was not complete in time.
+    #[error("the head did not complete in time")]
+    TimedOut,
+    /// End of stream or a reset before a whole head.
+    #[error("the connection ended before a whole head")]
+    Ended,
+}
+
+/// Reads until a message head is complete: its first byte within `first_byte`, then the whole
+/// head within `rest` of it. Clients and upstreams are held to the same shape of deadline.
+async fn read_head<T>(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
-    authority: &str,
-    limits: &Limits,
+    parse: impl Fn(&[u8]) -> Parse<T>,
     first_byte: Duration,
     rest: Duration,
-) -> Result<Option<Request>, Option<Refusal>> {
+) -> Result<T, HeadError> {
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
-            match parse_request(buf, authority, limits) {
-                Parse::Done(r) => return Ok(Some(r)),
-                Parse::Refused(e) => return Err(Some(e)),
+            match parse(buf) {
+                Parse::Done(r) => return Ok(r),
+                Parse::Refused(e) => return Err(HeadError::Refused(e)),
                 Parse::Partial => {}
             }
             deadline.get_or_insert_with(|| Instant::now() + rest);
@@ -238,47 +296,100 @@ async fn read_head(
         };
         // Straight into the buffer's spare room: no zeroed chunk and no copy per read.
         buf.reserve(READ_SIZE);
-        let had = buf.len();
-        let n = match timeout(wait, s.read_buf(buf)).await {
-            Ok(Ok(n)) => n,
-            // A timeout or a reset: nothing to answer.
-            _ => return Err(None),
-        };
-        if n == 0 {
-            return if had == 0 { Ok(None) } else { Err(None) };
+        match timeout(wait, s.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Ended),
+            Ok(Ok(_)) => {}
+            Err(_) if deadline.is_none() => return Err(HeadError::Silent),
+            Err(_) => return Err(HeadError::TimedOut),
         }
     }
 }
 
+/// How long the sending side of a body may take.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// The whole body by then: a client's request body, which trickling must not stretch.
+    Until(Instant),
+    /// Each read within this: a response body, of any size, for as long as it keeps coming.
+    Idle(Duration),
+}
+
+impl Wait {
+    fn next_read(self) -> Duration {
+        match self {
+            Wait::Until(deadline) => deadline.saturating_duration_since(Instant::now()),
+            Wait::Idle(d) => d,
+        }
+    }
+}
+
+/// Why a body did not pass whole.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the sender stopped sending the body")]
+    ReadTimeout,
+    #[error("the receiver stopped reading the body")]
+    WriteTimeout,
+    #[error("the connection ended in the middle of the body")]
+    Ended,
+    #[error("malformed chunked body: {0}")]
+    Framing(Refusal),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+async fn read_within(
+    wait: Wait,
+    read: impl Future<Output = io::Result<usize>>,
+) -> Result<usize, BodyError> {
+    match timeout(wait.next_read(), read).await {
+        Ok(Ok(0)) => Err(BodyError::Ended),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(BodyError::ReadTimeout),
+    }
+}
+
+async fn write_within(
+    to: Option<&mut TcpStream>,
+    bytes: &[u8],
+    within: Duration,
+) -> Result<(), BodyError> {
+    // Most bodies have arrived whole with their head: nothing to write, no timer to set.
+    let Some(to) = to.filter(|_| !bytes.is_empty()) else {
+        return Ok(());
+    };
+    match timeout(within, to.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(BodyError::WriteTimeout),
+    }
+}
+
 /// Moves one message body from `from` (whose first bytes are already in `buf`) to `to` (or
-/// nowhere), without buffering it. Leaves in `buf` whatever follows the body.
+/// nowhere), without buffering it. Leaves in `buf` whatever follows the body. `read` bounds the
+/// sender; each write must complete within `write`, so a receiver that stops reading cannot
+/// hold the connection either.
 async fn pass_body(
     from: &mut TcpStream,
     buf: &mut Vec<u8>,
     body: Body,
     mut to: Option<&mut TcpStream>,
-) -> io::Result<()> {
+    read: Wait,
+    write: Duration,
+) -> Result<(), BodyError> {
     // Allocated on the first read: most bodies are already in `buf`, or absent.
     let mut chunk = Vec::new();
     match body {
         Body::None => Ok(()),
         Body::Length(mut left) => {
             let take = (buf.len() as u64).min(left) as usize;
-            if let Some(t) = to.as_deref_mut() {
-                t.write_all(&buf[..take]).await?;
-            }
+            write_within(to.as_deref_mut(), &buf[..take], write).await?;
             buf.drain(..take);
             left -= take as u64;
             while left > 0 {
                 chunk.resize(READ_SIZE, 0);
                 let want = (left as usize).min(chunk.len());
-                let n = from.read(&mut chunk[..want]).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                if let Some(t) = to.as_deref_mut() {
-                    t.write_all(&chunk[..n]).await?;
-                }
+                let n = read_within(read, from.read(&mut chunk[..want])).await?;
+                write_within(to.as_deref_mut(), &chunk[..n], write).await?;
                 left -= n as u64;
             }
             Ok(())
@@ -286,37 +397,27 @@ async fn pass_body(
         Body::Chunked => {
             let mut framer = ChunkedFramer::default();
             loop {
-                let used = framer
-                    .feed(buf)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                if let Some(t) = to.as_deref_mut() {
-                    t.write_all(&buf[..used]).await?;
-                }
+                let used = framer.feed(buf).map_err(BodyError::Framing)?;
+                write_within(to.as_deref_mut(), &buf[..used], write).await?;
                 buf.drain(..used);
                 if framer.done() {
                     return Ok(());
                 }
                 buf.reserve(READ_SIZE);
-                let n = from.read_buf(buf).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
+                read_within(read, from.read_buf(buf)).await?;
             }
         }
         Body::UntilClose => {
-            if let Some(t) = to.as_deref_mut() {
-                t.write_all(buf).await?;
-            }
+            write_within(to.as_deref_mut(), buf, write).await?;
             buf.clear();
             chunk.resize(READ_SIZE, 0);
             loop {
-                let n = from.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                if let Some(t) = to.as_deref_mut() {
-                    t.write_all(&chunk[..n]).await?;
-                }
+                let n = match read_within(read, from.read(&mut chunk)).await {
+                    Ok(n) => n,
+                    Err(BodyError::Ended) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                write_within(to.as_deref_mut(), &chunk[..n], write).await?;
             }
         }
     }
@@ -407,7 +508,7 @@ async fn connect(addr: SocketAddr, within: Duration, mark: Option<u32>) -> io::R
 async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
     let target = ctx.cfg.upstream_override.unwrap_or(local);
     let mut upstream = None;
-    exchanges(&mut client, peer, local, target, ctx, &mut upstream).await;
+    let ending = exchanges(&mut client, peer, local, target, ctx, &mut upstream).await;
     if let Some(Upstream {
         stream,
         reusable: true,
@@ -415,6 +516,11 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
     }) = upstream
     {
         ctx.give_back(target, stream);
+    }
+    if ending == Ending::Abort {
+        // A reset, not a FIN: a FIN could pass for the end of a response that was cut short.
+        let _ = client.set_zero_linger();
+        return;
     }
     // Close as a server does: our FIN first (carried by the last response segment when
     // `exchanges` corked it), so the TIME_WAIT stays here. Left on the client's side, thousands
@@ -474,6 +580,37 @@ struct Upstream {
     reusable: bool,
 }
 
+/// How a client connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Close,
+    /// A response was cut short.
+    Abort,
+}
+
+/// Ends an exchange with an answer of the proxy's own, after that answer's response flow.
+async fn answer(
+    client: &mut TcpStream,
+    ctx: &Ctx,
+    exchange: &Exchange<'_>,
+    started: Instant,
+    status: u16,
+    bytes: &[u8],
+) -> Ending {
+    ctx.sink
+        .flow(exchange.response_flow(status, elapsed_ns(started)));
+    send(client, ctx, bytes).await;
+    Ending::Close
+}
+
+/// Sends an answer of the proxy's own, and says whether it went. A client that has stopped
+/// reading is given up on after `idle_timeout`, as it is for a forwarded response.
+async fn send(client: &mut TcpStream, ctx: &Ctx, bytes: &[u8]) -> bool {
+    write_within(Some(client), bytes, ctx.cfg.idle_timeout)
+        .await
+        .is_ok()
+}
+
 async fn exchanges(
     client: &mut TcpStream,
     peer: SocketAddr,
@@ -481,21 +618,33 @@ async fn exchanges(
     target: SocketAddr,
     ctx: &Ctx,
     upstream: &mut Option<Upstream>,
-) {
+) -> Ending {
     let cfg = &ctx.cfg;
     let authority = local.to_string();
     let destination = ctx.authority.destination(local.ip());
     let Some(c) = ctx.authority.client(peer.ip()) else {
         // The datapath only redirects known pods; one that just went away gets a refusal.
-        let _ = client.write_all(FORBIDDEN).await;
-        return;
+        send(client, ctx, FORBIDDEN).await;
+        return Ending::Close;
     };
-    let Some(_slot) = ctx
-        .slots
-        .take(c.endpoint.identity, cfg.max_connections_per_identity)
-    else {
-        let _ = client.write_all(OVERLOADED).await;
-        return;
+    let unjudged = Unjudged {
+        client: peer,
+        server: local,
+        source: &c.endpoint,
+        destination: &destination,
+        node_name: &cfg.node_name,
+    };
+    let _slot = match ctx.slots.take(c.endpoint.identity, peer.ip(), ctx.caps()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            ctx.sink.flow(unjudged.limited(&limit));
+            let bytes = match limit {
+                Limit::Pod(_) => POD_OVERLOADED,
+                Limit::Identity(_) => IDENTITY_OVERLOADED,
+            };
+            send(client, ctx, bytes).await;
+            return Ending::Close;
+        }
     };
     let mut buf = Vec::with_capacity(4096);
     let mut first = true;
@@ -506,32 +655,28 @@ async fn exchanges(
             cfg.idle_timeout
         };
         first = false;
-        let req = match read_head(
-            client,
-            &mut buf,
-            &authority,
-            &cfg.limits,
-            wait,
-            cfg.header_timeout,
-        )
-        .await
-        {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(None) => return,
-            Err(Some(refusal)) => {
-                ctx.sink.flow(crate::flows::refused_flow(
-                    peer,
-                    local,
-                    &c.endpoint,
-                    &destination,
-                    &cfg.node_name,
-                    &refusal,
-                ));
-                let _ = client.write_all(BAD_REQUEST).await;
-                return;
+        let parse = |b: &[u8]| parse_request(b, &authority, &cfg.limits);
+        let req = match read_head(client, &mut buf, parse, wait, cfg.header_timeout).await {
+            Ok(r) => r,
+            // Closed, or silent since the last request: how kept-alive connections end.
+            Err(HeadError::Ended | HeadError::Silent) => return Ending::Close,
+            Err(HeadError::TimedOut) => {
+                let why = "request head timed out";
+                ctx.sink.flow(unjudged.refused(&why));
+                let took = u64::try_from(cfg.header_timeout.as_nanos()).unwrap_or(u64::MAX);
+                ctx.sink.flow(unjudged.answered(408, took, &why));
+                send(client, ctx, REQUEST_TIMEOUT).await;
+                return Ending::Close;
+            }
+            Err(HeadError::Refused(refusal)) => {
+                ctx.sink.flow(unjudged.refused(&refusal));
+                send(client, ctx, BAD_REQUEST).await;
+                return Ending::Close;
             }
         };
         buf.drain(..req.head_len);
+        let head_done = Instant::now();
+        let body_by = Wait::Until(head_done + cfg.body_timeout);
         let (allowed, origins) =
             c.policy
                 .egress
@@ -552,12 +697,22 @@ async fn exchanges(
                 Body::Length(n) => n <= cfg.max_discarded_body,
                 _ => true,
             };
-            if !small || pass_body(client, &mut buf, req.body, None).await.is_err() {
-                let _ = client.write_all(FORBIDDEN).await;
-                return;
+            if !small {
+                send(client, ctx, FORBIDDEN).await;
+                return Ending::Close;
             }
-            if client.write_all(FORBIDDEN).await.is_err() || req.close {
-                return;
+            match pass_body(client, &mut buf, req.body, None, body_by, cfg.idle_timeout).await {
+                Ok(()) => {}
+                Err(BodyError::ReadTimeout) => {
+                    return answer(client, ctx, &exchange, head_done, 408, REQUEST_TIMEOUT).await;
+                }
+                Err(_) => {
+                    send(client, ctx, FORBIDDEN).await;
+                    return Ending::Close;
+                }
+            }
+            if !send(client, ctx, FORBIDDEN).await || req.close {
+                return Ending::Close;
             }
             continue;
         }
@@ -573,13 +728,16 @@ async fn exchanges(
                 }
                 Err(_) => {
                     ctx.sink.flow(exchange.request_flow(true));
+                    let read_away =
+                        pass_body(client, &mut buf, req.body, None, body_by, cfg.idle_timeout)
+                            .await;
+                    if let Err(BodyError::ReadTimeout) = read_away {
+                        return answer(client, ctx, &exchange, started, 408, REQUEST_TIMEOUT).await;
+                    }
                     ctx.sink
                         .flow(exchange.response_flow(503, elapsed_ns(started)));
-                    if pass_body(client, &mut buf, req.body, None).await.is_err()
-                        || client.write_all(UNAVAILABLE).await.is_err()
-                        || req.close
-                    {
-                        return;
+                    if read_away.is_err() || !send(client, ctx, UNAVAILABLE).await || req.close {
+                        return Ending::Close;
                     }
                     continue;
                 }
@@ -591,38 +749,53 @@ async fn exchanges(
             reusable,
         }) = upstream.as_mut()
         else {
-            return;
+            return Ending::Close;
         };
         *reusable = false;
-        let head_sent = up.write_all(&forwarded_head(&req)).await;
+        let head_sent =
+            write_within(Some(up), &forwarded_head(&req), cfg.upstream_idle_timeout).await;
         // The request's flow is built once the request is on its way, off the latency path.
         ctx.sink.flow(exchange.request_flow(true));
         let sent = match head_sent {
-            Ok(()) => pass_body(client, &mut buf, req.body, Some(up)).await,
+            Ok(()) => {
+                let to = Some(&mut *up);
+                pass_body(
+                    client,
+                    &mut buf,
+                    req.body,
+                    to,
+                    body_by,
+                    cfg.upstream_idle_timeout,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
-        if sent.is_err() {
-            let _ = client.write_all(UNAVAILABLE).await;
-            return;
+        match sent {
+            Ok(()) => {}
+            // The upstream has part of a request: the connection goes with the client's.
+            Err(BodyError::ReadTimeout) => {
+                return answer(client, ctx, &exchange, started, 408, REQUEST_TIMEOUT).await;
+            }
+            Err(BodyError::WriteTimeout) => {
+                return answer(client, ctx, &exchange, started, 504, GATEWAY_TIMEOUT).await;
+            }
+            Err(_) => {
+                send(client, ctx, UNAVAILABLE).await;
+                return Ending::Close;
+            }
         }
         // The response head, then its body, passed through unchanged.
-        let resp = loop {
-            match parse_response(upbuf, &req.http.method, &cfg.limits) {
-                Parse::Done(r) => break Some(r),
-                Parse::Refused(_) => break None,
-                Parse::Partial => {}
+        let parse = |b: &[u8]| parse_response(b, &req.http.method, &cfg.limits);
+        let waited = cfg.upstream_timeout;
+        let resp = match read_head(up, upbuf, parse, waited, waited).await {
+            Ok(r) => r,
+            Err(HeadError::Silent | HeadError::TimedOut) => {
+                return answer(client, ctx, &exchange, started, 504, GATEWAY_TIMEOUT).await;
             }
-            upbuf.reserve(READ_SIZE);
-            match timeout(cfg.upstream_timeout, up.read_buf(upbuf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => break None,
+            Err(HeadError::Refused(_) | HeadError::Ended) => {
+                return answer(client, ctx, &exchange, started, 503, UNAVAILABLE).await;
             }
-        };
-        let Some(resp) = resp else {
-            ctx.sink
-                .flow(exchange.response_flow(503, elapsed_ns(started)));
-            let _ = client.write_all(UNAVAILABLE).await;
-            return;
         };
         // The upstream connection stays open (Connection is per hop), so a client that asked
         // to close must hear it from us.
@@ -643,20 +816,38 @@ async fn exchanges(
         let written = if req.close && !resp.close {
             let mut out = closing_head(&upbuf[..resp.head_len]);
             out.extend_from_slice(&upbuf[resp.head_len..end]);
-            client.write_all(&out).await
+            write_within(Some(client), &out, cfg.idle_timeout).await
         } else {
-            client.write_all(&upbuf[..end]).await
+            write_within(Some(client), &upbuf[..end], cfg.idle_timeout).await
         };
         if written.is_err() {
-            return;
+            return Ending::Abort;
         }
         upbuf.drain(..end);
-        let done = pass_body(up, upbuf, body, Some(client)).await;
+        let upstream_idle = Wait::Idle(cfg.upstream_idle_timeout);
+        let done = pass_body(
+            up,
+            upbuf,
+            body,
+            Some(client),
+            upstream_idle,
+            cfg.idle_timeout,
+        )
+        .await;
+        // An upstream gone silent mid-body ends the exchange as a gateway timeout, though the
+        // client has had the head already; the flow counts what went wrong, not what was sent.
+        let status = match done {
+            Err(BodyError::ReadTimeout) => 504,
+            _ => resp.status,
+        };
         ctx.sink
-            .flow(exchange.response_flow(resp.status, elapsed_ns(started)));
+            .flow(exchange.response_flow(status, elapsed_ns(started)));
         *reusable = done.is_ok() && !resp.close && upbuf.is_empty();
-        if done.is_err() || req.close || resp.close {
-            return;
+        if done.is_err() {
+            return Ending::Abort;
+        }
+        if req.close || resp.close {
+            return Ending::Close;
         }
     }
 }
@@ -668,6 +859,27 @@ fn elapsed_ns(since: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_canned_answer_announces_its_own_length() {
+        for answer in [
+            FORBIDDEN,
+            BAD_REQUEST,
+            UNAVAILABLE,
+            POD_OVERLOADED,
+            IDENTITY_OVERLOADED,
+            REQUEST_TIMEOUT,
+            GATEWAY_TIMEOUT,
+        ] {
+            let text = String::from_utf8_lossy(answer);
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+            let announced = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.parse::<usize>().ok());
+            assert_eq!(announced, Some(body.len()), "{text}");
+        }
+    }
 
     #[test]
     fn a_closing_head_says_close_once() {

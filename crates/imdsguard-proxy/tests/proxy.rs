@@ -1,7 +1,8 @@
 //! The proxy on loopback against a recording upstream: rules, keep-alive, the faithful forwarder,
-//! and every refusal of the hardening list, each shown to reach nothing upstream.
+//! every refusal of the hardening list, each shown to reach nothing upstream, and the limits and
+//! timeouts that keep one client or upstream from holding the proxy.
 
-use imdsguard_hubble_proto::flow::{Endpoint, Flow};
+use imdsguard_hubble_proto::flow::{DropReason, Endpoint, Flow, L7FlowType, layer7};
 use imdsguard_manifest::Source;
 use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
 use imdsguard_proxy::server::{Authority, Client, FlowSink, ProxyConfig, serve};
@@ -9,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// An upstream that records every request head it receives and answers 200 with a body.
 async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
@@ -117,9 +118,31 @@ struct Proxy {
     flows: Arc<Sink>,
 }
 
-/// A proxy on loopback for a client pod at 127.0.0.1 whose egress to 127.0.0.1 on the proxy's
-/// port carries `http` rules.
+/// The two client pods, of one identity (same labels). Loopback answers for all of 127/8.
+const POD_A: &str = "127.0.0.1";
+const POD_B: &str = "127.0.0.2";
+
+/// Where the proxy forwards.
+enum Upstream {
+    /// A recording upstream (`upstream()`).
+    Recording,
+    /// A port nothing listens on.
+    Down,
+    At(SocketAddr),
+}
+
+/// A proxy on loopback for client pods at `POD_A` and `POD_B` whose egress to 127.0.0.1 on the
+/// proxy's port carries `http` rules.
 async fn proxy(http: &str, cfg: ProxyConfig, upstream_down: bool) -> Proxy {
+    let to = if upstream_down {
+        Upstream::Down
+    } else {
+        Upstream::Recording
+    };
+    proxy_to(http, cfg, to).await
+}
+
+async fn proxy_to(http: &str, cfg: ProxyConfig, to: Upstream) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let policy = format!(
@@ -140,23 +163,26 @@ spec:
     assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
     let mut repo = Repository::new(EngineOptions::default());
     repo.load(&decoded);
-    repo.upsert_endpoint(EndpointSpec {
-        name: "client".into(),
-        namespace: "default".into(),
-        labels: vec![("app".into(), "client".into())],
-        ips: vec!["127.0.0.1".parse().expect("ip")],
-        ..Default::default()
-    });
+    for (name, ip) in [("client-a", POD_A), ("client-b", POD_B)] {
+        repo.upsert_endpoint(EndpointSpec {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: vec![("app".into(), "client".into())],
+            ips: vec![ip.parse().expect("ip")],
+            ..Default::default()
+        });
+    }
     repo.resolve();
     let (up, seen) = upstream().await;
-    let target = if upstream_down {
-        // A port nothing listens on.
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let a = l.local_addr().expect("addr");
-        drop(l);
-        a
-    } else {
-        up
+    let target = match to {
+        Upstream::Recording => up,
+        Upstream::Down => {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let a = l.local_addr().expect("addr");
+            drop(l);
+            a
+        }
+        Upstream::At(a) => a,
     };
     let flows = Arc::new(Sink::default());
     let cfg = ProxyConfig {
@@ -197,6 +223,47 @@ async fn read_response(s: &mut TcpStream) -> String {
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// A connection from one pod's address.
+async fn connect_from(pod: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{pod}:0").parse().expect("addr"))
+        .expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Everything the proxy sends until it closes the connection (a FIN or a reset), and whether it
+/// did close within a bound far above the timeouts the tests configure.
+async fn read_to_close(s: &mut TcpStream) -> (String, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&buf).into_owned(), closed)
+}
+
+/// The status codes of the response flows.
+fn response_codes(p: &Proxy) -> Vec<u32> {
+    p.flows
+        .0
+        .lock()
+        .expect("flows")
+        .iter()
+        .filter_map(|f| match f.l7.as_ref() {
+            Some(l) if l.r#type == L7FlowType::Response as i32 => match &l.record {
+                Some(layer7::Record::Http(h)) => Some(h.code),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 const IMDS_GET: &str = "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nUser-Agent: test\r\n\r\n";
@@ -363,7 +430,7 @@ async fn one_identity_cannot_take_every_connection() {
     let mut third = TcpStream::connect(p.addr).await.expect("connect");
     let r = read_response(&mut third).await;
     assert!(
-        r.starts_with("HTTP/1.1 503") && r.contains("too many connections"),
+        r.starts_with("HTTP/1.1 503") && r.ends_with("too many connections from this identity"),
         "{r}"
     );
     drop(held);
@@ -376,8 +443,214 @@ async fn one_identity_cannot_take_every_connection() {
     );
 }
 
+/// Flows refused for a connection limit (counted by `hubble_drop_total{reason="DROP_RATE_LIMITED"}`).
+fn limited_summaries(p: &Proxy) -> Vec<String> {
+    p.flows
+        .0
+        .lock()
+        .expect("flows")
+        .iter()
+        .filter(|f| f.drop_reason_desc == DropReason::DropRateLimited as i32)
+        .map(|f| {
+            #[allow(deprecated)]
+            let s = f.summary.clone();
+            s
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn a_silent_client_is_dropped_after_the_header_timeout() {
+async fn one_pod_cannot_take_its_identitys_connections() {
+    let cfg = ProxyConfig {
+        max_connections_per_pod: 3,
+        max_connections_per_identity: 5,
+        ..Default::default()
+    };
+    let p = proxy(GET_METADATA, cfg, false).await;
+    // Pod A floods: eight connections, each holding on after its request.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let mut s = connect_from(POD_A, p.addr).await;
+        let r = exchange(&mut s, IMDS_GET).await;
+        if r.starts_with("HTTP/1.1 200") {
+            held.push(s);
+        } else {
+            assert!(
+                r.starts_with("HTTP/1.1 503") && r.ends_with("too many connections from this pod"),
+                "{r}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!((held.len(), refused), (3, 5));
+    // Pod B, of the same identity, is served while A holds all it may.
+    for _ in 0..2 {
+        let mut s = connect_from(POD_B, p.addr).await;
+        let r = exchange(&mut s, IMDS_GET).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "pod B: {r}");
+        held.push(s);
+    }
+    // Now the identity is full (3 + 2): B's third connection meets the identity's limit.
+    let mut s = connect_from(POD_B, p.addr).await;
+    let r = exchange(&mut s, IMDS_GET).await;
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.ends_with("too many connections from this identity"),
+        "{r}"
+    );
+    let limited = limited_summaries(&p);
+    assert_eq!(limited.len(), 6, "{limited:?}");
+    assert_eq!(
+        limited[0],
+        "HTTP request refused: too many connections from this pod (3 open)"
+    );
+    assert_eq!(
+        limited[5],
+        "HTTP request refused: too many connections from this identity (5 open)"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_a_408_and_frees_its_slot() {
+    let cfg = ProxyConfig {
+        body_timeout: Duration::from_millis(300),
+        // One connection for the pod: the next one is served only if the stalled one's slot
+        // came back.
+        max_connections_per_pod: 1,
+        ..Default::default()
+    };
+    let p = proxy(
+        r#"[{method: GET, path: "/metadata/.*"}, {method: POST, path: "/metadata/post"}]"#,
+        cfg,
+        false,
+    )
+    .await;
+    for path in ["/metadata/denied", "/metadata/post"] {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        let stalled =
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
+        s.write_all(stalled.as_bytes()).await.expect("write");
+        let (r, closed) = read_to_close(&mut s).await;
+        assert!(r.starts_with("HTTP/1.1 408 Request Timeout"), "{path}: {r}");
+        assert!(closed, "{path}: the connection stayed open");
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        let get = IMDS_GET.replace("User-Agent", "Connection: close\r\nUser-Agent");
+        s.write_all(get.as_bytes()).await.expect("write");
+        let (r, _) = read_to_close(&mut s).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "after {path}: {r}");
+    }
+    // The allowed request's upstream connection went with the client's: no request whose body
+    // never came was ever complete upstream.
+    let seen = p.seen.lock().expect("seen").clone();
+    assert!(
+        seen.len() == 2 && seen.iter().all(|r| r.starts_with("GET ")),
+        "{seen:?}"
+    );
+    assert_eq!(response_codes(&p).iter().filter(|&&c| c == 408).count(), 2);
+}
+
+/// An upstream that answers `reply` to each request head it reads (bodies aside) and tells
+/// `closed` when the proxy closes a connection. An empty `reply` never answers.
+async fn scripted_upstream(
+    reply: &'static [u8],
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Arc<Mutex<usize>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            *count.lock().expect("count") += 1;
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                    let heads = chunk[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    for _ in 0..heads {
+                        if !reply.is_empty() && s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, rx, accepted)
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_a_504() {
+    let (up, _closed, _) = scripted_upstream(b"").await;
+    let cfg = ProxyConfig {
+        upstream_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let p = proxy_to(GET_METADATA, cfg, Upstream::At(up)).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(IMDS_GET.as_bytes()).await.expect("write");
+    let (r, closed) = read_to_close(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 504 Gateway Timeout"), "{r}");
+    assert!(r.ends_with("upstream request timeout"), "{r}");
+    assert!(closed, "the connection stayed open");
+    assert_eq!(response_codes(&p), [504]);
+}
+
+#[tokio::test]
+async fn an_upstream_silent_mid_body_ends_the_connection() {
+    let (up, _closed, _) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    let cfg = ProxyConfig {
+        upstream_idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let p = proxy_to(GET_METADATA, cfg, Upstream::At(up)).await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(IMDS_GET.as_bytes()).await.expect("write");
+    let (r, closed) = read_to_close(&mut s).await;
+    // The head had gone before the upstream fell silent: the client gets what there was, then
+    // the connection ends, and the flow says how the exchange ended.
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK") && r.ends_with("0123456789"),
+        "{r}"
+    );
+    assert!(closed, "the connection stayed open");
+    assert_eq!(response_codes(&p), [504]);
+}
+
+#[tokio::test]
+async fn an_idle_pooled_upstream_connection_is_closed() {
+    let (up, mut closed, accepted) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let cfg = ProxyConfig {
+        upstream_idle_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = proxy_to(GET_METADATA, cfg, Upstream::At(up)).await;
+    let close = IMDS_GET.replace("User-Agent", "Connection: close\r\nUser-Agent");
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(close.as_bytes()).await.expect("write");
+        let (r, _) = read_to_close(&mut s).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK") && r.ends_with("ok"), "{r}");
+    }
+    // The second client connection reused the pooled upstream connection...
+    assert_eq!(*accepted.lock().expect("accepted"), 1);
+    // ...which the proxy closes once it has been idle for the timeout.
+    let gone = tokio::time::timeout(Duration::from_secs(10), closed.recv()).await;
+    assert!(
+        matches!(gone, Ok(Some(()))),
+        "the idle upstream connection stayed open"
+    );
+}
+
+#[tokio::test]
+async fn a_head_cut_short_is_a_408_and_a_silent_client_is_closed() {
     let cfg = ProxyConfig {
         header_timeout: Duration::from_millis(200),
         ..Default::default()
@@ -387,10 +660,13 @@ async fn a_silent_client_is_dropped_after_the_header_timeout() {
     s.write_all(b"GET /metadata/instance HTTP/1.1\r\n")
         .await
         .expect("write");
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-        .await
-        .expect("closed in time")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the connection stayed open");
+    let (r, closed) = read_to_close(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 408 Request Timeout"), "{r}");
+    assert!(closed, "the connection stayed open");
+    // A connection that never said anything has no request to answer: it is closed quietly.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let (r, closed) = read_to_close(&mut s).await;
+    assert_eq!((r.as_str(), closed), ("", true));
+    assert_eq!(response_codes(&p), [408]);
+    assert!(p.seen.lock().expect("seen").is_empty());
 }

@@ -41,6 +41,9 @@ pub struct ScenarioEndpoint {
 pub struct EndpointsFile {
     pub namespaces: Vec<(String, Vec<(String, String)>)>,
     pub endpoints: Vec<ScenarioEndpoint>,
+    /// Whether the document has an `endpoints:` key: the agent takes only `endpoints: []`, not a
+    /// missing list, to mean "no pods".
+    pub endpoints_declared: bool,
 }
 
 /// The first non-empty YAML document of a file that holds one (scenarios, endpoints files, lab
@@ -77,6 +80,7 @@ pub fn parse_endpoints(source: &Source) -> Result<EndpointsFile, ScenarioError> 
             }
         }
         if let Some(eps) = m.get("endpoints") {
+            out.endpoints_declared = true;
             for e in eps.seq()? {
                 out.endpoints.push(endpoint(&e)?);
             }

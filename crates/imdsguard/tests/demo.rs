@@ -41,7 +41,7 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
     }
     // The webapp's flows name its identity, and IMDS's CIDR identity once the group exists.
     assert!(
-        text.contains("-> 169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS DENIED"),
+        text.contains("<> 169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS DENIED"),
         "{text}"
     );
     assert_eq!(

@@ -283,6 +283,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             Some(endpoints) => Box::new(FileInputs::new(
                 args.enforce.policies.clone(),
                 endpoints.clone(),
+                args.enforce.guard_unknown_veths(),
             )),
             None => {
                 let cluster = Cluster::start(&ClusterOptions {
@@ -306,7 +307,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                     cluster,
                     args.enforce.policies.clone(),
                     Some(tx),
-                    args.enforce.unknown_veths == super::enforce::UnknownVeths::Guard,
+                    args.enforce.guard_unknown_veths(),
                 ))
             }
         };

@@ -37,10 +37,11 @@ pub struct EnforceArgs {
     /// The agent's local API (status, endpoints, policy trace), as Cilium's --socket-path.
     #[arg(long, default_value = "/var/run/imdsguard/imdsguard.sock")]
     pub socket_path: PathBuf,
-    /// With a cluster: `guard` attaches to veths no known pod has, so a pod the agent has not
-    /// heard of yet cannot reach a metadata address; `ignore` leaves them alone.
-    #[arg(long, value_enum, default_value = "guard")]
-    pub unknown_veths: UnknownVeths,
+    /// `guard` attaches to veths no known pod has, so a pod the agent has not heard of yet cannot
+    /// reach a metadata address; `ignore` leaves them alone. Default: guard with a cluster;
+    /// ignore with --endpoints, whose file names every pod's interface.
+    #[arg(long, value_enum)]
+    pub unknown_veths: Option<UnknownVeths>,
     /// Report denied flows as AUDIT and let them pass (Cilium's --policy-audit-mode).
     #[arg(long)]
     pub policy_audit_mode: bool,
@@ -64,6 +65,18 @@ pub struct EnforceArgs {
 pub enum UnknownVeths {
     Guard,
     Ignore,
+}
+
+impl EnforceArgs {
+    /// Whether to guard veths no known pod has (see --unknown-veths).
+    pub fn guard_unknown_veths(&self) -> bool {
+        let default = if self.endpoints.is_some() {
+            UnknownVeths::Ignore
+        } else {
+            UnknownVeths::Guard
+        };
+        self.unknown_veths.unwrap_or(default) == UnknownVeths::Guard
+    }
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {
@@ -120,11 +133,13 @@ pub fn run(
     let offset = wall_offset_ns();
     let touched = Arc::new(AtomicBool::new(false));
     let watched = inputs.paths();
-    let _watcher = (!watched.is_empty()).then(|| watch(&watched, touched.clone()));
+    let _watcher =
+        (!watched.is_empty()).then(|| watch(&watched, touched.clone(), inputs.writing()));
     let mut next_reload = Instant::now();
     let mut synced = false;
     let mut revision = 0u64;
     let mut waiting_logged = false;
+    let mut routing_ok: Option<bool> = None;
     while !stop.load(Ordering::Relaxed) {
         let due = touched.swap(false, Ordering::Relaxed) || Instant::now() >= next_reload;
         if due {
@@ -133,6 +148,11 @@ pub fn run(
         let read = Instant::now();
         let changed = (due || inputs.poll_every_tick()) && inputs.refresh(&mut repo, due);
         let read = read.elapsed();
+        for input in inputs.take_rejected() {
+            if let Some(m) = hub.metrics() {
+                m.input_error(input);
+            }
+        }
         let ready = inputs.ready();
         if !ready && !waiting_logged {
             eprintln!(
@@ -173,6 +193,9 @@ pub fn run(
                 );
             }
         }
+        if ready && (due || !synced || inputs.links_changed()) {
+            check_proxy_routing(&mut dp, &repo, hub.metrics().map(|m| &**m), &mut routing_ok);
+        }
         let mut publish = changed || due;
         if ready && (changed || !synced || due || inputs.links_changed()) {
             publish = true;
@@ -180,12 +203,24 @@ pub fn run(
             if found != interfaces || changed || !synced {
                 interfaces = found;
                 attach_interfaces(&mut dp, &interfaces.all(), &mut attached);
+                write_interfaces(&mut dp, &repo, &sync, &interfaces, &attached);
+                if !synced {
+                    for old in imdsguard_datapath::loader::remove_older_layouts(&args.bpf_root) {
+                        eprintln!(
+                            "datapath: removed the older layout at {} (its programs are replaced)",
+                            old.display()
+                        );
+                    }
+                }
                 directory.rebuild(&repo, &sync, &attached);
                 proxy.update(ProxyView::build(&repo, &directory));
             }
             synced = true;
         }
         if publish {
+            if let (Some(m), Ok(c)) = (hub.metrics(), dp.counters()) {
+                m.set_datapath_counters(&c);
+            }
             api.publish(status::build(
                 &*inputs,
                 &node,
@@ -204,6 +239,56 @@ pub fn run(
     Ok(())
 }
 
+/// Checks that redirected packets still reach the proxy: our routing rule is in place and no
+/// rule ahead of it can catch a pod's redirected packet (a CNI's policy routing, a stale rule of
+/// ours at another priority). Where one can, redirects fail closed in the datapath, and the log,
+/// `imdsguard status` and `imdsguard_proxy_route_shadowed` say why.
+fn check_proxy_routing(
+    dp: &mut Datapath,
+    repo: &Repository,
+    metrics: Option<&imdsguard_hubble_server::metrics::FlowMetrics>,
+    last: &mut Option<bool>,
+) {
+    use imdsguard_proxy::routing;
+    let status = match routing::status(routing::MARK, routing::TABLE) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("proxy routing: cannot read the routing rules: {e}");
+            return;
+        }
+    };
+    let caught: Vec<String> = repo
+        .endpoints()
+        .filter(|(s, _)| s.ips.iter().any(|ip| !status.reaches_proxy(*ip)))
+        .map(|(s, _)| s.key())
+        .collect();
+    let ok = caught.is_empty();
+    if let Err(e) = dp.set_proxy_route_shadowed(!ok) {
+        eprintln!("proxy routing: marking the datapath: {e}");
+        return;
+    }
+    if let Some(m) = metrics {
+        m.set_proxy_route_shadowed(!ok);
+    }
+    if *last == Some(ok) {
+        return;
+    }
+    if ok {
+        if last.is_some() {
+            eprintln!("proxy routing: intact again ({status}); redirects to the proxy resume");
+        }
+    } else {
+        eprintln!(
+            "proxy routing: {}; redirects to the proxy fail closed (dropped: FIB lookup failed) for {} pod(s) ({}) until no rule comes before priority {} (see `ip rule show`)",
+            status.problems().join("; "),
+            caught.len(),
+            caught.join(", "),
+            routing::PREF
+        );
+    }
+    *last = Some(ok);
+}
+
 /// Where Cilium runs this node's datapath, how that shows: its host interface, or its pinned
 /// maps. `None` when it does not.
 pub fn cilium_datapath() -> Option<&'static str> {
@@ -216,12 +301,38 @@ pub fn cilium_datapath() -> Option<&'static str> {
     None
 }
 
-/// Sets `touched` whenever something under `paths` changes (a file's directory is watched:
-/// editors and config management replace files by renaming).
-fn watch(paths: &[PathBuf], touched: Arc<AtomicBool>) -> Option<notify::RecommendedWatcher> {
+/// Sets `touched` whenever a file under `paths` is completely written: closed after writing,
+/// renamed into place, created or removed (a file's directory is watched: editors and config
+/// management replace files by renaming). A file modified and not yet closed is recorded in
+/// `writing`, so no reader takes it half-way through an in-place rewrite.
+fn watch(
+    paths: &[PathBuf],
+    touched: Arc<AtomicBool>,
+    writing: Option<super::inputs::Writing>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
-    let mut w = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        touched.store(true, Ordering::Relaxed)
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    let mut w = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else {
+            touched.store(true, Ordering::Relaxed);
+            return;
+        };
+        let open = match ev.kind {
+            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => true,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Create(_)
+            | EventKind::Remove(_) => false,
+            _ => return,
+        };
+        if let Some(w) = &writing {
+            for p in &ev.paths {
+                w.mark(p, open);
+            }
+        }
+        if !open {
+            touched.store(true, Ordering::Relaxed);
+        }
     }) {
         Ok(w) => w,
         Err(e) => {
@@ -304,6 +415,38 @@ fn attach_interfaces(
         }
         attached.remove(&ifname);
     }
+}
+
+/// Tells the datapath which pod is behind each attached interface, so it knows a pod by the
+/// interface its packets come from and drops any source address that is not the pod's. Guarded
+/// veths (no known pod) get no entry: nothing from them reaches a metadata address.
+fn write_interfaces(
+    dp: &mut Datapath,
+    repo: &Repository,
+    sync: &TableSync,
+    interfaces: &Interfaces,
+    attached: &HashMap<String, u32>,
+) {
+    let specs: HashMap<String, (Vec<IpAddr>, u32)> = repo
+        .endpoints()
+        .map(|(s, id)| (s.key(), (s.ips.clone(), id.0)))
+        .collect();
+    let mut keep = Vec::new();
+    for (key, ifname) in &interfaces.endpoints {
+        let (Some(ifindex), Some((ips, identity)), Some(ep_id)) = (
+            attached.get(ifname).copied().filter(|i| *i != 0),
+            specs.get(key),
+            sync.endpoint_id(key),
+        ) else {
+            continue;
+        };
+        let info = imdsguard_datapath::abi::IfaceInfo::new(ips, ep_id, *identity);
+        match dp.set_interface(ifindex, info) {
+            Ok(()) => keep.push(ifindex),
+            Err(e) => eprintln!("datapath: interface {ifname}: {e}"),
+        }
+    }
+    dp.retain_interfaces(&keep);
 }
 
 fn ifindex(ifname: &str) -> Option<u32> {

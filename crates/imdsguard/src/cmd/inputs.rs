@@ -70,6 +70,67 @@ pub trait Inputs: Send {
     fn paths(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// Where the watch records files that are being written, when the source reads files.
+    fn writing(&self) -> Option<Writing> {
+        None
+    }
+    /// The inputs rejected since the last call (`policy`, `endpoints`), for the metric.
+    fn take_rejected(&mut self) -> Vec<&'static str> {
+        Vec::new()
+    }
+}
+
+/// `--unknown-veths guard`: the veths no known pod has, rescanned when links change, so a pod the
+/// agent has not heard of yet (its veth exists before its Pod object or its endpoints entry)
+/// cannot reach a metadata address.
+pub struct VethGuard {
+    links: Option<imdsguard_netns::LinkWatch>,
+    rescan: bool,
+    veths: BTreeSet<String>,
+}
+
+impl VethGuard {
+    pub fn new() -> VethGuard {
+        let links = match imdsguard_netns::LinkWatch::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!(
+                    "watching network interfaces: {e}; new veths are found every --reload-interval"
+                );
+                None
+            }
+        };
+        VethGuard {
+            links,
+            rescan: true,
+            veths: BTreeSet::new(),
+        }
+    }
+
+    /// Whether links changed since the last scan (checked on every turn of the loop).
+    pub fn links_changed(&mut self) -> bool {
+        if self.links.as_ref().is_some_and(|w| w.changed()) {
+            self.rescan = true;
+        }
+        self.rescan
+    }
+
+    /// The veths to guard: every veth that is not one of `owned`'s interfaces.
+    pub fn guarded(&mut self, owned: &BTreeMap<String, String>, retry: bool) -> BTreeSet<String> {
+        if retry || self.rescan {
+            match imdsguard_netns::veths() {
+                Ok(v) => self.veths = v.into_iter().collect(),
+                Err(e) => eprintln!("listing veths: {e}"),
+            }
+        }
+        self.rescan = false;
+        let owned: BTreeSet<&String> = owned.values().collect();
+        self.veths
+            .iter()
+            .filter(|v| !owned.contains(v))
+            .cloned()
+            .collect()
+    }
 }
 
 /// `--policies DIR --endpoints FILE`.
@@ -78,6 +139,9 @@ pub struct FileInputs {
     endpoints: PathBuf,
     store: PolicyStore,
     eps: Option<EndpointsState>,
+    writing: Writing,
+    rejected: Vec<&'static str>,
+    guard: Option<VethGuard>,
 }
 
 /// The endpoints file as last read: its hash, its content when it was valid, and its error.
@@ -88,12 +152,18 @@ struct EndpointsState {
 }
 
 impl FileInputs {
-    pub fn new(policies: Option<PathBuf>, endpoints: PathBuf) -> FileInputs {
+    /// `guard`: attach to veths the endpoints file does not name (`--unknown-veths guard`).
+    pub fn new(policies: Option<PathBuf>, endpoints: PathBuf, guard: bool) -> FileInputs {
+        // Absolute, as the watch reports paths.
+        let endpoints = std::path::absolute(&endpoints).unwrap_or(endpoints);
         FileInputs {
             policies,
             endpoints,
             store: PolicyStore::new(),
             eps: None,
+            writing: Writing::default(),
+            rejected: Vec::new(),
+            guard: guard.then(VethGuard::new),
         }
     }
 
@@ -101,19 +171,28 @@ impl FileInputs {
         let Some(dir) = &self.policies else {
             return false;
         };
+        let rejected = &mut self.rejected;
         match sources::load(std::slice::from_ref(dir)) {
-            Ok(s) => reload_store(&mut self.store, &s, repo, |_| {}),
+            Ok(s) => reload_store(&mut self.store, &s, repo, |_| rejected.push("policy")),
             Err(e) => {
                 eprintln!("policies: {e:#}; the policies in force stay");
+                rejected.push("policy");
                 false
             }
         }
     }
 
+    /// Reads the endpoints file when it is completely written. Anything but a valid document
+    /// with an `endpoints:` list (an empty, half-written, binary or unparsable file) is reported,
+    /// counted, and changes nothing: the endpoints in force stay, as for an invalid policy.
     fn reload_endpoints(&mut self, repo: &mut Repository) -> bool {
-        let path = &self.endpoints;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        let path = self.endpoints.clone();
+        if self.writing.is_writing(&path) {
+            // Open for writing (modified, not yet closed): read it at close-write or rename.
+            return false;
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
             Err(e) => {
                 if self.eps.is_none() {
                     eprintln!("endpoints: cannot read {}: {e}", path.display());
@@ -121,24 +200,38 @@ impl FileInputs {
                 return false;
             }
         };
-        let hash = imdsguard_policy::identity::fnv1a(text.as_bytes());
+        let hash = imdsguard_policy::identity::fnv1a(&bytes);
         if self.eps.as_ref().is_some_and(|s| s.hash == hash) {
             return false;
         }
-        let parsed =
-            imdsguard_scenario::parse_endpoints(&Source::new(path.display().to_string(), text));
+        let name = path.display().to_string();
+        let parsed = match endpoints_text(&name, bytes) {
+            Ok(text) => imdsguard_scenario::parse_endpoints(&Source::new(name.clone(), text))
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    if f.endpoints_declared {
+                        Ok(f)
+                    } else {
+                        Err(format!(
+                            "{name}: no `endpoints:` list (write `endpoints: []` for a node without pods)"
+                        ))
+                    }
+                }),
+            Err(e) => Err(e),
+        };
         let file = match parsed {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("endpoints error: {e}; the endpoints in force stay");
-                // Remember the hash so the same bad text is reported once.
+                self.rejected.push("endpoints");
+                // Remember the hash so the same bad content is reported once.
                 let state = self.eps.get_or_insert_with(|| EndpointsState {
                     hash,
                     file: EndpointsFile::default(),
                     error: None,
                 });
                 state.hash = hash;
-                state.error = Some(e.to_string());
+                state.error = Some(e);
                 return false;
             }
         };
@@ -158,6 +251,51 @@ impl FileInputs {
     }
 }
 
+/// The endpoints file's bytes as text, refusing what cannot be a complete endpoints document.
+fn endpoints_text(name: &str, bytes: Vec<u8>) -> Result<String, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("{name}: the file is empty"));
+    }
+    if bytes.contains(&0) {
+        return Err(format!("{name}: binary content (NUL bytes)"));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{name}: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Files that are open for writing: modified since their last close-write. Filled by the
+/// agent's inotify watch, so a file is never read half-way through an in-place rewrite.
+#[derive(Debug, Default, Clone)]
+pub struct Writing(std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, Instant>>>);
+
+/// A writer that modified a file and then went quiet this long without closing it (it died, or
+/// holds the file open) no longer holds the file back. Long, because a slow writer's half file
+/// may parse as a valid document with fewer pods.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+
+impl Writing {
+    /// A write began (`open`: modified) or ended (closed after writing, renamed, removed).
+    pub fn mark(&self, path: &std::path::Path, open: bool) {
+        if let Ok(mut w) = self.0.lock() {
+            if open {
+                w.insert(path.to_owned(), Instant::now());
+            } else {
+                w.remove(path);
+            }
+        }
+    }
+
+    pub fn is_writing(&self, path: &std::path::Path) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|w| w.get(path).is_some_and(|t| t.elapsed() < WRITE_STALL))
+    }
+}
+
 impl Inputs for FileInputs {
     fn mode(&self) -> &'static str {
         "files"
@@ -171,16 +309,30 @@ impl Inputs for FileInputs {
         self.reload_policies(repo) | self.reload_endpoints(repo)
     }
 
-    fn interfaces(&mut self, _: &Repository, _: bool) -> Interfaces {
-        Interfaces {
-            endpoints: self
-                .eps
-                .iter()
-                .flat_map(|s| &s.file.endpoints)
-                .filter_map(|e| Some((e.spec.key(), e.interface.clone()?)))
-                .collect(),
-            guarded: BTreeSet::new(),
-        }
+    fn interfaces(&mut self, _: &Repository, retry: bool) -> Interfaces {
+        let endpoints: BTreeMap<String, String> = self
+            .eps
+            .iter()
+            .flat_map(|s| &s.file.endpoints)
+            .filter_map(|e| Some((e.spec.key(), e.interface.clone()?)))
+            .collect();
+        let guarded = match &mut self.guard {
+            Some(g) => g.guarded(&endpoints, retry),
+            None => BTreeSet::new(),
+        };
+        Interfaces { endpoints, guarded }
+    }
+
+    fn links_changed(&mut self) -> bool {
+        self.guard.as_mut().is_some_and(VethGuard::links_changed)
+    }
+
+    fn writing(&self) -> Option<Writing> {
+        Some(self.writing.clone())
+    }
+
+    fn take_rejected(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.rejected)
     }
 
     fn audit_endpoints(&self) -> HashSet<String> {
@@ -293,10 +445,7 @@ pub struct ClusterInputs {
     /// Each endpoint's interface as last looked up.
     found: HashMap<String, Lookup>,
     /// Guard veths no known pod has (`--unknown-veths guard`), rescanned when links change.
-    guard: bool,
-    links: Option<imdsguard_netns::LinkWatch>,
-    rescan: bool,
-    veths: BTreeSet<String>,
+    guard: Option<VethGuard>,
 }
 
 impl ClusterInputs {
@@ -306,25 +455,9 @@ impl ClusterInputs {
         problems: Option<tokio::sync::mpsc::UnboundedSender<PolicyProblem>>,
         guard: bool,
     ) -> ClusterInputs {
-        let links = if guard {
-            match imdsguard_netns::LinkWatch::new() {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    eprintln!(
-                        "watching network interfaces: {e}; new veths are found every --reload-interval"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         ClusterInputs {
             runtime: tokio::runtime::Handle::current(),
-            guard,
-            links,
-            rescan: true,
-            veths: BTreeSet::new(),
+            guard: guard.then(VethGuard::new),
             cluster,
             policy_dir,
             files: Vec::new(),
@@ -416,14 +549,11 @@ impl Inputs for ClusterInputs {
     }
 
     fn links_changed(&mut self) -> bool {
-        if self.links.as_ref().is_some_and(|w| w.changed()) {
-            self.rescan = true;
-        }
-        self.rescan
+        self.guard.as_mut().is_some_and(VethGuard::links_changed)
     }
 
     fn interfaces(&mut self, repo: &Repository, retry: bool) -> Interfaces {
-        let links_changed = self.rescan;
+        let links_changed = self.guard.as_ref().is_some_and(|g| g.rescan);
         let now = Instant::now();
         let mut live = HashSet::new();
         let mut wanted: Vec<(String, Vec<IpAddr>)> = Vec::new();
@@ -476,22 +606,11 @@ impl Inputs for ClusterInputs {
             .filter(|(k, _)| live.contains(*k))
             .filter_map(|(k, l)| Some((k.clone(), l.dev.clone()?)))
             .collect();
-        let retry = retry || links_changed;
         self.found.retain(|k, _| live.contains(k));
-        if self.guard && retry {
-            match imdsguard_netns::veths() {
-                Ok(v) => self.veths = v.into_iter().collect(),
-                Err(e) => eprintln!("listing veths: {e}"),
-            }
-        }
-        self.rescan = false;
-        let owned: BTreeSet<&String> = out.values().collect();
-        let guarded = self
-            .veths
-            .iter()
-            .filter(|v| !owned.contains(v))
-            .cloned()
-            .collect();
+        let guarded = match &mut self.guard {
+            Some(g) => g.guarded(&out, retry),
+            None => BTreeSet::new(),
+        };
         Interfaces {
             endpoints: out,
             guarded,

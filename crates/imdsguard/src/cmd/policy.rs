@@ -243,12 +243,14 @@ pub(crate) fn load_endpoints(path: &Path) -> Result<EndpointsFile> {
         return Ok(EndpointsFile {
             namespaces: t.namespaces,
             endpoints: t.pods.into_iter().map(|p| p.endpoint).collect(),
+            endpoints_declared: true,
         });
     }
     let scenario = imdsguard_scenario::parse(&source)?;
     Ok(EndpointsFile {
         namespaces: scenario.namespaces,
         endpoints: scenario.endpoints,
+        endpoints_declared: true,
     })
 }
 

@@ -66,7 +66,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         i.chains
             .as_ref()
             .is_some_and(|c| c.iter().all(|a| a.position == Some(0)))
-    });
+    }) && state.config_flags & imdsguard_datapath::abi::CFG_PROXY_ROUTE_SHADOWED == 0;
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {
@@ -222,11 +222,31 @@ fn text(s: &Inspection) -> String {
         s.ipcache.len(),
         protected.join(", ")
     );
+    let _ = writeln!(o, "Proxy routing: {}", proxy_routing(s).0);
     let _ = writeln!(o, "Counters:");
     for (name, v) in &s.counters {
         let _ = writeln!(o, "  {name:<14} {v}");
     }
     o
+}
+
+/// The proxy's routing as the kernel holds it now, and whether the datapath fails redirects
+/// closed because a rule ahead of ours could catch them.
+fn proxy_routing(s: &Inspection) -> (String, bool) {
+    use imdsguard_proxy::routing;
+    let closed = s.config_flags & imdsguard_datapath::abi::CFG_PROXY_ROUTE_SHADOWED != 0;
+    let now = match routing::status(routing::MARK, routing::TABLE) {
+        Ok(st) => st.to_string(),
+        Err(e) => format!("cannot read the routing rules: {e}"),
+    };
+    if closed {
+        (
+            format!("{now}; SHADOWED: redirects to the proxy fail closed (see `ip rule show`)"),
+            true,
+        )
+    } else {
+        (now, false)
+    }
 }
 
 fn json(s: &Inspection) -> serde_json::Value {
@@ -256,6 +276,10 @@ fn json(s: &Inspection) -> serde_json::Value {
             "identity": v.identity,
             "protected": v.flags & imdsguard_datapath::abi::IPC_PROTECTED != 0,
         })).collect::<Vec<_>>(),
+        "proxy_routing": {
+            "detail": proxy_routing(s).0,
+            "redirects_fail_closed": proxy_routing(s).1,
+        },
         "counters": s.counters.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
     })
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use imdsguard_netns::unique_name;
+pub mod agent;
+
 use kube::Client;
 use std::path::{Path, PathBuf};
 use std::process::Command;
