@@ -552,3 +552,161 @@ fn an_ipv6_client_reusing_its_port_reaches_the_proxy() {
     assert_eq!(http(&c, "GET", &format!("http://[{imds}]/other")).0, 403);
     drop(agent);
 }
+
+/// An `ip rule` of the test's own, removed on drop (with its table's routes).
+struct Rule {
+    args: Vec<String>,
+    table: Option<String>,
+}
+
+impl Rule {
+    fn add(args: &[&str], table: Option<&str>) -> Rule {
+        let mut add = vec!["rule", "add"];
+        add.extend(args);
+        imdsguard_netns::run("ip", &add).expect("ip rule add");
+        Rule {
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            table: table.map(str::to_owned),
+        }
+    }
+}
+
+impl Drop for Rule {
+    fn drop(&mut self) {
+        let mut del = vec!["rule", "del"];
+        del.extend(self.args.iter().map(String::as_str));
+        let _ = imdsguard_netns::run("ip", &del);
+        if let Some(t) = &self.table {
+            let _ = imdsguard_netns::run("ip", &["route", "flush", "table", t]);
+        }
+    }
+}
+
+#[test]
+fn a_rule_ahead_of_the_proxys_makes_redirects_fail_closed() {
+    let Some((_serial, _routing, k)) = agent_test() else {
+        return;
+    };
+    let c = Pod::create(&unique_name("erc"), Ipv4Addr::new(10, k, 12, 2), None).expect("pod c");
+    let s = Pod::create(&unique_name("ers"), Ipv4Addr::new(10, k, 12, 5), None).expect("imds");
+    let dir = TempDir(std::env::temp_dir().join(unique_name("erdir")));
+    let policies = dir.0.join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    let upstream_log = dir.0.join("upstream.log");
+    let _upstream = imdsguard_netns::Process(
+        s.ns.command("python3")
+            .args(["-c", UPSTREAM])
+            .stdout(std::fs::File::create(&upstream_log).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("upstream"),
+    );
+    let imds = s.ipv4;
+    assert_eq!(c.ns.route_dev(imds.into()).expect("route"), "eth0");
+    eventually("the upstream answers", || {
+        http(&c, "GET", &format!("http://{imds}/x")).0 == 200
+    });
+    write(
+        &policies.join("c.yaml"),
+        &format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: c-metadata, namespace: default}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: c}}}}\n  egress:\n    - toCIDR: [{imds}/32]\n      \
+             toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET, path: \"/metadata/.*\"}}]}}}}]\n"
+        ),
+    );
+    let endpoints = dir.0.join("endpoints.yaml");
+    write(
+        &endpoints,
+        &format!(
+            "endpoints:\n - {{name: c, labels: {{app: c}}, ip: {}, interface: {}}}\n",
+            c.ipv4, c.host_if
+        ),
+    );
+    // A stale rule of ours from an earlier run, at the priority the kernel used to pick.
+    let mark = format!("{:#x}/0xf00", imdsguard_proxy::routing::MARK);
+    let table = imdsguard_proxy::routing::TABLE.to_string();
+    let _stale = Rule::add(&["pref", "32765", "fwmark", &mark, "lookup", &table], None);
+    let bpf = BpfRoot(dir.0.join("bpf"));
+    let bpf_root = bpf.0.to_string_lossy().into_owned();
+    let proxy_port = (17000 + std::process::id() % 1000).to_string();
+    let args = [
+        "--policies",
+        &policies.to_string_lossy(),
+        "--endpoints",
+        &endpoints.to_string_lossy(),
+        "--bpf-root",
+        &bpf_root,
+        "--hubble-listen-address",
+        "127.0.0.1:0",
+        "--proxy-port",
+        &proxy_port,
+        "--node-name",
+        "lab-node",
+        "--reload-interval",
+        "200ms",
+    ]
+    .map(str::to_owned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&args);
+    agent.wait_log(&format!("attached to {}", c.host_if));
+    // The stale rule is gone: ours is at the fixed priority, once.
+    let rules = imdsguard_netns::run("ip", &["rule", "show"]).expect("rules");
+    let ours: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains(&format!("lookup {table}")))
+        .collect();
+    assert_eq!(ours.len(), 1, "{rules}");
+    assert!(ours[0].starts_with("9:"), "{rules}");
+    let url = format!("http://{imds}/metadata/instance");
+    assert_eq!(http(&c, "GET", &url).0, 200, "{}", agent.logged());
+
+    // A CNI-like rule ahead of ours that sends c's traffic straight to the server: redirects
+    // would bypass the proxy. They fail closed instead, and the agent says why.
+    let bypass = (3000 + u32::from(k)).to_string();
+    imdsguard_netns::run(
+        "ip",
+        &[
+            "route", "add", "default", "dev", &s.host_if, "table", &bypass,
+        ],
+    )
+    .expect("route in the test's table");
+    let from = format!("{}/32", c.ipv4);
+    let rule = Rule::add(
+        &["pref", "5", "from", &from, "lookup", &bypass],
+        Some(&bypass),
+    );
+    agent.wait_log("redirects to the proxy fail closed");
+    let before = std::fs::read_to_string(&upstream_log)
+        .expect("log")
+        .lines()
+        .count();
+    assert_eq!(http(&c, "GET", &url).0, 0, "a redirect left while shadowed");
+    assert_eq!(
+        std::fs::read_to_string(&upstream_log)
+            .expect("log")
+            .lines()
+            .count(),
+        before,
+        "the server saw a request while the proxy's routing was shadowed"
+    );
+    let st = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["status", "--bpf-root", &bpf_root, "-o", "json"])
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    assert_eq!(v["proxy_routing"]["redirects_fail_closed"], true, "{v}");
+    assert!(
+        !st.status.success(),
+        "status exits 0 while redirects fail closed"
+    );
+    eventually("the drop is reported", || {
+        agent.observe().contains("FIB lookup failed DROPPED")
+    });
+
+    // The rule goes: redirects resume.
+    drop(rule);
+    agent.wait_log("intact again");
+    eventually("c is proxied again", || http(&c, "GET", &url).0 == 200);
+    drop(agent);
+    drop(bpf);
+}
