@@ -8,6 +8,7 @@
 //!
 //! `cargo run --release -p imdsguard-datapath --example datapath_bench -- [SECONDS] [ROUNDS]`
 
+use imdsguard_datapath::abi::IfaceInfo;
 use imdsguard_datapath::loader::{Datapath, Options, unpin_all};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
 use imdsguard_manifest::Source;
@@ -201,7 +202,8 @@ fn main() {
                     });
                 }
                 _ => {
-                    dp.attach(&client.host_if).expect("attach");
+                    dp.attach_pod(&client.host_if, IfaceInfo::new(&[client.ipv4.into()], 1, 0))
+                        .expect("attach");
                     let mut w = Wrk::default();
                     one_ka_cost.push(per_packet(&dp, || {
                         w.keepalive_rps = wrk(&client, &url, secs, false)
@@ -266,7 +268,8 @@ fn main() {
     let noop_cost = median_cost(&floor);
     let one_ka_cost = median_cost(&one_ka_cost);
     let one_nc_cost = median_cost(&one_nc_cost);
-    dp.attach(&client.host_if).expect("attach");
+    dp.attach_pod(&client.host_if, IfaceInfo::new(&[client.ipv4.into()], 1, 0))
+        .expect("attach");
 
     // 999 more pods selected by the same policy, each with its own table rows.
     for i in 0..999u32 {

@@ -338,6 +338,18 @@ impl Datapath {
         Ok(found)
     }
 
+    /// Attaches to a pod's interface and says which pod is behind it: only then does the pod's
+    /// policy apply to what it sends, and only its addresses may leave through the interface.
+    pub fn attach_pod(&mut self, ifname: &str, info: IfaceInfo) -> Result<Vec<Attachment>> {
+        let found = self.attach(ifname)?;
+        let index = ifindex(ifname).ok_or_else(|| DatapathError::Interface {
+            ifname: ifname.to_owned(),
+            message: "no such interface".to_owned(),
+        })?;
+        self.set_interface(index, info)?;
+        Ok(found)
+    }
+
     /// Attaches the do-nothing `noop` program first on `ifname`, unpinned (it goes when this
     /// datapath is dropped): the floor for per-packet cost measurements.
     pub fn attach_noop(&mut self, ifname: &str) -> Result<()> {
@@ -732,6 +744,14 @@ struct ProgQuery {
     revision: u64,
 }
 
+/// The index of interface `ifname`, if it exists.
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(ifname).ok()?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// The program IDs of a TCX chain, first first. aya's `query_tcx` opens every program by ID,
 /// which needs CAP_SYS_ADMIN; the IDs alone need only CAP_NET_ADMIN, so the agent runs without
 /// SYS_ADMIN.
@@ -739,13 +759,7 @@ fn tcx_chain(ifname: &str, direction: TcAttachType) -> std::io::Result<Vec<u32>>
     const BPF_PROG_QUERY: libc::c_long = 16;
     const BPF_TCX_INGRESS: u32 = 46;
     const BPF_TCX_EGRESS: u32 = 47;
-    let name = std::ffi::CString::new(ifname)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let ifindex = ifindex(ifname).ok_or_else(std::io::Error::last_os_error)?;
     let attach_type = match direction {
         TcAttachType::Ingress => BPF_TCX_INGRESS,
         _ => BPF_TCX_EGRESS,

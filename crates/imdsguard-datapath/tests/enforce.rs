@@ -64,9 +64,31 @@ fn subnet() -> (u8, u8) {
     )
 }
 
+/// Says that the calling test is skipped and why: `skipped: <reason>` on stderr, and
+/// `SKIPPED: <test>: <reason>` appended to the file named by `IMDSGUARD_SKIP_LOG` (scripts/test
+/// counts those lines), as crates/imdsguard/tests/common does. The caller returns right after.
+fn skip(reason: &str) {
+    eprintln!("skipped: {reason}");
+    if let Some(log) = std::env::var_os("IMDSGUARD_SKIP_LOG").filter(|v| !v.is_empty()) {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown test")
+            .to_owned();
+        let line = format!("SKIPPED: {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
 fn lab() -> Option<Lab> {
     if !can_create_namespaces() {
-        eprintln!("skipped: creating network namespaces needs root");
+        skip("creating network namespaces needs root");
         return None;
     }
     let (k, n) = subnet();
@@ -178,22 +200,15 @@ fn open(lab: &Lab) -> Datapath {
 }
 
 /// Attaches to a pod's interface and says which pod is behind it (its addresses), as the agent
-/// does: only then does the pod's policy apply to what it sends.
+/// does.
 fn attach(
     dp: &mut Datapath,
     pod: &Pod,
 ) -> Result<Vec<imdsguard_datapath::loader::Attachment>, imdsguard_datapath::loader::DatapathError>
 {
-    let att = dp.attach(&pod.host_if)?;
-    let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", pod.host_if))
-        .expect("ifindex")
-        .trim()
-        .parse()
-        .expect("ifindex");
     let mut ips: Vec<IpAddr> = vec![pod.ipv4.into()];
     ips.extend(pod.ipv6.map(IpAddr::from));
-    dp.set_interface(ifindex, abi::IfaceInfo::new(&ips, 0, 0))?;
-    Ok(att)
+    dp.attach_pod(&pod.host_if, abi::IfaceInfo::new(&ips, 0, 0))
 }
 
 fn drain(reader: &mut EventReader) -> Vec<Event> {

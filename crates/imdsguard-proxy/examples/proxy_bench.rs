@@ -384,9 +384,16 @@ fn main() {
     };
     let flows = Arc::new(Count::default());
     let sink: Arc<dyn FlowSink> = flows.clone();
+    // The bench measures the proxy's cost, not its limits: one pod here opens wrk's connections
+    // and then a thousand held ones, past the per-pod and per-identity defaults.
+    let cfg = ProxyConfig {
+        max_connections_per_identity: 4096,
+        max_connections_per_pod: 4096,
+        ..ProxyConfig::default()
+    };
     let proxy = tokio::spawn(serve(
         listener,
-        ProxyConfig::default(),
+        cfg,
         Arc::new(Auth(build())),
         sink,
     ));
