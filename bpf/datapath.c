@@ -177,6 +177,8 @@ struct verdict {
 	struct endpoint_info ep;
 	struct policy_value pv;
 	const struct iface_info *iface; /* NULL: no known pod behind this interface */
+	__u32 ifindex;
+	__u8 iface_known; /* looked up only when needed: known connections skip it */
 	__u32 remote; /* looked up only when needed: known connections skip the LPM */
 	__u32 remote_flags;
 	__u8 remote_known;
@@ -219,6 +221,22 @@ static __always_inline void count(__u32 idx)
 	count2(idx, idx);
 }
 
+/* Reads `len` bytes at `off`: straight from the packet when they are in its
+ * linear part (the common case, and the cheap one), else through
+ * bpf_skb_load_bytes, so a header outside the linear part is read rather than
+ * mistaken for a missing one. */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off <= 512 && data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 #define PARSE_OK 0
 #define PARSE_PASS 1 /* ARP: not ours to judge */
 #define PARSE_DROP 2 /* cannot be judged: p->reason says why */
@@ -243,8 +261,7 @@ static __always_inline int is_ipv6_ext(__u8 nh)
 }
 
 /* The L4 header at `off`, of which `l4_len` bytes are in the packet (or this
- * fragment). Read with bpf_skb_load_bytes, so a header outside the linear
- * part is read, not mistaken for a missing one. A header too short to hold
+ * fragment), read with load(). A header too short to hold
  * what the verdict depends on is refused, never judged as port 0. */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 off, __u32 l4_len)
 {
@@ -259,14 +276,14 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 
 		 * at least the ports (RFC 1858's tiny fragments carry less). */
 		if (p->frag == FRAG_NONE && l4_len < (p->proto == IPPROTO_TCP ? 20 : 8))
 			return refuse(p, short_reason);
-		if (l4_len < 4 || bpf_skb_load_bytes(skb, off, ports, 4))
+		if (l4_len < 4 || load(skb, off, ports, 4))
 			return refuse(p, short_reason);
 		p->sport = ports[0];
 		p->dport = ports[1];
 		p->ct_sport = ports[0];
 		p->ct_dport = ports[1];
 		if (p->proto == IPPROTO_TCP && l4_len >= 14 &&
-		    bpf_skb_load_bytes(skb, off + 13, &p->tcp_flags, 1))
+		    load(skb, off + 13, &p->tcp_flags, 1))
 			return refuse(p, short_reason);
 		return PARSE_OK;
 	}
@@ -274,7 +291,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 
 		struct icmp_echo_hdr ic = {};
 		__u8 type;
 
-		if (l4_len < 4 || bpf_skb_load_bytes(skb, off, &ic, 4))
+		if (l4_len < 4 || load(skb, off, &ic, 4))
 			return refuse(p, short_reason);
 		type = ic.type;
 		/* Router and neighbour discovery (133-137) keep IPv6 working: never
@@ -285,7 +302,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 
 		p->icmp_code = ic.code;
 		if (type == ICMP_ECHO || type == ICMP_ECHOREPLY || type == ICMPV6_ECHO_REQUEST ||
 		    type == ICMPV6_ECHO_REPLY) {
-			if (l4_len < 8 || bpf_skb_load_bytes(skb, off, &ic, 8))
+			if (l4_len < 8 || load(skb, off, &ic, 8))
 				return refuse(p, short_reason);
 			p->ct_sport = ic.id;
 			p->ct_dport = ic.id;
@@ -310,7 +327,7 @@ static __always_inline int parse_ipv6_ext(struct __sk_buff *skb, struct pkt *p, 
 
 		if (!is_ipv6_ext(nh))
 			break;
-		if (bpf_skb_load_bytes(skb, *off, h, 8))
+		if (load(skb, *off, h, 8))
 			return refuse(p, DROP_INVALID_EXTHDR);
 		if (nh == NEXTHDR_FRAGMENT) {
 			__u16 offlg = ((__u16)h[2] << 8) | h[3];
@@ -354,7 +371,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	 * another network. Pod interfaces carry no VLANs. */
 	if (skb->vlan_present)
 		return refuse(p, DROP_VLAN_FILTERED);
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
+	if (load(skb, 12, &proto, 2))
 		return refuse(p, DROP_INVALID);
 	if (proto == bpf_htons(ETH_P_ARP))
 		return PARSE_PASS;
@@ -363,7 +380,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u32 hlen, tot;
 		__u16 frag_off;
 
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) || ip.ihl < 5 || ip.version != 4)
+		if (load(skb, off, &ip, sizeof(ip)) || ip.ihl < 5 || ip.version != 4)
 			return refuse(p, DROP_INVALID);
 		hlen = ip.ihl * 4;
 		tot = bpf_ntohs(ip.tot_len);
@@ -398,7 +415,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u32 payload;
 		int r;
 
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) || ip6.version != 6)
+		if (load(skb, off, &ip6, sizeof(ip6)) || ip6.version != 6)
 			return refuse(p, DROP_INVALID);
 		p->ipver = 6;
 		p->proto = ip6.nexthdr;
@@ -472,6 +489,16 @@ static __always_inline int addr_eq(const struct addr *a, const struct addr *b)
 	return x[0] == y[0] && x[1] == y[1];
 }
 
+/* The pod behind the interface the packet came through, if any. */
+static __always_inline const struct iface_info *load_iface(struct verdict *v)
+{
+	if (!v->iface_known) {
+		v->iface = bpf_map_lookup_elem(&ifaces, &v->ifindex);
+		v->iface_known = 1;
+	}
+	return v->iface;
+}
+
 /* Whether the pod behind this interface owns `a`. */
 static __always_inline int iface_owns(const struct iface_info *i, const struct pkt *p,
 				      const struct addr *a)
@@ -496,6 +523,19 @@ static __always_inline int link_scoped(const struct pkt *p)
 	return p->ipver == 6 && (s_ll || s_unspec) && d_scoped;
 }
 
+/* On the way out of a pod: whether the packet's source is the pod's own. A
+ * pod is known by its interface, never by the address it writes (Cilium's
+ * DROP_INVALID_SIP); an interface with no known pod has no source to check
+ * (it gets no policy, and no metadata address). Only a new connection needs
+ * the check: a connection entry is keyed by interface and addresses, so a
+ * packet with another source never matches one. */
+static __always_inline int source_ok(struct verdict *v, const struct pkt *p)
+{
+	const struct iface_info *i = load_iface(v);
+
+	return !i || iface_owns(i, p, &p->saddr) || link_scoped(p);
+}
+
 /* The pod's endpoint: the source for egress, the destination for ingress,
  * and only when the pod behind the interface owns that address. Returns 0
  * when no known endpoint applies. */
@@ -507,7 +547,7 @@ static __always_inline int load_endpoint(struct verdict *v, const struct pkt *p)
 	if (v->ep_known)
 		return v->ep.identity != 0 || v->ep.ep_id != 0;
 	v->ep_known = 1;
-	if (!v->iface || !iface_owns(v->iface, p, a))
+	if (!load_iface(v) || !iface_owns(v->iface, p, a))
 		return 0;
 	ep = bpf_map_lookup_elem(&endpoints, a);
 	if (!ep)
@@ -589,7 +629,7 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, str
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
 	e->ep_id = v->ep.ep_id;
-	if (!v->ep.ep_id && v->iface) {
+	if (!v->ep.ep_id && load_iface(v)) {
 		/* A packet its pod may not send (a spoofed source): the event
 		 * names the pod that sent it, not the one whose address it used. */
 		e->ep_id = v->iface->ep_id;
@@ -624,15 +664,17 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, str
 	bpf_ringbuf_submit(e, rb_submit_flags);
 }
 
-/* One drop (and denied-verdict) notification per flow per interval; the
- * counters still count every packet. */
-static __always_inline int drop_notify_due(const struct pkt *p)
+/* One drop (and denied-verdict) notification per flow and reason per
+ * interval; the counters still count every packet. (Frames that are not IP
+ * all share one flow: the reason tells them apart.) */
+static __always_inline int drop_notify_due(const struct pkt *p, __u8 reason)
 {
 	struct ct_key k = {};
 	__u64 now = bpf_ktime_get_ns();
 	__u64 *last;
 
 	ct_tuple(&k, p, 0);
+	k.pad[0] = reason;
 	last = bpf_map_lookup_elem(&drop_notified, &k);
 	if (last && now - *last < drop_notify_interval_ns)
 		return 0;
@@ -644,7 +686,7 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, stru
 				__u8 reason, int with_verdict)
 {
 	count(CNT_DENIED);
-	if (drop_notify_due(p)) {
+	if (drop_notify_due(p, reason)) {
 		if (with_verdict)
 			emit(skb, p, v, EV_POLICY_VERDICT, 0);
 		v->verdict = VERDICT_DROPPED;
@@ -808,6 +850,11 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 
 	/* A new connection. */
 	count(CNT_PACKETS);
+	if (v->dir == DIR_EGRESS && !source_ok(v, p)) {
+		count(CNT_INVALID_SOURCE);
+		v->verdict = VERDICT_DROPPED;
+		return drop(skb, p, v, DROP_INVALID_SIP, 0);
+	}
 	resolve_remote(v, p);
 	if (!load_endpoint(v, p)) {
 		/* Egress from a source this interface should not carry (not yet
@@ -896,7 +943,7 @@ static __always_inline void frag_key_of(struct frag_key *k, const struct pkt *p,
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct pkt p = {};
-	struct verdict v = { .dir = dir };
+	struct verdict v = { .dir = dir, .ifindex = skb->ifindex };
 	struct frag_key fk = {};
 	__u32 ifindex = skb->ifindex;
 	int r, ret;
@@ -904,7 +951,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	r = parse(skb, &p);
 	if (r == PARSE_PASS)
 		return TCX_NEXT;
-	v.iface = bpf_map_lookup_elem(&ifaces, &ifindex);
 	if (r == PARSE_DROP) {
 		count(p.reason == DROP_UNKNOWN_L3 || p.reason == DROP_VLAN_FILTERED ? CNT_UNSUPPORTED_L3
 			: p.reason == DROP_FRAG_NOSUPPORT ? CNT_FRAG_DROPPED
@@ -912,14 +958,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		v.verdict = VERDICT_DROPPED;
 		return drop(skb, &p, &v, p.reason, 0);
 	}
-	if (dir == DIR_EGRESS && v.iface && !iface_owns(v.iface, &p, &p.saddr) &&
-	    !link_scoped(&p)) {
-		count(CNT_INVALID_SOURCE);
-		v.verdict = VERDICT_DROPPED;
-		return drop(skb, &p, &v, DROP_INVALID_SIP, 0);
-	}
-	if (p.neighbor_discovery)
+	if (p.neighbor_discovery) {
+		/* Never judged, as in Cilium, but never from another's address. */
+		if (dir == DIR_EGRESS && !source_ok(&v, &p)) {
+			count(CNT_INVALID_SOURCE);
+			v.verdict = VERDICT_DROPPED;
+			return drop(skb, &p, &v, DROP_INVALID_SIP, 0);
+		}
 		return TCX_NEXT;
+	}
 	if (p.frag == FRAG_LATER) {
 		struct frag_value *fv;
 

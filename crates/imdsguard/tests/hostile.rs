@@ -427,6 +427,7 @@ fn a_hostile_pod_never_reaches_what_its_policy_denies() {
         "First logical datagram fragment not found DROPPED",
         "Invalid IPv6 extension header DROPPED",
         "Unsupported L3 protocol DROPPED",
+        "VLAN traffic disallowed by VLAN filter DROPPED",
         "Policy denied by denylist DROPPED",
     ] {
         assert!(flows.contains(want), "no {want:?} in:\n{flows}");
@@ -619,6 +620,111 @@ spec:
         agent.logged().matches("endpoints: 3 pod(s)").count() >= 2
     });
     enforced(&agent, "after the in-place rewrite");
+    drop(agent);
+    drop(bpf);
+}
+
+/// A policy-routing rule of the test's own (`from <pod> lookup <table>`), removed on drop.
+struct SourceRule(String, String);
+
+impl SourceRule {
+    fn add(from: Ipv4Addr, table: &str) -> SourceRule {
+        let from = format!("{from}/32");
+        imdsguard_netns::run(
+            "ip",
+            &["rule", "add", "pref", "120", "from", &from, "lookup", table],
+        )
+        .expect("ip rule add");
+        SourceRule(from, table.to_owned())
+    }
+}
+
+impl Drop for SourceRule {
+    fn drop(&mut self) {
+        let _ = imdsguard_netns::run(
+            "ip",
+            &["rule", "del", "pref", "120", "from", &self.0, "lookup", &self.1],
+        );
+    }
+}
+
+#[test]
+fn a_veth_no_endpoint_names_is_guarded_in_standalone_mode() {
+    let Some((_serial, _routing, k)) = agent_test() else {
+        return;
+    };
+    // The metadata address lives in a namespace of the test's own, reached only through a
+    // routing table that only the two pods' sources select (as the lab does).
+    let table = (3100 + u32::from(k)).to_string();
+    let imds = Ipv4Addr::new(169, 254, 169, 254);
+    let s = Pod::create_routed(
+        &unique_name("hgs"),
+        imds,
+        None,
+        Some(table.parse().expect("table")),
+    )
+    .expect("imds namespace");
+    let known = Pod::create(&unique_name("hgk"), Ipv4Addr::new(10, k, 5, 2), None).expect("pod");
+    let unknown = Pod::create(&unique_name("hgu"), Ipv4Addr::new(10, k, 5, 3), None).expect("pod");
+    let _rules = [
+        SourceRule::add(known.ipv4, &table),
+        SourceRule::add(unknown.ipv4, &table),
+    ];
+    for pod in [&known, &unknown] {
+        let out = imdsguard_netns::run(
+            "ip",
+            &[
+                "route",
+                "get",
+                &imds.to_string(),
+                "from",
+                &pod.ipv4.to_string(),
+                "iif",
+                &pod.host_if,
+            ],
+        )
+        .expect("route get");
+        assert_eq!(
+            imdsguard_netns::route_dev(&out).as_deref(),
+            Some(s.host_if.as_str()),
+            "{out}"
+        );
+    }
+    let _http =
+        s.ns.spawn("python3", &["-m", "http.server", "80", "--bind", "0.0.0.0"])
+            .expect("server");
+    let url = format!("http://{imds}/");
+    eventually("the stand-in answers", || {
+        curl_ok(&known, &url, &[]) && curl_ok(&unknown, &url, &[])
+    });
+
+    let dir = TempDir(std::env::temp_dir().join(unique_name("hgdir")));
+    let policy_dir = dir.0.join("policies");
+    std::fs::create_dir_all(&policy_dir).expect("mkdir");
+    let endpoints = dir.0.join("endpoints.yaml");
+    write(&endpoints, &format!("endpoints:\n{}", endpoint_line("known", &known)));
+    let bpf = BpfRoot(dir.0.join("bpf"));
+    let bpf_root = bpf.0.to_string_lossy().into_owned();
+    let mut args = agent_args(
+        &policy_dir.to_string_lossy(),
+        &endpoints.to_string_lossy(),
+        &bpf_root,
+    );
+    args.extend(["--unknown-veths".to_owned(), "guard".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&args);
+    agent.wait_log(&format!("attached to {}", known.host_if));
+    agent.wait_log(&format!("attached to {}", unknown.host_if));
+    // No policy selects the known pod: it may reach the metadata address. The veth no endpoint
+    // names may not, whatever source it uses.
+    assert!(curl_ok(&known, &url, &[]), "the known pod lost the metadata address");
+    for _ in 0..3 {
+        assert!(
+            !curl_ok(&unknown, &url, &[]),
+            "a veth no endpoint names reached the metadata address"
+        );
+    }
+    assert!(counter(&bpf_root, "not_ready") >= 1);
     drop(agent);
     drop(bpf);
 }
