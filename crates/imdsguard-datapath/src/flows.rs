@@ -1,4 +1,5 @@
-//! Datapath events as Hubble flows (spec hubble.md §2 and §3.6). Pure: what the agent knows
+//! Datapath events as Hubble flows (docs/hubble.md#flow-fields and
+//! #verdicts-event-types-and-drop-reasons). Pure: what the agent knows
 //! about endpoints, identities and policies comes in through `Directory`.
 
 use crate::abi::{DIR_EGRESS, EV_DROP, EV_POLICY_VERDICT, EV_TRACE, Event};

@@ -1,11 +1,13 @@
-//! The eBPF datapath: C programs (`bpf/datapath.c`, built by clang from build.rs) on each pod's
+//! The eBPF datapath: C programs (`bpf/datapath.c`, with its parser in `bpf/parse.h`, built by clang from build.rs) on each pod's
 //! host-side veth, loaded with aya 0.14, that enforce the tables the policy engine resolves.
 //!
 //! - `abi`: the maps' keys and values and the event record, mirrored from `bpf/datapath.h`.
 //! - `tables`: the engine's resolved policy as table rows (pure).
 //! - `flows`: datapath events as Hubble flows (pure).
 //! - `loader` (Linux only): load, pin under `<bpf-root>/imdsguard/v<layout>/`, attach first in
-//!   the TCX chain, write the tables atomically per endpoint, read counters and events.
+//!   the TCX chain, write the tables atomically per endpoint, read counters and events;
+//!   `tcx` reads where programs sit in a chain, `inspect` the pinned state without an agent.
+//! - `sync` (Linux only): keeps the tables equal to the engine's state.
 //!
 //! A pod is known by its interface (the `ifaces` map), never by the source address it writes;
 //! what cannot be judged (spoofed sources, unknown ethertypes and VLAN tags, fragments without
@@ -19,7 +21,11 @@
 pub mod abi;
 pub mod flows;
 #[cfg(target_os = "linux")]
+mod inspect;
+#[cfg(target_os = "linux")]
 pub mod loader;
 #[cfg(target_os = "linux")]
 pub mod sync;
 pub mod tables;
+#[cfg(target_os = "linux")]
+mod tcx;

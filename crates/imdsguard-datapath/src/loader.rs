@@ -25,6 +25,10 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::inspect::{Inspection, InterfaceState, inspect};
+use crate::tcx::attachment;
+pub use crate::tcx::ifindex;
+
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
 // SAFETY: each is #[repr(C)] plain data with explicit padding fields and no implicit holes (the
@@ -82,9 +86,9 @@ pub enum DatapathError {
     Missing(&'static str),
 }
 
-type Result<T, E = DatapathError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
@@ -685,10 +689,10 @@ impl EventReader {
     }
 }
 
-const COUNTERS: usize = COUNTER_NAMES.len();
+pub(crate) const COUNTERS: usize = COUNTER_NAMES.len();
 
 /// Sums the per-CPU counter sets into named totals.
-fn sum_counters<'a>(
+pub(crate) fn sum_counters<'a>(
     per_cpu: impl Iterator<Item = &'a [u64; COUNTERS]>,
 ) -> Vec<(&'static str, u64)> {
     let mut total = [0u64; COUNTERS];
@@ -700,112 +704,16 @@ fn sum_counters<'a>(
     COUNTER_NAMES.iter().copied().zip(total).collect()
 }
 
-fn escape_ifname(ifname: &str) -> String {
+pub(crate) fn escape_ifname(ifname: &str) -> String {
     ifname.replace('%', "%25").replace('.', "%2e")
 }
 
-fn unescape_ifname(name: &str) -> String {
+pub(crate) fn unescape_ifname(name: &str) -> String {
     name.replace("%2e", ".").replace("%25", "%")
 }
 
-/// Where our program `name` (kernel ID `ours`) sits in `ifname`'s TCX chain for `direction`.
-fn attachment(
-    ifname: &str,
-    name: &'static str,
-    direction: TcAttachType,
-    ours: u32,
-) -> Result<Attachment> {
-    let chain = tcx_chain(ifname, direction).map_err(|e| DatapathError::Interface {
-        ifname: ifname.to_owned(),
-        message: format!("querying the TCX chain: {e}"),
-    })?;
-    Ok(Attachment {
-        ifname: ifname.to_owned(),
-        program: name,
-        position: chain.iter().position(|id| *id == ours),
-        chain_len: chain.len(),
-    })
-}
-
-/// `BPF_PROG_QUERY`'s part of `union bpf_attr` (linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct ProgQuery {
-    target_ifindex: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-/// The index of interface `ifname`, if it exists.
-pub fn ifindex(ifname: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(ifname).ok()?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
-/// The program IDs of a TCX chain, first first. aya's `query_tcx` opens every program by ID,
-/// which needs CAP_SYS_ADMIN; the IDs alone need only CAP_NET_ADMIN, so the agent runs without
-/// SYS_ADMIN.
-fn tcx_chain(ifname: &str, direction: TcAttachType) -> std::io::Result<Vec<u32>> {
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_TCX_INGRESS: u32 = 46;
-    const BPF_TCX_EGRESS: u32 = 47;
-    let ifindex = ifindex(ifname).ok_or_else(std::io::Error::last_os_error)?;
-    let attach_type = match direction {
-        TcAttachType::Ingress => BPF_TCX_INGRESS,
-        _ => BPF_TCX_EGRESS,
-    };
-    let mut ids = vec![0u32; 64];
-    loop {
-        let mut attr = ProgQuery {
-            target_ifindex: ifindex,
-            attach_type,
-            prog_ids: ids.as_mut_ptr() as u64,
-            prog_cnt: ids.len() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is a valid BPF_PROG_QUERY attribute of the size given, and `prog_ids`
-        // points at `prog_cnt` writable u32s that outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_QUERY,
-                &mut attr as *mut ProgQuery,
-                std::mem::size_of::<ProgQuery>(),
-            )
-        };
-        let count = attr.prog_cnt as usize;
-        if rc == 0 {
-            ids.truncate(count);
-            return Ok(ids);
-        }
-        let err = std::io::Error::last_os_error();
-        // ENOSPC: more programs than room; the kernel said how many.
-        if err.raw_os_error() == Some(libc::ENOSPC) && count > ids.len() {
-            ids = vec![0; count];
-            continue;
-        }
-        return Err(err);
-    }
-}
-
-/// The program a pinned TCX link runs.
-fn pinned_program_id(pin: &Path) -> Option<u32> {
-    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
-    link.info().ok().map(|i| i.program_id())
-}
-
 /// The inverse of `ipcache_key`.
-fn ipcache_net(k: &Key<Addr>) -> Option<IpNet> {
+pub(crate) fn ipcache_net(k: &Key<Addr>) -> Option<IpNet> {
     let ip = k.data().ip();
     let len = match ip {
         IpAddr::V4(_) => k.prefix_len().checked_sub(96)?,
@@ -899,110 +807,4 @@ pub fn remove_older_layouts(bpf_root: &Path) -> Vec<PathBuf> {
         }
     }
     removed
-}
-
-/// The datapath as the kernel holds it, read from the pins: works whether or not an agent runs.
-#[derive(Debug, Clone)]
-pub struct Inspection {
-    pub pin_dir: PathBuf,
-    pub endpoints: Vec<(IpAddr, EndpointInfo)>,
-    pub ipcache: Vec<(IpNet, IpcacheValue)>,
-    pub counters: Vec<(&'static str, u64)>,
-    pub interfaces: Vec<InterfaceState>,
-    /// `Config::flags` (`CFG_*`): e.g. redirects failing closed while the proxy's routing is
-    /// shadowed.
-    pub config_flags: u32,
-}
-
-/// One pinned interface and where our programs sit in its TCX chains.
-#[derive(Debug, Clone)]
-pub struct InterfaceState {
-    pub ifname: String,
-    /// `None` when the interface no longer exists (a stale pin).
-    pub chains: Option<Vec<Attachment>>,
-}
-
-/// Reads the pinned datapath under `bpf_root`.
-pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
-    let dir = Datapath::pin_dir(bpf_root);
-    let map = |name: &'static str| -> Result<MapData> {
-        let path = dir.join("maps").join(name);
-        MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })
-    };
-    let endpoints: BpfHashMap<MapData, Addr, EndpointInfo> =
-        BpfHashMap::try_from(aya::maps::Map::HashMap(map("endpoints")?))
-            .map_err(map_err("endpoints"))?;
-    let ipcache: LpmTrie<MapData, Addr, IpcacheValue> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(map("ipcache")?)).map_err(map_err("ipcache"))?;
-    let counters: PerCpuArray<MapData, [u64; COUNTERS]> =
-        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map("counters")?))
-            .map_err(map_err("counters"))?;
-    let mut endpoint_list: Vec<(IpAddr, EndpointInfo)> = endpoints
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(a, e)| (a.ip(), e))
-        .collect();
-    endpoint_list.sort_by_key(|(ip, e)| (e.ep_id, *ip));
-    let ipcache_list = ipcache
-        .iter()
-        .filter_map(|r| r.ok())
-        .filter_map(|(k, v)| Some((ipcache_net(&k)?, v)))
-        .collect();
-    let config_flags = map("config")
-        .ok()
-        .and_then(|m| Array::<MapData, Config>::try_from(aya::maps::Map::Array(m)).ok())
-        .and_then(|a| a.get(&0, 0).ok())
-        .map_or(0, |c| c.flags);
-    let counter_list = counters
-        .get(&0, 0)
-        .map(|v| sum_counters(v.iter()))
-        .unwrap_or_default();
-    let links = dir.join("links");
-    let mut interfaces = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&links) {
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| unescape_ifname(&e.file_name().to_string_lossy()))
-            .collect();
-        names.sort();
-        for ifname in names {
-            let exists = Path::new("/sys/class/net").join(&ifname).exists();
-            let chains = exists.then(|| {
-                PROGRAMS
-                    .iter()
-                    .map(|(program, direction)| {
-                        // Another agent's programs: the ones its pinned links run.
-                        let pin = links.join(escape_ifname(&ifname)).join(program);
-                        pinned_program_id(&pin)
-                            .map_or_else(
-                                || {
-                                    Ok(Attachment {
-                                        ifname: ifname.clone(),
-                                        program,
-                                        position: None,
-                                        chain_len: 0,
-                                    })
-                                },
-                                |ours| attachment(&ifname, program, *direction, ours),
-                            )
-                            .unwrap_or(Attachment {
-                                ifname: ifname.clone(),
-                                program,
-                                position: None,
-                                chain_len: 0,
-                            })
-                    })
-                    .collect()
-            });
-            interfaces.push(InterfaceState { ifname, chains });
-        }
-    }
-    Ok(Inspection {
-        pin_dir: dir,
-        endpoints: endpoint_list,
-        ipcache: ipcache_list,
-        counters: counter_list,
-        interfaces,
-        config_flags,
-    })
 }

@@ -1,4 +1,4 @@
-//! Hubble's flow filters (spec hubble.md §1.6): a `GetFlowsRequest`'s whitelist and blacklist of
+//! Hubble's flow filters (docs/hubble.md#filters): a `GetFlowsRequest`'s whitelist and blacklist of
 //! [`FlowFilter`]s, compiled once and applied to [`Flow`]s with the semantics of cilium's
 //! `pkg/hubble/filters` (v1.19).
 //!

@@ -1,4 +1,4 @@
-//! How `hubble observe` filter flags become `FlowFilter`s (spec hubble.md §3.2, Hubble's
+//! How `hubble observe` filter flags become `FlowFilter`s (docs/hubble.md#filters, Hubble's
 //! `flows_filter.go`), as a pure builder: feed the filter flags in command-line order with
 //! [`FilterBuilder::add`], then [`FilterBuilder::build`] returns `(whitelist, blacklist)`.
 //!

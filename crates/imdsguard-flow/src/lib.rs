@@ -1,8 +1,8 @@
 //! Hubble-compatible flows: the names Hubble prints for numbers, the printers of `hubble observe`
 //! (compact, dict, table and JSON, byte for byte), and flow filters with Hubble's semantics.
 //!
-//! Pure logic over the generated `flow` and `observer` messages: no I/O. The spec is
-//! `shared/spec/hubble.md`.
+//! Pure logic over the generated `flow` and `observer` messages: no I/O. What Hubble
+//! does, and so what these must do, is described in `docs/hubble.md`.
 
 pub mod filter;
 pub mod filterflags;

@@ -1,4 +1,5 @@
-//! The names and texts Hubble prints for numbers in flows (spec hubble.md §2).
+//! The names and texts Hubble prints for numbers in flows
+//! (docs/hubble.md#verdicts-event-types-and-drop-reasons).
 
 use std::borrow::Cow;
 
@@ -93,7 +94,7 @@ pub fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str) -> C
     }
 }
 
-/// The datapath trace observation point names (`event_type.sub_type` numbering, §2.4).
+/// The datapath trace observation point names (`event_type.sub_type` numbering, not the enum's).
 pub fn trace_point_name(sub_type: i32) -> Cow<'static, str> {
     const NAMES: [&str; 14] = [
         "to-endpoint",
@@ -123,7 +124,7 @@ pub fn trace_point_by_name(name: &str) -> Option<i32> {
     (0..14).find(|i| trace_point_name(*i) == name)
 }
 
-/// `api.PolicyMatchType.String()` (§2.5).
+/// `api.PolicyMatchType.String()`.
 pub fn match_type_name(value: u32) -> &'static str {
     match value {
         0 => "none",
@@ -151,7 +152,7 @@ const RESERVED: [&str; 11] = [
     "world-ipv6",
 ];
 
-/// `(host)`, `(world)` … for reserved identities, `(ID:<n>)` otherwise (§2.6).
+/// `(host)`, `(world)` … for reserved identities, `(ID:<n>)` otherwise.
 pub fn identity_token(identity: u32) -> String {
     match reserved_identity_name(identity) {
         Some(name) => format!("({name})"),
@@ -175,7 +176,7 @@ pub fn identity_by_name(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-/// Monitor event types and their `--type` names (§2.3).
+/// Monitor event types and their `--type` names.
 pub const EVENT_TYPES: [(i32, &str); 8] = [
     (1, "drop"),
     (2, "debug"),

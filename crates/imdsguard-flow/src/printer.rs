@@ -1,4 +1,5 @@
-//! The output formats of `hubble observe` (spec hubble.md §3.3–§3.5), byte for byte: compact (the
+//! The output formats of `hubble observe` (docs/hubble.md#flows-as-hubble-prints-them), byte for
+//! byte: compact (the
 //! default), dict, table and JSON. Colors are not implemented (`--color never`).
 // `Summary` is deprecated in Hubble's proto, but the CLI prints it.
 #![allow(deprecated)]

@@ -1,6 +1,6 @@
-//! Hubble's Prometheus metrics (spec hubble.md §5) with Hubble's names and labels: flows processed,
-//! drops, policy verdicts, TCP flags, HTTP requests (httpV2) and lost events. Context labels
-//! (`sourceContext`, `labelsContext`) are not offered yet.
+//! Hubble's Prometheus metrics (docs/hubble.md#metrics) with Hubble's names and labels: flows
+//! processed, drops, policy verdicts, TCP flags, HTTP requests (httpV2) and lost events. Context
+//! labels (`sourceContext`, `labelsContext`) are not offered yet.
 
 use imdsguard_flow::flow::{self, Flow, layer4, layer7};
 use imdsguard_flow::names::{self, enum_name};

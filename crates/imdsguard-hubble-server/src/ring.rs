@@ -1,4 +1,5 @@
-//! The flow ring buffer (spec hubble.md §4, Cilium's `pkg/hubble/container/ring.go`): a fixed
+//! The flow ring buffer (docs/hubble.md#getflows-over-the-ring-buffer, Cilium's
+//! `pkg/hubble/container/ring.go`): a fixed
 //! number of the most recent entries, one writer (the agent's event loop) and any number of
 //! concurrent readers, which may be polled (`try_next`) or follow the writer (`next().await`).
 //!

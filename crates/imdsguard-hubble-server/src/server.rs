@@ -1,4 +1,4 @@
-//! Hubble's Observer and Peer services over the flow ring (spec hubble.md §1.2, §1.3, §4).
+//! Hubble's Observer and Peer services over the flow ring (docs/hubble.md#the-services).
 
 use crate::exporter::{ExportError, FlowExporter};
 use crate::metrics::FlowMetrics;
@@ -137,7 +137,7 @@ impl Hub {
             && let Err(err) = e.export(&entry)
         {
             // The export is a copy for shippers: a full disk must not stop observation.
-            eprintln!("flow export: {err}");
+            tracing::warn!(error = %err, "flow export: cannot write a flow");
         }
         self.ring.push(entry);
     }
@@ -225,8 +225,8 @@ fn mask_endpoint(ep: &Option<Endpoint>, paths: &[String], side: &str) -> Option<
 }
 
 /// Keeps what a field mask names (top-level fields whole; `source.*`/`destination.*` per field),
-/// plus the two fields the 1.19 CLI needs but forgets to ask for (spec §3.2: traffic_direction and
-/// policy_match_type).
+/// plus the two fields the 1.19 CLI needs but forgets to ask for (docs/hubble.md#filters:
+/// traffic_direction and policy_match_type).
 fn apply_mask(flow: &Flow, paths: &[String]) -> Flow {
     let keep = |name: &str| paths.iter().any(|p| p.split('.').next() == Some(name));
     let mut out = Flow {
@@ -285,8 +285,9 @@ impl ObserverService {
         ObserverService { hub }
     }
 
-    /// Where the stream starts (spec §4): the oldest entry, only new ones, or far enough back to
-    /// cover `number` matching flows (or everything since `since`).
+    /// Where the stream starts (docs/hubble.md#getflows-over-the-ring-buffer): the oldest entry,
+    /// only new ones, or far enough back to cover `number` matching flows (or everything since
+    /// `since`).
     fn start(&self, q: &Query) -> Reader<Entry> {
         let ring = self.hub.ring();
         if q.first && q.since.is_none() {

@@ -1,5 +1,5 @@
-//! What a cloud metadata service answers (spec imds.md §1–§2), as a pure function of the request
-//! and the emulator's state. Azure by default; AWS IMDSv2 and GCP by flavour.
+//! What a cloud metadata service answers (docs/metadata-services.md), as a pure function of the
+//! request and the emulator's state. Azure by default; AWS IMDSv2 and GCP by flavour.
 //!
 //! It reproduces the behaviour a filtering proxy must not be fooled by, on purpose: Azure
 //! percent-decodes the path before routing (`/metadata/scheduledevents%3Fapi-version=…` is served),
@@ -175,7 +175,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
@@ -183,7 +183,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Splits a (decoded) target into its path and query parameters.
-fn split(target: &str) -> (String, Vec<(String, String)>) {
+pub(crate) fn split(target: &str) -> (String, Vec<(String, String)>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let params = query
         .split('&')
@@ -208,7 +208,7 @@ impl Emulator {
         match self.opts.flavor {
             Flavor::Azure => self.azure(req, now),
             Flavor::Aws => self.aws(req, now),
-            Flavor::Gcp => gcp(req),
+            Flavor::Gcp => crate::gcp::handle(req),
         }
     }
 
@@ -382,10 +382,7 @@ impl Emulator {
                 r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
             );
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         Response::json(
             200,
             format!(
@@ -444,12 +441,17 @@ impl Emulator {
             }
             "/latest/meta-data/instance-id" => "i-0123456789abcdef0",
             "/latest/meta-data/local-ipv4" => "10.0.1.23",
+            "/latest/meta-data/placement/availability-zone" => "eu-west-1a",
+            "/latest/meta-data/placement/region" => "eu-west-1",
             "/latest/meta-data/iam/info" => {
                 r#"{"Code":"Success","InstanceProfileArn":"arn:aws:iam::123456789012:instance-profile/eks-node","InstanceProfileId":"AIPAEMULATED"}"#
             }
-            "/latest/meta-data/iam/security-credentials/" => "eks-node-role",
-            "/latest/meta-data/iam/security-credentials/eks-node-role" => {
-                r#"{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIAEMULATED","SecretAccessKey":"emulated","Token":"emulated","Expiration":"2030-01-01T00:00:00Z"}"#
+            "/latest/meta-data/iam/security-credentials/"
+            | "/latest/meta-data/iam/security-credentials" => AWS_ROLE,
+            p if p.strip_prefix("/latest/meta-data/iam/security-credentials/")
+                == Some(AWS_ROLE) =>
+            {
+                return Response::text(200, aws_credentials(unix_now()));
             }
             _ => return Response::text(404, "Not Found"),
         };
@@ -457,47 +459,47 @@ impl Emulator {
     }
 }
 
-fn gcp(req: &Request) -> Response {
-    let (path, params) = split(&req.target);
-    let with_flavor = |mut r: Response| {
-        r.headers.push(("Metadata-Flavor", "Google".into()));
-        r.headers.push(("Server", "Metadata Server for VM".into()));
-        r
-    };
-    if path == "/" {
-        return with_flavor(Response::text(200, "computeMetadata/\n"));
-    }
-    if req.header("X-Forwarded-For").is_some() {
-        return with_flavor(Response::text(403, "Forbidden"));
-    }
-    let flavored = req.header("Metadata-Flavor") == Some("Google")
-        || req
-            .header("X-Google-Metadata-Request")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !flavored {
-        return with_flavor(Response::text(
-            403,
-            format!(
-                "Your client does not have permission to get URL <code>{path}</code> from this server. Missing Metadata-Flavor:Google header."
-            ),
-        ));
-    }
-    let _ = params;
-    let body = match path.as_str() {
-        "/computeMetadata/v1/instance/name" => "gke-default-pool-1a2b3c4d-xyz0",
-        "/computeMetadata/v1/project/project-id" => "emulated-project",
-        "/computeMetadata/v1/instance/service-accounts/default/email" => {
-            "123456789012-compute@developer.gserviceaccount.com"
-        }
-        "/computeMetadata/v1/instance/service-accounts/default/token" => {
-            return with_flavor(Response::json(
-                200,
-                r#"{"access_token":"ya29.emulated","expires_in":3599,"token_type":"Bearer"}"#,
-            ));
-        }
-        _ => return with_flavor(Response::text(404, "Not Found")),
-    };
-    with_flavor(Response::text(200, body))
+/// The instance profile's role, and the credentials IMDS hands out for it.
+pub const AWS_ROLE: &str = "eks-node-role";
+pub const AWS_ACCESS_KEY_ID: &str = "ASIAEMULATED";
+/// How long the role's credentials are valid from when they are asked for (IMDS rotates them
+/// well before they expire, and SDKs refresh them 5–15 minutes ahead).
+pub const AWS_CREDENTIALS_LIFETIME: u64 = 6 * 3600;
+
+fn aws_credentials(now: u64) -> String {
+    format!(
+        r#"{{"Code":"Success","LastUpdated":"{}","Type":"AWS-HMAC","AccessKeyId":"{AWS_ACCESS_KEY_ID}","SecretAccessKey":"emulated","Token":"emulated","Expiration":"{}"}}"#,
+        rfc3339(now),
+        rfc3339(now + AWS_CREDENTIALS_LIFETIME)
+    )
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch as `2026-01-02T03:04:05Z` (the form IMDS and botocore use).
+fn rfc3339(secs: u64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// `/metadata/instance[/route]`: the document, or the node a route walks to. A leaf needs
@@ -792,6 +794,67 @@ mod tests {
         );
         bad.method = "PUT".into();
         assert_eq!(e.handle(&bad, now).status, 400);
+    }
+
+    #[test]
+    fn aws_role_credentials_as_botocore_reads_them() {
+        // botocore: PUT the token, list the role, GET its credentials (all four fields needed,
+        // Expiration as %Y-%m-%dT%H:%M:%SZ).
+        let mut e = Emulator::new(Options {
+            flavor: Flavor::Aws,
+            ..Default::default()
+        });
+        let now = Instant::now();
+        let mut put = get(
+            "/latest/api/token",
+            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
+        );
+        put.method = "PUT".into();
+        let token = e.handle(&put, now).body;
+        let auth = [("x-aws-ec2-metadata-token", token.as_str())];
+        let r = e.handle(
+            &get("/latest/meta-data/iam/security-credentials/", &auth),
+            now,
+        );
+        assert_eq!((r.status, r.body.as_str()), (200, AWS_ROLE));
+        let before = unix_now();
+        let r = e.handle(
+            &get(
+                &format!("/latest/meta-data/iam/security-credentials/{AWS_ROLE}"),
+                &auth,
+            ),
+            now,
+        );
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        assert_eq!(v["AccessKeyId"], AWS_ACCESS_KEY_ID);
+        for field in ["SecretAccessKey", "Token", "Expiration", "LastUpdated"] {
+            assert!(v[field].is_string(), "{field} in {}", r.body);
+        }
+        let expiration = v["Expiration"].as_str().unwrap_or_default();
+        let expected: Vec<String> = (0..=2)
+            .map(|d| rfc3339(before + d + AWS_CREDENTIALS_LIFETIME))
+            .collect();
+        assert!(expected.iter().any(|x| x == expiration), "{expiration}");
+        assert_eq!(
+            e.handle(
+                &get(
+                    "/latest/meta-data/iam/security-credentials/other-role",
+                    &auth
+                ),
+                now
+            )
+            .status,
+            404
+        );
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     #[test]

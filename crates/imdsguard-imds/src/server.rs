@@ -65,22 +65,15 @@ async fn handle(
         HeaderValue::from_static(resp.content_type),
     );
     for (name, value) in resp.headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            out.headers_mut()
-                .insert(HeaderName::from_static(lower(name)), v);
+        // from_bytes takes any case (from_static panics on upper case).
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            out.headers_mut().insert(n, v);
         }
     }
     out
-}
-
-fn lower(name: &'static str) -> &'static str {
-    // HeaderName::from_static wants lower case.
-    match name {
-        "Metadata-Flavor" => "metadata-flavor",
-        "Server" => "server",
-        "X-aws-ec2-metadata-token-ttl-seconds" => "x-aws-ec2-metadata-token-ttl-seconds",
-        other => other,
-    }
 }
 
 fn status_only(s: StatusCode) -> Response {

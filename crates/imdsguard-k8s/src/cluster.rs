@@ -368,7 +368,11 @@ where
                     let text = e.to_string();
                     progress.update(|s| {
                         if s.errors == 0 || s.last_error.as_deref() != Some(&text) {
-                            eprintln!("kubernetes: {}: {text}; retrying", s.resource);
+                            tracing::warn!(
+                                error = %text,
+                                "kubernetes: cannot watch {}; retrying",
+                                s.resource
+                            );
                         }
                         s.errors += 1;
                         s.last_error = Some(text);

@@ -222,7 +222,7 @@ spec:
         # pins outlive the agent's container. The only privileged step, and it exits at once.
         - name: mount-bpf-fs
           image: {image}
-          command: ["/bin/sh", "-c", "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf"]
+          command: ["imdsguard", "mount-bpffs", "/sys/fs/bpf"]
           securityContext:
             privileged: true
           volumeMounts:

@@ -1,6 +1,6 @@
-//! Default-deny traps (spec §4.2): a rule with only deny sections switches its pods to default
-//! deny unless it says otherwise (IG1201), and the way to say otherwise, `enableDefaultDeny: false`,
-//! only exists since Cilium 1.16 (IG1202).
+//! Default-deny traps (docs/policy-semantics.md §4.2): a rule with only deny sections switches its
+//! pods to default deny unless it says otherwise (IG1201), and the way to say otherwise,
+//! `enableDefaultDeny: false`, only exists since Cilium 1.16 (IG1202).
 
 use crate::Finding;
 use crate::checks::{DEFAULT_DENY_FIELD_VERSION, DENY_ONLY_DEFAULT_DENY};

@@ -1,5 +1,6 @@
 //! IG1401: `cidrGroupRef` to a group that does not exist. Since Cilium 1.16 a missing group selects
-//! nothing (spec §1.4): an allow allows nothing and, worse, a deny denies nothing.
+//! nothing (docs/policy-semantics.md §1.4): an allow allows nothing and, worse, a deny denies
+//! nothing.
 
 use crate::Finding;
 use crate::checks::CIDR_GROUP_MISSING;

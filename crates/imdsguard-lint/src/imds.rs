@@ -1,5 +1,5 @@
 //! Holes in metadata protection, found by asking the engine about each pod the policies select
-//! (spec imds.md §1.7, §2): 169.254.169.254 denied but Azure's WireServer (IG1501) or the IPv6
+//! (docs/metadata-services.md): 169.254.169.254 denied but Azure's WireServer (IG1501) or the IPv6
 //! metadata addresses (IG1502) open; hostNetwork pods, which no pod policy covers (IG1503); and
 //! allow rules that open the credential endpoints to whole namespaces (IG1601).
 

@@ -1,8 +1,9 @@
 //! L7 traps: rules that restrict nothing (IG1001 default-allow visibility, IG1002 lifted by another
 //! allow) and HTTP regexes that do not mean what they look like (IG1101, IG1102, IG1103). Envoy
 //! matches `method`, `path` and `host` as RE2 full-string matches, `path` against the whole request
-//! target including its query (spec §3.6); in default-allow mode Cilium appends an allow-all L7 rule
-//! (§4.2); and L7 rules are a union over every allow that covers the peer and port (§5.4).
+//! target including its query (docs/policy-semantics.md §3.6); in default-allow mode Cilium appends
+//! an allow-all L7 rule (§4.2); and L7 rules are a union over every allow that covers the peer and
+//! port (§5.4).
 
 use crate::Finding;
 use crate::checks::{

@@ -1,5 +1,5 @@
 //! What cloud metadata traffic looks like: the addresses of the metadata services and the requests
-//! real clients send them (spec imds.md §1.4, §1.7, §2, §5). The checks test policies against these.
+//! real clients send them (docs/metadata-services.md). The checks test policies against these.
 
 use imdsguard_policy::HttpRequest;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

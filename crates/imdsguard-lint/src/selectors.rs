@@ -1,6 +1,7 @@
 //! IG1301: a `NotIn` or `DoesNotExist` peer selector matches every identity that lacks the label,
 //! and reserved and CIDR identities lack pod labels; when the namespace key is in the selector,
-//! Cilium adds no namespace requirement that would keep it to pods (spec §2.3, §2.4).
+//! Cilium adds no namespace requirement that would keep it to pods (docs/policy-semantics.md §2.3,
+//! §2.4).
 
 use crate::Finding;
 use crate::checks::NEGATIVE_SELECTOR_RESERVED;

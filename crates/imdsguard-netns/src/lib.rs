@@ -4,10 +4,15 @@
 //! It drives iproute2 (`ip`), as an operator would, so every step can be replayed by hand. Each
 //! object removes itself when dropped, so a failing test still cleans up. Forwarding is enabled
 //! per host-side interface only; nothing global on the machine changes.
+//!
+//! What the agent uses at run time ([`host_interfaces`], [`veths`], [`LinkWatch`], and the
+//! [`rtnl`] socket the proxy's policy routing shares) talks rtnetlink instead, and starts no
+//! program: the agent needs only its binary and the kernel.
 
 mod host;
+pub mod rtnl;
 
-pub use host::{LinkWatch, direct_route_dev, host_interfaces, veths};
+pub use host::{LinkWatch, host_interfaces, veths};
 
 use std::net::IpAddr;
 use std::process::{Command, Output};
@@ -20,6 +25,11 @@ pub enum NetnsError {
     #[error("cannot run `{command}`: {source} (is iproute2 installed? scripts/prereqs.sh)")]
     Spawn {
         command: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
         source: std::io::Error,
     },
 }
@@ -297,7 +307,8 @@ fn sysctl(key: &str, value: &str) -> Result<()> {
 
 /// Whether this process may create namespaces (root tests skip, with a message, when not).
 pub fn can_create_namespaces() -> bool {
-    run("id", &["-u"]).is_ok_and(|u| u.trim() == "0")
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ pub struct Rule {
     pub ingress_deny: Option<Vec<PolicyItem>>,
     pub egress: Option<Vec<PolicyItem>>,
     pub egress_deny: Option<Vec<PolicyItem>>,
-    /// `enableDefaultDeny` after defaulting (spec §4.2).
+    /// `enableDefaultDeny` after defaulting (docs/policy-semantics.md §4.2).
     pub default_deny_ingress: bool,
     pub default_deny_egress: bool,
     pub log: Option<Arc<str>>,

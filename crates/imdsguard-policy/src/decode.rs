@@ -1,6 +1,7 @@
-//! Decoding and validation of Cilium's CRDs (spec §1, §3), with Cilium's translation of peers into
-//! selectors (§2.4 namespace injection, §3.3 CIDR and entity selectors). Every error names the
-//! file, line, column, object and field path. One invalid rule rejects its whole object and no other.
+//! Decoding and validation of Cilium's CRDs (docs/policy-semantics.md §1, §3), with Cilium's
+//! translation of peers into selectors (§2.4 namespace injection, §3.3 CIDR and entity selectors).
+//! Every error names the file, line, column, object and field path. One invalid rule rejects its
+//! whole object and no other.
 
 use crate::api::*;
 use crate::identity::{CLUSTER_LABEL, NAMESPACE_LABEL};
@@ -404,7 +405,7 @@ impl Cx<'_> {
         })
     }
 
-    /// A Kubernetes LabelSelector with Cilium's key normalisation (spec §2.2).
+    /// A Kubernetes LabelSelector with Cilium's key normalisation (§2.2).
     fn selector(&mut self, f: &Field) -> R<Selector> {
         let m = f.map(&["matchLabels", "matchExpressions"])?;
         let mut reqs = Vec::new();
@@ -459,7 +460,7 @@ impl Cx<'_> {
         Ok(key)
     }
 
-    /// Cilium's `getEndpointSelector` (spec §2.4) for `fromEndpoints`/`toEndpoints`.
+    /// Cilium's `getEndpointSelector` (§2.4) for `fromEndpoints`/`toEndpoints`.
     fn inject_peer(&self, sel: Selector, scope: &Scope) -> Selector {
         if sel
             .requirements()
@@ -1054,7 +1055,7 @@ pub fn cidr_label_key(net: IpNet) -> String {
     }
 }
 
-/// `cidr.P Exists ∧ ∀E: cidr.E DoesNotExist`, plus the `reserved.world` twin for `/0` (spec §3.3).
+/// `cidr.P Exists ∧ ∀E: cidr.E DoesNotExist`, plus the `reserved.world` twin for `/0` (§3.3).
 fn cidr_selectors(net: IpNet, excepts: &[IpNet]) -> Vec<Selector> {
     let mut sel = Selector::new(vec![Requirement::exists(cidr_key(net))]);
     for e in excepts {

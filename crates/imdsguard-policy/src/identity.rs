@@ -1,5 +1,6 @@
-//! Security identities (spec §7): reserved numbers, pod identities from their security-relevant
-//! labels (§2.6), and node-local identities for policy prefixes, allocated from 16777217 upward.
+//! Security identities (docs/policy-semantics.md §7): reserved numbers, pod identities from their
+//! security-relevant labels (§2.6), and node-local identities for policy prefixes, allocated from
+//! 16777217 upward.
 
 use crate::labels::{Label, LabelSet};
 use rustc_hash::FxHashMap;
@@ -63,7 +64,7 @@ impl Identity {
         self.0 >> 24 == 1
     }
 
-    /// The labels of a reserved identity (spec §7.1).
+    /// The labels of a reserved identity (§7.1).
     pub fn reserved_labels(self) -> Option<LabelSet> {
         let name = self.reserved_name()?;
         let mut labels = vec![Label::reserved(name)];

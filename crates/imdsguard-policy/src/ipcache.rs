@@ -1,6 +1,7 @@
 //! The ipcache: every prefix named by a policy or a CIDR group gets a node-local identity whose
 //! labels are `cidr:<prefix>`, `reserved:world` and the CIDR-group labels of every containing
-//! prefix (spec §1.4, §3.3, §7.3). An address takes the identity of its longest containing prefix.
+//! prefix (§1.4, §3.3, §7.3 of docs/policy-semantics.md). An address takes the identity of its
+//! longest containing prefix.
 
 use crate::api::{CIDR_GROUP_NAME_KEY, CidrGroup};
 use crate::decode::cidr_label_key;

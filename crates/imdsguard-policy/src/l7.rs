@@ -1,6 +1,6 @@
-//! L7 rules and the HTTP matching Cilium's Envoy filter performs (spec §3.6, §5.4): RE2 regexes that
-//! must match the whole string, `path` against the full `:path` including the query, `host` against
-//! `:authority` including any port, and header presence or exact values.
+//! L7 rules and the HTTP matching Cilium's Envoy filter performs (docs/policy-semantics.md §3.6,
+//! §5.4): RE2 regexes that must match the whole string, `path` against the full `:path` including
+//! the query, `host` against `:authority` including any port, and header presence or exact values.
 
 use regex::Regex;
 use std::fmt;

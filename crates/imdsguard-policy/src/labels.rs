@@ -1,4 +1,5 @@
-//! Cilium's label model: `source:key=value`, and the selector-key normalisation of spec §2.2.
+//! Cilium's label model: `source:key=value`, and the selector-key normalisation of
+//! docs/policy-semantics.md §2.2.
 
 use std::fmt;
 use std::sync::Arc;
@@ -168,7 +169,7 @@ impl LabelKey {
         }
     }
 
-    /// Cilium's `GetExtendedKeyFrom` (spec §2.2).
+    /// Cilium's `GetExtendedKeyFrom` (§2.2).
     pub fn from_selector_key(raw: &str) -> LabelKey {
         if let Some(rest) = raw.strip_prefix('$') {
             return LabelKey::new(LabelSource::Reserved, rest);

@@ -1,7 +1,7 @@
 //! The per-endpoint, per-direction policy table, shaped like Cilium's datapath policy map: keys of
-//! (remote identity or ANY, protocol or ANY, port prefix), entries of allow/deny, proxy redirect and
-//! the rules that put them there. Lookup follows the 1.17+ datapath (spec §5.3): one longest-prefix
-//! match for the peer's identity, one for ANY, and a choice between them.
+//! (remote identity or ANY, protocol or ANY, port prefix), entries of allow/deny, proxy redirect
+//! and the rules that put them there. Lookup follows the 1.17+ datapath (docs/policy-semantics.md
+//! §5.3): one longest-prefix match for the peer's identity, one for ANY, and a choice between them.
 
 use crate::api::{PolicyRef, Protocol};
 use crate::identity::Identity;
@@ -155,7 +155,7 @@ pub fn port_range_prefixes(start: u16, end: u16) -> Vec<(u16, u8)> {
     out
 }
 
-/// Policy verdict match type (spec §6.1), with Hubble's spelling.
+/// Policy verdict match type (§6.1), with Hubble's spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum MatchType {
     #[serde(rename = "none")]
@@ -223,9 +223,9 @@ pub enum Origin {
         rule: usize,
         log: Option<Arc<str>>,
     },
-    /// Added because no selecting rule asked for default deny in this direction (spec §4.2).
+    /// Added because no selecting rule asked for default deny in this direction (§4.2).
     DefaultAllow,
-    /// The implicit ingress allow from the local host (spec §4.3).
+    /// The implicit ingress allow from the local host (§4.3).
     AllowLocalhost,
 }
 
@@ -336,7 +336,7 @@ impl MapState {
         None
     }
 
-    /// The entry the datapath would choose for a packet from/to `peer` (spec §5.3).
+    /// The entry the datapath would choose for a packet from/to `peer` (§5.3).
     pub fn lookup(&self, peer: Identity, proto: Protocol, port: u16) -> Option<Lookup<'_>> {
         let proto = proto.number();
         let l3 = self.lpm(peer.0, proto, port);
@@ -356,7 +356,7 @@ impl MapState {
     }
 }
 
-/// Merges contributions as they are produced, then applies Cilium's insertion rules (spec §5.3):
+/// Merges contributions as they are produced, then applies Cilium's insertion rules (§5.3):
 /// denies remove every allow they cover, a redirect shadows narrower allows of lower rank, and an
 /// identity-specific allow identical to an ANY allow on the same port is elided.
 #[derive(Default)]

@@ -1,6 +1,6 @@
 //! The policy repository: policies, CIDR groups, endpoints and identities, resolved into one
-//! [`EndpointPolicy`] per endpoint identity (spec §4, §5.5). Changes mark only the identities they
-//! can affect, and [`Repository::resolve`] recomputes just those.
+//! [`EndpointPolicy`] per endpoint identity (docs/policy-semantics.md §4, §5.5). Changes mark only
+//! the identities they can affect, and [`Repository::resolve`] recomputes just those.
 
 use crate::api::*;
 use crate::decode::Decoded;
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Agent-wide enforcement mode (`enable-policy`, spec §4.1).
+/// Agent-wide enforcement mode (`enable-policy`, §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Enforcement {
     #[default]
@@ -30,7 +30,7 @@ pub enum Enforcement {
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub enforcement: Enforcement,
-    /// `policy-audit-mode`: L3/L4 denials are reported as AUDIT and forwarded (spec §8).
+    /// `policy-audit-mode`: L3/L4 denials are reported as AUDIT and forwarded (§8).
     pub audit_mode: bool,
     /// `allow-localhost=always` (the Kubernetes default).
     pub allow_localhost: bool,
@@ -125,7 +125,7 @@ pub struct DirectionPolicy {
 }
 
 impl DirectionPolicy {
-    /// Envoy's decision (spec §5.4): allowed iff some applicable allow has no HTTP rules or one of
+    /// Envoy's decision (§5.4): allowed iff some applicable allow has no HTTP rules or one of
     /// its HTTP rules matches. Returns the decision and the origins that allowed it.
     pub fn http_allows(
         &self,
@@ -813,7 +813,7 @@ impl Repository {
                 }
             }
         }
-        // The implicit L3 allows (spec §4.2, §4.3): no port, no L7, so they also lift HTTP rules.
+        // The implicit L3 allows (§4.2, §4.3): no port, no L7, so they also lift HTTP rules.
         let mut implicit = |peer: Option<Identity>, origin: Origin| {
             let origin = Arc::new(origin);
             let contribution = Contribution {

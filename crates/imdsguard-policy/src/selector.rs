@@ -1,4 +1,4 @@
-//! Endpoint selectors with Cilium's exact matching semantics (spec §2.3).
+//! Endpoint selectors with Cilium's exact matching semantics (docs/policy-semantics.md §2.3).
 
 use crate::identity::NAMESPACE_LABEL;
 use crate::labels::{LabelKey, LabelSet, LabelSource};
@@ -65,7 +65,7 @@ impl Requirement {
                 .value_of(labels)
                 .is_some_and(|v| self.values.iter().any(|x| x == v)),
             // Absent keys match NotIn: this is why NotIn selectors also pick world, host and CIDR
-            // identities (spec §2.3 gotcha).
+            // identities (the trap of §2.3).
             Operator::NotIn => self
                 .value_of(labels)
                 .is_none_or(|v| !self.values.iter().any(|x| x == v)),

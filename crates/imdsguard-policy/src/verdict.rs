@@ -48,7 +48,7 @@ impl Verdict {
     }
 }
 
-/// Cilium drop reasons for policy (spec §6.2).
+/// Cilium drop reasons for policy (docs/policy-semantics.md §6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum DropReason {
     #[serde(rename = "POLICY_DENIED")]

@@ -1,6 +1,7 @@
-//! Property tests of the policy engine against small reference models written from the spec
-//! (`shared/spec/cilium-policy.md`): selector matching (§2.2, §2.3), CIDR peers (§3.3), port-range
-//! splitting (§5.1), incremental resolution, and L7 parser conflicts (§3.6, §11.12).
+//! Property tests of the policy engine against small reference models written from Cilium's
+//! semantics as `docs/policy-semantics.md` states them (the § numbers here are its sections):
+//! selector matching (§2.2, §2.3), CIDR peers (§3.3), port-range splitting (§5.1), incremental
+//! resolution, and L7 parser conflicts (§3.6, §11.12).
 
 use imdsguard_manifest::Source;
 use imdsguard_policy::labels::{Label, LabelKey, LabelSet, LabelSource};
@@ -25,7 +26,7 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Selector matching (spec §2.2, §2.3)
+// Selector matching (§2.2, §2.3)
 // ---------------------------------------------------------------------------------------------
 
 /// The sources a label may have in these tests.
@@ -63,7 +64,7 @@ impl Src {
 const KEYS: [&str; 3] = ["a", "b", "app.kubernetes.io/name"];
 const VALUES: [&str; 3] = ["", "x", "y"];
 
-/// How a selector key is written in YAML, and the source the spec's table (§2.2) gives it.
+/// How a selector key is written in YAML, and the source the table of §2.2 gives it.
 const KEY_FORMS: [(&str, Src); 7] = [
     ("", Src::Any),
     ("any:", Src::Any),
@@ -162,9 +163,9 @@ fn engine_selector(reqs: &[RefRequirement]) -> Selector {
     )
 }
 
-/// Spec §2.3, one requirement. `None` when the answer depends on which of several labels with the
+/// §2.3, one requirement. `None` when the answer depends on which of several labels with the
 /// key is looked at: an `any` key over labels of several sources with different values. Cilium's
-/// `LabelArray.Get` returns the first one in an order it does not define, so the spec leaves this
+/// `LabelArray.Get` returns the first one in an order it does not define, so §2.3 leaves this
 /// open.
 fn reference_requirement(labels: &[RefLabel], r: &RefRequirement) -> Option<bool> {
     let found: Vec<&str> = labels
@@ -188,7 +189,7 @@ fn reference_requirement(labels: &[RefLabel], r: &RefRequirement) -> Option<bool
     }
 }
 
-/// Spec §2.3, a selector: requirements are ANDed, the empty selector matches everything.
+/// §2.3, a selector: requirements are ANDed, the empty selector matches everything.
 fn reference_selector(labels: &[RefLabel], reqs: &[RefRequirement]) -> Option<bool> {
     let results: Vec<Option<bool>> = reqs
         .iter()
@@ -214,7 +215,7 @@ fn show_labels(labels: &[RefLabel]) -> String {
 proptest! {
     #![proptest_config(config(1024))]
 
-    /// `Selector::matches` agrees with the spec's matching rules wherever they give one answer.
+    /// `Selector::matches` agrees with the matching rules of §2.3 wherever they give one answer.
     #[test]
     fn selector_matches_reference(
         labels in label_set(),
@@ -250,7 +251,7 @@ proptest! {
         }
     }
 
-    /// Selector keys are normalised as the table of spec §2.2 says.
+    /// Selector keys are normalised as the table of §2.2 says.
     #[test]
     fn selector_key_normalisation(form in 0..KEY_FORMS.len(), k in 0..KEYS.len()) {
         let (prefix, src) = KEY_FORMS[form];
@@ -260,7 +261,7 @@ proptest! {
         prop_assert_eq!(key.extended(), format!("{}.{}", src.name(), KEYS[k]));
     }
 
-    /// The empty selector matches every label set (spec §2.3).
+    /// The empty selector matches every label set (§2.3).
     #[test]
     fn empty_selector_matches_everything(labels in label_set()) {
         prop_assert!(Selector::wildcard().matches(&engine_labels(&labels)));
@@ -517,7 +518,7 @@ spec:
     );
 }
 
-/// Cilium's `LabelArray.Has`/`Get` examples quoted in spec §2.3.
+/// Cilium's `LabelArray.Has`/`Get` examples (§2.3).
 #[test]
 fn selector_spec_examples() {
     let k8s = LabelSet::new(vec![Label::parse("k8s:foo=bar")]);
@@ -531,7 +532,7 @@ fn selector_spec_examples() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CIDR peers (spec §3.3)
+// CIDR peers (§3.3)
 // ---------------------------------------------------------------------------------------------
 
 /// A prefix as plain integers, so the reference does not depend on the engine's `ipnet` use.
@@ -677,7 +678,7 @@ fn check_cidr_set(
     );
     let decoded = decode(&ccnp("cidr", &body));
     if ex.iter().any(|e| !p.contains(e)) {
-        // Spec §3.1: every except must lie inside its cidr; the object is rejected.
+        // §3.1: every except must lie inside its cidr; the object is rejected.
         prop_assert_eq!(decoded.policies.len(), 0, "{}", body);
         prop_assert_eq!(decoded.errors.len(), 1, "{}", body);
         prop_assert!(
@@ -712,8 +713,8 @@ fn check_cidr_set(
 proptest! {
     #![proptest_config(config(256))]
 
-    /// `toCIDRSet: [{cidr: P, except: E…}]` allows x ⇔ x ∈ P ∧ x ∉ every E (spec §3.3 simplified
-    /// rule); an except outside P rejects the policy (§3.1).
+    /// `toCIDRSet: [{cidr: P, except: E…}]` allows x ⇔ x ∈ P ∧ x ∉ every E (§3.3, the net
+    /// effect); an except outside P rejects the policy (§3.1).
     #[test]
     fn cidr_set_with_excepts_v4(
         p in prefix(false),
@@ -775,7 +776,7 @@ proptest! {
     }
 
     /// An allow `toCIDR: [A]` with a deny `toCIDRSet: [{cidr: D, except: [E]}]`: denied by the
-    /// denylist ⇔ x ∈ D ∖ E; otherwise allowed ⇔ x ∈ A (spec §3.3, §5.2 deny wins).
+    /// denylist ⇔ x ∈ D ∖ E; otherwise allowed ⇔ x ∈ A (§3.3, §5.2 deny wins).
     #[test]
     fn cidr_allow_with_cidr_set_deny(
         a in prefix(false),
@@ -833,7 +834,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Port ranges (spec §5.1 "each masked sub-range")
+// Port ranges (§5.1: each masked sub-range)
 // ---------------------------------------------------------------------------------------------
 
 const PORT_EDGES: [u16; 8] = [0, 1, 1023, 1024, 32767, 32768, 65534, 65535];
@@ -1475,7 +1476,7 @@ fn new_peer_endpoint_updates_existing_subjects() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// L7 parser conflicts (spec §3.6, §5.1, §11.12)
+// L7 parser conflicts (§3.6, §5.1, §11.12)
 // ---------------------------------------------------------------------------------------------
 
 const PARSERS: [&str; 4] = [
@@ -1524,7 +1525,7 @@ proptest! {
         let mut repo = Repository::new(EngineOptions::default());
         repo.upsert_endpoint(client());
         if previous {
-            // A valid policy first: on error the engine keeps the previous tables (spec §5.5).
+            // A valid policy first: on error the engine keeps the previous tables (§5.5).
             let same = conflict_policy(PEER_FORMS[peer], port, PARSERS[first], PARSERS[first]);
             let ok = decode(&same);
             repo.load(&ok);

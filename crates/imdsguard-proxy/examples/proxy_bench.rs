@@ -391,12 +391,7 @@ fn main() {
         max_connections_per_pod: 4096,
         ..ProxyConfig::default()
     };
-    let proxy = tokio::spawn(serve(
-        listener,
-        cfg,
-        Arc::new(Auth(build())),
-        sink,
-    ));
+    let proxy = tokio::spawn(serve(listener, cfg, Arc::new(Auth(build())), sink));
     let mut dp = Datapath::open(&Options {
         bpf_root: cleanup.bpf.clone(),
         ..Default::default()

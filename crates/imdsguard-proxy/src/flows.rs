@@ -1,5 +1,5 @@
-//! The proxy's access log as Hubble L7 flows: `http-request` and `http-response` (spec hubble.md
-//! §3.6): `HTTP/1.1 GET http://169.254.169.254:80/metadata/instance` and
+//! The proxy's access log as Hubble L7 flows: `http-request` and `http-response`
+//! (docs/hubble.md#flow-fields): `HTTP/1.1 GET http://169.254.169.254:80/metadata/instance` and
 //! `HTTP/1.1 200 3ms (GET http://…)`.
 
 use crate::http1::Request;

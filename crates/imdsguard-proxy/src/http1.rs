@@ -3,7 +3,7 @@
 //! The proxy judges a request by its head and then forwards the bytes. Whatever the upstream could
 //! read differently from us is refused here, before anything is forwarded: a request is either
 //! unambiguous or it is an error with a reason (RFC 9112 §2.2, §3, §5, §6.1, §6.3, and the
-//! smuggling cases of spec imds.md §0 and §1.2).
+//! smuggling cases of docs/metadata-services.md).
 
 use imdsguard_policy::l7::HttpRequest;
 use std::fmt;

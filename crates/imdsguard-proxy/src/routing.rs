@@ -25,12 +25,11 @@
 //! checks it at start and on every link change, and fails closed for the pods it affects
 //! ([`Status::reaches_proxy`]).
 //!
-//! Everything goes through rtnetlink on a socket of this process: no `ip` program is run.
+//! Everything goes through rtnetlink on a socket of this process ([`imdsguard_netns::rtnl`]): no
+//! `ip` program is run.
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
-};
+use imdsguard_netns::rtnl::{Rtnl, context};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, Nla};
 use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -38,7 +37,6 @@ use netlink_packet_route::rule::{
     RuleAction, RuleAttribute, RuleFlags, RuleHeader, RuleMessage, RulePortRange, RuleUidRange,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
@@ -837,39 +835,16 @@ fn describe_ours(mark: u32, table: u32, priority: u32) -> String {
     format!("{priority}: from all fwmark {mark:#x}/{MARK_MASK:#x} lookup {table}")
 }
 
-fn context(e: io::Error, what: impl fmt::Display) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+/// The requests the redirect's routing makes, on the shared rtnetlink socket.
+trait Redirect {
+    fn rules(&mut self, family: Family) -> io::Result<Option<Vec<Rule>>>;
+    fn routes(&mut self, family: Family, table: u32) -> io::Result<Vec<RouteMessage>>;
+    fn replace_local_default(&mut self, family: Family, table: u32, lo: u32) -> io::Result<()>;
+    fn add_rule(&mut self, family: Family, mark: u32, table: u32, priority: u32) -> io::Result<()>;
+    fn del_rule(&mut self, family: Family, mark: u32, table: u32, priority: u32) -> io::Result<()>;
 }
 
-/// A dump the kernel reports as interrupted (the list changed meanwhile) is taken again, this
-/// many times at most.
-const DUMP_TRIES: usize = 5;
-/// Enough for any netlink message: the kernel sizes a dump's messages to the reader's buffer,
-/// up to 32 KiB.
-const RECV_BUF: usize = 64 * 1024;
-
-/// An rtnetlink socket of this process, in the caller's network namespace.
-struct Rtnl {
-    socket: Socket,
-    seq: u32,
-}
-
-impl Rtnl {
-    fn open() -> io::Result<Rtnl> {
-        let mut socket =
-            Socket::new(NETLINK_ROUTE).map_err(|e| context(e, "opening an rtnetlink socket"))?;
-        socket
-            .bind_auto()
-            .map_err(|e| context(e, "binding an rtnetlink socket"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| context(e, "connecting an rtnetlink socket"))?;
-        // Lets the kernel filter route dumps by table (Linux 4.20+); older kernels dump every
-        // route, which `routes` filters anyway.
-        let _ = socket.set_netlink_get_strict_chk(true);
-        Ok(Rtnl { socket, seq: 0 })
-    }
-
+impl Redirect for Rtnl {
     /// The family's rules in evaluation order; `None` when the kernel has no such family.
     fn rules(&mut self, family: Family) -> io::Result<Option<Vec<Rule>>> {
         let mut req = RuleMessage::default();
@@ -983,98 +958,6 @@ impl Rtnl {
             }),
         }
     }
-
-    /// A request the kernel acknowledges.
-    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        self.exchange(msg, NLM_F_ACK | flags).map(|_| ())
-    }
-
-    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        for _ in 0..DUMP_TRIES {
-            let (msgs, interrupted) = self.exchange(msg.clone(), NLM_F_DUMP)?;
-            if !interrupted {
-                return Ok(msgs);
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::Interrupted,
-            format!("the kernel's list changed during each of {DUMP_TRIES} dumps"),
-        ))
-    }
-
-    /// Sends one request and reads the answers to it until the acknowledgement or the end of
-    /// the dump; whether a dump was interrupted.
-    fn exchange(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<(Vec<RouteNetlinkMessage>, bool)> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket
-            .send(&buf, 0)
-            .map_err(|e| context(e, "sending an rtnetlink request"))?;
-
-        let mut out = Vec::new();
-        let mut interrupted = false;
-        let mut rx = vec![0u8; RECV_BUF];
-        loop {
-            let n = match self.socket.recv(&mut &mut rx[..], libc::MSG_TRUNC) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(context(e, "reading an rtnetlink answer")),
-            };
-            if n > rx.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("an rtnetlink answer of {n} bytes exceeds {RECV_BUF}"),
-                ));
-            }
-            let mut at = 0;
-            while at < n {
-                let len = NetlinkBuffer::new_checked(&rx[at..n])
-                    .map(|b| b.length() as usize)
-                    .map_err(|e| invalid(format_args!("{e}")))?;
-                if len == 0 {
-                    return Err(invalid("an empty netlink message"));
-                }
-                let raw = &rx[at..n];
-                at += len.next_multiple_of(4);
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
-                    .map_err(|e| invalid(format_args!("{e}")))?;
-                // Answers to an earlier request that gave up (none today) are not ours.
-                if msg.header.sequence_number != self.seq {
-                    continue;
-                }
-                interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
-                match msg.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    NetlinkPayload::Done(d) if d.code != 0 => {
-                        return Err(io::Error::from_raw_os_error(d.code.abs()));
-                    }
-                    NetlinkPayload::Done(_) => return Ok((out, interrupted)),
-                    NetlinkPayload::Error(e) => match e.code {
-                        None => return Ok((out, interrupted)),
-                        Some(_) => return Err(e.to_io()),
-                    },
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-fn invalid(what: impl fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("decoding an rtnetlink answer: {what}"),
-    )
 }
 
 #[cfg(test)]

@@ -9,40 +9,70 @@ use imdsguard_proxy::routing::{self, Family, MARK, PREF, TABLE};
 use std::net::IpAddr;
 use std::process::Command;
 
+/// Says that the calling test is skipped and why: `skipped: <reason>` on stderr, and
+/// `SKIPPED: <test>: <reason>` appended to the file named by `IMDSGUARD_SKIP_LOG` (scripts/test
+/// counts those lines), as crates/imdsguard/tests/common does. The caller returns right after.
+fn skip(reason: &str) {
+    eprintln!("skipped: {reason}");
+    if let Some(log) = std::env::var_os("IMDSGUARD_SKIP_LOG").filter(|v| !v.is_empty()) {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown test")
+            .to_owned();
+        let line = format!("SKIPPED: {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
 /// Runs `f` on a thread in a network namespace of its own, with lo up.
 fn in_netns(f: impl FnOnce() + Send + 'static) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: creating a network namespace needs root");
+        skip("creating a network namespace needs root");
         return;
     }
-    let outcome = std::thread::spawn(move || {
-        let before = std::fs::read_link("/proc/thread-self/ns/net")?;
-        // SAFETY: unshare changes only this thread's namespace, and this thread is ours.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ours = std::fs::read_link("/proc/thread-self/ns/net")?;
-        assert_ne!(before, ours, "unshare left the thread where it was");
-        // `ip` must run where this thread is, or it would change the machine's rules.
-        let child = run(
-            "readlink",
-            &["/proc/self/ns/net"],
-            "reading a child's namespace",
-        );
-        assert_eq!(
-            child.trim(),
-            ours.to_string_lossy(),
-            "a child does not inherit the thread's namespace"
-        );
-        ip(&["link", "set", "lo", "up"]);
-        f();
-        Ok(())
-    })
-    .join();
+    // Named after the test, like the test's own thread, for skip().
+    let name = std::thread::current().name().map(str::to_owned);
+    let mut thread = std::thread::Builder::new();
+    if let Some(name) = name {
+        thread = thread.name(name);
+    }
+    let outcome = thread
+        .spawn(move || {
+            let before = std::fs::read_link("/proc/thread-self/ns/net")?;
+            // SAFETY: unshare changes only this thread's namespace, and this thread is ours.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ours = std::fs::read_link("/proc/thread-self/ns/net")?;
+            assert_ne!(before, ours, "unshare left the thread where it was");
+            // `ip` must run where this thread is, or it would change the machine's rules.
+            let child = run(
+                "readlink",
+                &["/proc/self/ns/net"],
+                "reading a child's namespace",
+            );
+            assert_eq!(
+                child.trim(),
+                ours.to_string_lossy(),
+                "a child does not inherit the thread's namespace"
+            );
+            ip(&["link", "set", "lo", "up"]);
+            f();
+            Ok(())
+        })
+        .expect("spawn the test's thread")
+        .join();
     match outcome {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("skipping: cannot create a network namespace: {e}"),
+        Ok(Err(e)) => skip(&format!("cannot create a network namespace: {e}")),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
@@ -344,7 +374,7 @@ fn a_source_selector_affects_only_its_pods() {
 fn ipv6_rules_are_checked_and_installed_on_their_own() {
     in_netns(|| {
         if !has_ipv6() {
-            eprintln!("skipping: no IPv6 in this kernel");
+            skip("no IPv6 in this kernel");
             return;
         }
         ip(&[

@@ -80,7 +80,7 @@ pub struct Observed {
     pub url: Option<String>,
 }
 
-/// Drop reasons that are policy decisions (spec §6.2).
+/// Drop reasons that are policy decisions (docs/policy-semantics.md §6.2).
 const POLICY_DROPS: [u32; 3] = [133, 181, 189];
 
 /// Reserved identities that are not addresses outside the cluster: judged by identity, because

@@ -1,4 +1,4 @@
-//! What counts as a call to a cloud metadata service (spec imds.md §1.1, §1.7, §2), and which of
+//! What counts as a call to a cloud metadata service (docs/metadata-services.md), and which of
 //! those calls ask for credentials.
 //!
 //! The addresses are the ones the datapath protects (`imdsguard_datapath::sync::DEFAULT_PROTECTED`,
@@ -96,7 +96,8 @@ impl RequestTarget {
         let rest = rest.split('#').next().unwrap_or_default();
         let (raw_path, raw_query) = rest.split_once('?').unwrap_or((rest, ""));
         let decoded = percent_decode(raw_path);
-        // A `?` that only appears after decoding splits again, as IMDS does (spec §1.2).
+        // A `?` that only appears after decoding splits again, as IMDS does
+        // (docs/metadata-services.md).
         let (path, extra) = match decoded.split_once('?') {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (decoded, None),
@@ -118,7 +119,7 @@ impl RequestTarget {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The credential request this is, if any (spec imds.md §1.4, §2.1, §2.2).
+    /// The credential request this is, if any (docs/metadata-services.md).
     pub fn credential_request(&self, method: &str) -> Option<CredentialRequest> {
         let path = self.path.trim_end_matches('/');
         let lower = path.to_ascii_lowercase();

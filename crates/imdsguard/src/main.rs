@@ -2,15 +2,25 @@
 
 mod cmd;
 mod interrupt;
+mod logging;
 mod sources;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// The crate's version (the image's tag and the chart's appVersion) and the commit it was built
+/// from (build.rs): `0.1.0 (commit 6a2ac3b)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("IMDSGUARD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "imdsguard",
-    version,
+    version = VERSION,
     about = "Decides which Kubernetes workloads may reach the cloud instance metadata service"
 )]
 struct Cli {
@@ -41,6 +51,15 @@ enum Command {
     Install(cmd::install::InstallArgs),
     /// The seed's story end to end: a lab, the agent enforcing the seed's policies, the flows.
     Demo(cmd::demo::DemoArgs),
+    /// Print the version and the git commit this binary was built from.
+    Version,
+    /// Mount a BPF filesystem at PATH unless one is there (the DaemonSet's init container,
+    /// whose image has no shell and no mount(8)).
+    #[command(hide = true)]
+    MountBpffs {
+        #[arg(default_value = "/sys/fs/bpf")]
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +74,17 @@ fn main() -> ExitCode {
         Command::Lab(c) => cmd::lab::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Install(a) => cmd::install::run(a),
+        Command::Version => {
+            println!("imdsguard {VERSION}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MountBpffs { path } => imdsguard_datapath::loader::ensure_bpffs(&path)
+            .map(|mounted| {
+                let what = if mounted { "mounted" } else { "already" };
+                println!("{what} a BPF filesystem at {}", path.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -45,7 +45,8 @@ fn agent(extra: &[&str]) -> (Guard, String) {
     let mut addr = None;
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(a) = line.strip_prefix("hubble: serving on ")
+        // `<time> INFO hubble: serving on ADDR`: the address ends the line.
+        if let Some((_, a)) = line.split_once("hubble: serving on ")
             && !a.starts_with("unix://")
         {
             addr = Some(a.to_owned());

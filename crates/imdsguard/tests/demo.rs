@@ -1,18 +1,64 @@
 //! `imdsguard demo` runs the seed's story with real traffic and prints what the seed shows: the
 //! sidecar's calls denied by the denylist, Fluent Bit's token request through the L7 proxy, and
-//! no denied flows after the fix. It leaves nothing behind.
+//! no denied flows after the fix. It leaves nothing behind, and it works after an agent of an
+//! older build left the proxy's routing rule at whatever priority the kernel picked.
+
+mod common;
 
 use imdsguard_netns::can_create_namespaces;
+use imdsguard_proxy::routing::{MARK, TABLE};
 use std::process::Command;
+
+/// Our routing rule at priority 32765, as an agent that ran on a node with no other rules left it
+/// before the rule had a fixed priority: the lab's rules (priority 90) used to come first and
+/// route redirected SYNs past the proxy. Removed on drop, if the test added it.
+struct StaleRule(bool);
+
+impl StaleRule {
+    fn add() -> StaleRule {
+        if imdsguard_proxy::routing::installed(TABLE) {
+            return StaleRule(false);
+        }
+        let mark = format!("{MARK:#x}/0xf00");
+        let table = TABLE.to_string();
+        imdsguard_netns::run(
+            "ip",
+            &[
+                "rule", "add", "pref", "32765", "fwmark", &mark, "lookup", &table,
+            ],
+        )
+        .expect("add the stale rule");
+        StaleRule(true)
+    }
+}
+
+impl Drop for StaleRule {
+    fn drop(&mut self) {
+        if self.0 {
+            imdsguard_proxy::routing::uninstall(MARK, TABLE);
+        }
+    }
+}
+
+/// `ip rule show` without our own rules (the stale one goes, or moves to its fixed priority).
+fn rules_but_ours() -> Vec<String> {
+    imdsguard_netns::run("ip", &["rule", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains(&format!("lookup {TABLE}")))
+        .map(str::to_owned)
+        .collect()
+}
 
 #[test]
 fn the_demo_tells_the_seed_story_and_cleans_up() {
     if !can_create_namespaces() {
-        eprintln!("skipped: the demo needs root");
+        common::skip("the demo needs root");
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let rules_before = imdsguard_netns::run("ip", &["rule", "show"]).unwrap_or_default();
+    let rules_before = rules_but_ours();
+    let _stale = StaleRule::add();
     let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
         .current_dir(&repo)
         .arg("demo")
@@ -44,9 +90,16 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
         text.contains("<> 169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS DENIED"),
         "{text}"
     );
-    assert_eq!(
-        imdsguard_netns::run("ip", &["rule", "show"]).unwrap_or_default(),
-        rules_before
+    assert_eq!(rules_but_ours(), rules_before);
+    let ours: Vec<String> = imdsguard_netns::run("ip", &["rule", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("lookup {TABLE}")))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        ours.iter().all(|l| l.starts_with("9:")),
+        "our rule is not at its fixed priority: {ours:?}"
     );
     let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {

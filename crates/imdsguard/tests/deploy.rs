@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Kapilite;
+use common::ApiServer;
 use imdsguard_netns::{Pod, can_create_namespaces, unique_name};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -184,6 +184,135 @@ fn the_helm_chart_reads_only_defined_values_and_matches_the_install() {
     }
 }
 
+/// The image the install and the chart name: ghcr.io/imdsguard/imdsguard tagged with the crate's
+/// version, which is also the chart's appVersion, the Dockerfile's version label and what
+/// `imdsguard version` prints (scripts/test checks the image itself).
+#[test]
+fn one_version_tags_the_image_the_install_and_the_chart_name() {
+    let version = env!("CARGO_PKG_VERSION");
+    let want = format!("ghcr.io/imdsguard/imdsguard:{version}");
+    let images = |ds: &Value| -> Vec<String> {
+        let pod = &ds["spec"]["template"]["spec"];
+        let mut all = pod["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        all.extend(pod["containers"].as_array().cloned().unwrap_or_default());
+        all.iter()
+            .map(|c| c["image"].as_str().expect("image").to_owned())
+            .collect()
+    };
+    let docs = dry_run();
+    let ds = docs.last().unwrap();
+    assert!(images(ds).iter().all(|i| *i == want), "{:?}", images(ds));
+    // The image holds the binary and its libraries only: every container runs `imdsguard`.
+    let pod = &ds["spec"]["template"]["spec"];
+    for c in pod["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(pod["containers"].as_array())
+        .flatten()
+    {
+        let cmd = c["command"][0].as_str().unwrap_or("imdsguard");
+        assert!(cmd == "imdsguard" || cmd.ends_with("/imdsguard"), "{c}");
+    }
+    let chart = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/helm/imdsguard/templates/daemonset.yaml"),
+    )
+    .expect("chart daemonset");
+    assert!(
+        !chart.contains("/bin/sh"),
+        "the chart runs a shell the image lacks"
+    );
+    let out = imdsguard(&[
+        "install",
+        "--dry-run",
+        "--image",
+        "registry.example/imdsguard:dev",
+    ]);
+    let ds = documents(&String::from_utf8_lossy(&out.stdout))
+        .pop()
+        .unwrap();
+    assert!(
+        images(&ds)
+            .iter()
+            .all(|i| i == "registry.example/imdsguard:dev"),
+        "--image is not used: {:?}",
+        images(&ds)
+    );
+
+    let out = imdsguard(&["version"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        printed.starts_with(&format!("imdsguard {version} (commit ")),
+        "{printed}"
+    );
+    let flag = imdsguard(&["--version"]);
+    assert_eq!(String::from_utf8_lossy(&flag.stdout), printed);
+
+    let chart = repo().join("deploy/helm/imdsguard");
+    let meta: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart.join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    assert_eq!(meta["appVersion"], version, "the chart's appVersion");
+    let values: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart.join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    assert_eq!(
+        format!(
+            "{}:{version}",
+            values["image"]["repository"].as_str().unwrap()
+        ),
+        want
+    );
+    assert_eq!(values["image"]["tag"], "", "the tag defaults to appVersion");
+    let daemonset =
+        std::fs::read_to_string(chart.join("templates/daemonset.yaml")).expect("daemonset.yaml");
+    assert!(daemonset.contains("(default .Chart.AppVersion .Values.image.tag)"));
+    // The chart holds the chart and nothing else.
+    let mut entries: Vec<String> = std::fs::read_dir(&chart)
+        .expect("chart")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            ".helmignore",
+            "Chart.yaml",
+            "crds",
+            "templates",
+            "values.yaml"
+        ]
+    );
+
+    // The Dockerfile: the version label's default, and the agent the DaemonSet runs by default.
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l == format!("ARG VERSION={version}")),
+        "the Dockerfile's ARG VERSION is not {version}"
+    );
+    let cmd = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("CMD");
+    let cmd: Value = serde_json::from_str(cmd).expect("CMD is a JSON array");
+    let agent = agent_container(docs.last().unwrap());
+    assert_eq!(
+        cmd, agent["args"],
+        "the image's CMD and the DaemonSet's args"
+    );
+    assert_eq!(agent["command"][0], "imdsguard");
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/imdsguard\"]"));
+    assert!(dockerfile.contains("ENV PATH=/usr/local/bin"));
+}
+
 /// Runs a command with only these capabilities (setpriv, from util-linux).
 fn with_capabilities(caps: &[String], program: &str) -> Command {
     let set = std::iter::once("-all".to_owned())
@@ -220,7 +349,7 @@ impl Drop for Cleanup {
 #[test]
 fn the_daemonsets_capabilities_are_enough_to_enforce() {
     if !can_create_namespaces() {
-        eprintln!("skipped: needs root");
+        common::skip("needs root");
         return;
     }
     let caps = capabilities(dry_run().last().unwrap());
@@ -303,22 +432,31 @@ fn the_daemonsets_capabilities_are_enough_to_enforce() {
 
 #[test]
 fn install_applies_with_server_side_apply_and_leaves_existing_crds_alone() {
-    let kapi = Kapilite::start();
+    let Some(kapi) = ApiServer::start() else {
+        return;
+    };
     let kubeconfig = kapi.kubeconfig().to_string_lossy().into_owned();
-    // kapilite has no controllers to create kube-system.
+    // kapilite has no controllers to create kube-system (kube-apiserver makes it itself).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
+    let serves_rbac = rt.block_on(async {
         let client = kapi.client().await;
         let ns: k8s_openapi::api::core::v1::Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "kube-system"}}))
                 .expect("ns");
-        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        match kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
             .create(&Default::default(), &ns)
             .await
-            .expect("create kube-system");
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => panic!("create kube-system: {e}"),
+        }
+        let rbac =
+            kube::api::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRole");
+        kube::discovery::pinned_kind(&client, &rbac).await.is_ok()
     });
     let out = imdsguard(&["install", "--kubeconfig", &kubeconfig]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -331,12 +469,21 @@ fn install_applies_with_server_side_apply_and_leaves_existing_crds_alone() {
         stdout.contains("serviceaccounts/imdsguard serverside-applied"),
         "{stdout}"
     );
-    // kapilite serves no RBAC: the install stops there and says why.
-    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
-    assert!(
-        stderr.contains("does not serve rbac.authorization.k8s.io/v1 ClusterRole"),
-        "{stderr}"
-    );
+    if serves_rbac {
+        // A full kube-apiserver (KUBEBUILDER_ASSETS): the whole install applies.
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("clusterroles.rbac.authorization.k8s.io/imdsguard serverside-applied"),
+            "{stdout}"
+        );
+    } else {
+        // kapilite serves no RBAC: the install stops there and says why.
+        assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("does not serve rbac.authorization.k8s.io/v1 ClusterRole"),
+            "{stderr}"
+        );
+    }
     let again = imdsguard(&["install", "--kubeconfig", &kubeconfig]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
@@ -357,11 +504,11 @@ impl Drop for CiliumHost {
 #[test]
 fn the_agent_stays_out_of_ciliums_way() {
     if !can_create_namespaces() {
-        eprintln!("skipped: needs root");
+        common::skip("needs root");
         return;
     }
     if Path::new("/sys/class/net/cilium_host").exists() {
-        eprintln!("skipped: Cilium runs here");
+        common::skip("Cilium runs here");
         return;
     }
     // Cilium's host interfaces (a veth pair, as Cilium makes them): what the agent looks for.

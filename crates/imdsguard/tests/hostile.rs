@@ -643,7 +643,9 @@ impl Drop for SourceRule {
     fn drop(&mut self) {
         let _ = imdsguard_netns::run(
             "ip",
-            &["rule", "del", "pref", "120", "from", &self.0, "lookup", &self.1],
+            &[
+                "rule", "del", "pref", "120", "from", &self.0, "lookup", &self.1,
+            ],
         );
     }
 }
@@ -702,7 +704,10 @@ fn a_veth_no_endpoint_names_is_guarded_in_standalone_mode() {
     let policy_dir = dir.0.join("policies");
     std::fs::create_dir_all(&policy_dir).expect("mkdir");
     let endpoints = dir.0.join("endpoints.yaml");
-    write(&endpoints, &format!("endpoints:\n{}", endpoint_line("known", &known)));
+    write(
+        &endpoints,
+        &format!("endpoints:\n{}", endpoint_line("known", &known)),
+    );
     let bpf = BpfRoot(dir.0.join("bpf"));
     let bpf_root = bpf.0.to_string_lossy().into_owned();
     let mut args = agent_args(
@@ -717,7 +722,10 @@ fn a_veth_no_endpoint_names_is_guarded_in_standalone_mode() {
     agent.wait_log(&format!("attached to {}", unknown.host_if));
     // No policy selects the known pod: it may reach the metadata address. The veth no endpoint
     // names may not, whatever source it uses.
-    assert!(curl_ok(&known, &url, &[]), "the known pod lost the metadata address");
+    assert!(
+        curl_ok(&known, &url, &[]),
+        "the known pod lost the metadata address"
+    );
     for _ in 0..3 {
         assert!(
             !curl_ok(&unknown, &url, &[]),

@@ -1,6 +1,8 @@
 //! Root tests of `imdsguard lab`: pods reach the lab's IMDS emulator and nothing else changes on
 //! the machine; `down` removes everything, and a failed `up` leaves nothing behind.
 
+mod common;
+
 use imdsguard_netns::can_create_namespaces;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -82,7 +84,7 @@ fn topology(dir: &Path, text: &str) -> PathBuf {
 #[test]
 fn a_lab_comes_up_serves_imds_to_its_pods_and_goes_down_without_a_trace() {
     if !can_create_namespaces() {
-        eprintln!("skipped: needs root");
+        common::skip("needs root");
         return;
     }
     let state = std::env::temp_dir().join(format!("imdsguard-lab-test-{}", std::process::id()));
@@ -180,7 +182,7 @@ fn a_lab_comes_up_serves_imds_to_its_pods_and_goes_down_without_a_trace() {
 #[test]
 fn a_failed_up_takes_down_what_it_made() {
     if !can_create_namespaces() {
-        eprintln!("skipped: needs root");
+        common::skip("needs root");
         return;
     }
     let state = std::env::temp_dir().join(format!("imdsguard-lab-fail-{}", std::process::id()));
@@ -219,7 +221,7 @@ fn a_failed_up_takes_down_what_it_made() {
 fn an_interrupted_up_takes_down_what_it_made() {
     use std::io::{BufRead, BufReader};
     if !can_create_namespaces() {
-        eprintln!("skipped: needs root");
+        common::skip("needs root");
         return;
     }
     let state = std::env::temp_dir().join(format!("imdsguard-lab-int-{}", std::process::id()));

@@ -8,6 +8,8 @@
 //! against an agent enforcing the seed's policies on the lab (`imdsguard lab up`), with real
 //! traffic from the lab's pods.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -120,10 +122,10 @@ impl Agent {
         let mut log = Vec::new();
         while Instant::now() < deadline {
             let Some(Ok(line)) = lines.next() else { break };
-            if let Some(url) = line.strip_prefix("ui: serving on ") {
+            if let Some(url) = line.split_once("ui: serving on ").map(|(_, u)| u) {
                 agent.url = url.trim_end_matches('/').to_owned();
             }
-            let done = !agent.url.is_empty() && line.starts_with(ready);
+            let done = !agent.url.is_empty() && line.contains(ready);
             log.push(line);
             if done {
                 break;
@@ -371,7 +373,7 @@ impl Drop for LabStage {
 #[test]
 fn the_page_shows_the_labs_live_traffic() {
     if !imdsguard_netns::can_create_namespaces() {
-        eprintln!("skipped: the lab needs root");
+        common::skip("the lab needs root");
         return;
     }
     let _one = one_at_a_time();

@@ -20,11 +20,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing::{error, info, warn};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     #[command(flatten)]
     enforce: super::enforce::EnforceArgs,
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
     /// Replay flows recorded with `hubble observe -o jsonpb` (or `imdsguard observe -o json`).
     #[arg(long, value_name = "FILE")]
     replay_flows: Option<PathBuf>,
@@ -121,8 +124,9 @@ fn read_flows(path: &PathBuf) -> Result<Vec<GetFlowsResponse>> {
         }
         match serde_json::from_str::<GetFlowsResponse>(&line) {
             Ok(r) => out.push(r),
-            Err(e) => eprintln!(
-                "{}:{}: skipping a malformed line: {e}",
+            Err(e) => warn!(
+                error = %e,
+                "{}:{}: skipping a malformed line",
                 path.display(),
                 n + 1
             ),
@@ -132,11 +136,20 @@ fn read_flows(path: &PathBuf) -> Result<Vec<GetFlowsResponse>> {
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    crate::logging::init(&args.log);
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    rt.block_on(serve(args))
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(serve(args)));
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            // In the log's format, so that every line a log pipeline reads parses.
+            error!(error = format!("{e:#}"), "the agent stopped");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 async fn serve(args: AgentArgs) -> Result<ExitCode> {
@@ -177,7 +190,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(listen_address(&args.hubble_metrics_server))
             .await
             .with_context(|| format!("listening on {} for metrics", args.hubble_metrics_server))?;
-        eprintln!(
+        info!(
             "metrics: serving on http://{}/metrics",
             listener.local_addr()?
         );
@@ -186,7 +199,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             match serve_metrics(listener, m).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    eprintln!("metrics server: {e}");
+                    error!(error = %e, "metrics: the server stopped");
                     std::future::pending().await
                 }
             }
@@ -198,7 +211,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if let Err(e) = hub.flush_export() {
-                    eprintln!("flow export: {e}");
+                    warn!(error = %e, "flow export: cannot write");
                 }
             }
         });
@@ -212,7 +225,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                     args.hubble_listen_address
                 )
             })?;
-        eprintln!("hubble: serving on {}", listener.local_addr()?);
+        info!("hubble: serving on {}", listener.local_addr()?);
         let r = router(hub.clone()).await;
         servers.spawn(async move {
             r.serve_with_incoming(TcpListenerStream::new(listener))
@@ -223,10 +236,10 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
         let ui = imdsguard_ui::UiServer::bind(&args.ui_listen_address, hub.clone())
             .await
             .with_context(|| format!("listening on {} for the UI", args.ui_listen_address))?;
-        eprintln!("ui: serving on http://{}/", ui.local_addr()?);
+        info!("ui: serving on http://{}/", ui.local_addr()?);
         servers.spawn(async move {
             if let Err(e) = ui.serve().await {
-                eprintln!("ui server: {e}");
+                error!(error = %e, "ui: the server stopped");
             }
             std::future::pending().await
         });
@@ -240,7 +253,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
         }
         let listener = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("binding {}", path.display()))?;
-        eprintln!("hubble: serving on unix://{}", path.display());
+        info!("hubble: serving on unix://{}", path.display());
         let r = router(hub.clone()).await;
         servers.spawn(async move {
             r.serve_with_incoming(UnixListenerStream::new(listener))
@@ -291,15 +304,25 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
                     kubeconfig: args.enforce.kubeconfig.clone(),
                 })
                 .await?;
-                eprintln!(
-                    "kubernetes: watching pods of node {node}, namespaces and Cilium policies"
-                );
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                info!("kubernetes: watching pods of node {node}, namespaces and Cilium policies");
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::unbounded_channel::<imdsguard_k8s::events::PolicyProblem>();
                 let mut reporter = PolicyEvents::new(cluster.clone(), node.clone());
                 tokio::spawn(async move {
                     while let Some(problem) = rx.recv().await {
+                        let (kind, namespace, policy) = (
+                            problem.kind.clone(),
+                            problem.namespace.clone(),
+                            problem.name.clone(),
+                        );
                         if let Err(e) = reporter.report(problem).await {
-                            eprintln!("kubernetes: creating an Event for an invalid policy: {e}");
+                            warn!(
+                                kind,
+                                namespace,
+                                policy,
+                                error = %e,
+                                "kubernetes: cannot create an Event for an invalid policy"
+                            );
                         }
                     }
                 });
@@ -316,7 +339,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
             let (api, path) = (api.clone(), args.enforce.socket_path.clone());
             servers.spawn(async move {
                 if let Err(e) = agent_api::serve(&path, api).await {
-                    eprintln!("api: {e:#}");
+                    error!(error = format!("{e:#}"), "api: the server stopped");
                 }
                 std::future::pending().await
             });
@@ -337,7 +360,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     };
     if let Some(path) = &args.replay_flows {
         let flows = read_flows(path)?;
-        eprintln!("replaying {} flows from {}", flows.len(), path.display());
+        info!("replaying {} flows from {}", flows.len(), path.display());
         let hub: Arc<Hub> = hub.clone();
         let (keep_time, replay_loop) = (args.replay_keep_time, args.replay_loop);
         servers.spawn(async move {
@@ -387,7 +410,7 @@ async fn serve(args: AgentArgs) -> Result<ExitCode> {
     // The pinned programs and maps stay: enforcement continues while no agent runs.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = hub.flush_export() {
-        eprintln!("flow export: {e}");
+        warn!(error = %e, "flow export: cannot write");
     }
     if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
@@ -425,7 +448,7 @@ fn start_proxy(
     ] {
         match transparent_listener(addr) {
             Ok(l) => {
-                eprintln!("proxy: listening on {addr} (transparent)");
+                info!("proxy: listening on {addr} (transparent)");
                 let fd = std::os::fd::AsFd::as_fd(&l)
                     .try_clone_to_owned()
                     .context("duplicating the proxy's listener")?;
@@ -434,12 +457,12 @@ fn start_proxy(
                 let authority: Arc<dyn imdsguard_proxy::server::Authority> = view;
                 servers.spawn(async move {
                     if let Err(e) = serve(l, cfg, authority, sink).await {
-                        eprintln!("proxy on {addr}: {e}");
+                        error!(error = %e, "proxy: the listener on {addr} stopped");
                     }
                     std::future::pending().await
                 });
             }
-            Err(e) if addr.is_ipv6() => eprintln!("proxy: not listening on {addr}: {e}"),
+            Err(e) if addr.is_ipv6() => warn!(error = %e, "proxy: not listening on {addr}"),
             Err(e) => {
                 return Err(anyhow::anyhow!(e).context(format!(
                     "listening on {addr} for the L7 proxy (is --proxy-port {port} in use?)"

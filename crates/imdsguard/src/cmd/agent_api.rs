@@ -255,7 +255,7 @@ pub async fn serve(path: &Path, api: Arc<AgentApi>) -> Result<()> {
         .with_context(|| format!("binding the API socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
-    eprintln!("api: serving on unix://{}", path.display());
+    tracing::info!("api: serving on unix://{}", path.display());
     let app = axum::Router::new()
         .route("/v1/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(get_status))

@@ -127,7 +127,8 @@ fn curl(state: &LabState, pod: &str, args: &[&str]) -> Result<u16> {
         .unwrap_or(0))
 }
 
-/// The calls the Istio sidecar's platform detection makes (spec imds.md §5).
+/// The calls the Istio sidecar's platform detection makes
+/// (docs/metadata-services.md#what-clients-send).
 fn sidecar_calls(state: &LabState) -> Result<Vec<u16>> {
     let base = "http://169.254.169.254";
     Ok(vec![
@@ -272,7 +273,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     });
     let addr = stage
         .wait_log(0, "hubble: serving on ", Duration::from_secs(20))?
-        .trim_start_matches("hubble: serving on ")
+        .split_once("hubble: serving on ")
+        .map_or("", |(_, a)| a)
         .to_owned();
     stage.wait_log(
         0,

@@ -6,7 +6,7 @@ use super::inputs::{Inputs, Interfaces};
 use anyhow::{Context, Result};
 use clap::Args;
 use imdsguard_datapath::flows::{Directory, to_flow};
-use imdsguard_datapath::loader::{Datapath, Options as DatapathOptions};
+use imdsguard_datapath::loader::{Datapath, Options as DatapathOptions, ifindex};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
 use imdsguard_hubble_proto::flow;
 use imdsguard_hubble_server::server::Hub;
@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
 
 #[derive(Args, Debug, Clone)]
 pub struct EnforceArgs {
@@ -155,7 +156,7 @@ pub fn run(
         }
         let ready = inputs.ready();
         if !ready && !waiting_logged {
-            eprintln!(
+            info!(
                 "waiting for the first complete view of the cluster; the pinned state stays in force"
             );
             waiting_logged = true;
@@ -169,7 +170,7 @@ pub fn run(
                 Ok(stats) => {
                     revision += 1;
                     if stats.policies_applied + stats.endpoints_removed > 0 || !synced {
-                        eprintln!(
+                        info!(
                             "datapath: {} endpoint policies written, {} pending, {} removed, {} ipcache entries in {:.1} ms (resolve {:.1} ms; inputs read in {:.1} ms)",
                             stats.policies_applied,
                             stats.endpoints_pending,
@@ -181,13 +182,13 @@ pub fn run(
                         );
                     }
                 }
-                Err(e) => eprintln!("datapath: writing the tables failed: {e}"),
+                Err(e) => error!(error = %e, "datapath: writing the tables failed"),
             }
             if synced
                 && inputs.mode() == "files"
                 && let Some(age) = newest_change(&watched)
             {
-                eprintln!(
+                info!(
                     "enforced {:.1} ms after the last file change",
                     age.as_secs_f64() * 1e3
                 );
@@ -202,11 +203,11 @@ pub fn run(
             let found = inputs.interfaces(&repo, due);
             if found != interfaces || changed || !synced {
                 interfaces = found;
-                attach_interfaces(&mut dp, &interfaces.all(), &mut attached);
+                attach_interfaces(&mut dp, &interfaces, &mut attached);
                 write_interfaces(&mut dp, &repo, &sync, &interfaces, &attached);
                 if !synced {
                     for old in imdsguard_datapath::loader::remove_older_layouts(&args.bpf_root) {
-                        eprintln!(
+                        info!(
                             "datapath: removed the older layout at {} (its programs are replaced)",
                             old.display()
                         );
@@ -253,7 +254,7 @@ fn check_proxy_routing(
     let status = match routing::status(routing::MARK, routing::TABLE) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("proxy routing: cannot read the routing rules: {e}");
+            warn!(error = %e, "proxy routing: cannot read the routing rules");
             return;
         }
     };
@@ -264,7 +265,7 @@ fn check_proxy_routing(
         .collect();
     let ok = caught.is_empty();
     if let Err(e) = dp.set_proxy_route_shadowed(!ok) {
-        eprintln!("proxy routing: marking the datapath: {e}");
+        error!(error = %e, "proxy routing: cannot mark the datapath");
         return;
     }
     if let Some(m) = metrics {
@@ -275,10 +276,10 @@ fn check_proxy_routing(
     }
     if ok {
         if last.is_some() {
-            eprintln!("proxy routing: intact again ({status}); redirects to the proxy resume");
+            info!("proxy routing: intact again ({status}); redirects to the proxy resume");
         }
     } else {
-        eprintln!(
+        warn!(
             "proxy routing: {}; redirects to the proxy fail closed (dropped: FIB lookup failed) for {} pod(s) ({}) until no rule comes before priority {} (see `ip rule show`)",
             status.problems().join("; "),
             caught.len(),
@@ -336,7 +337,10 @@ fn watch(
     }) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("watching files: {e}; falling back to the --reload-interval check");
+            warn!(
+                error = %e,
+                "watching files: falling back to the --reload-interval check"
+            );
             return None;
         }
     };
@@ -347,8 +351,9 @@ fn watch(
             p.parent().unwrap_or(p.as_path())
         };
         if let Err(e) = w.watch(target, notify::RecursiveMode::Recursive) {
-            eprintln!(
-                "watching {}: {e}; falling back to the --reload-interval check",
+            warn!(
+                error = %e,
+                "watching {}: falling back to the --reload-interval check",
                 target.display()
             );
         }
@@ -379,10 +384,20 @@ fn newest_change(paths: &[PathBuf]) -> Option<Duration> {
 /// Attaches to every endpoint's interface and detaches from interfaces no endpoint has.
 fn attach_interfaces(
     dp: &mut Datapath,
-    want: &BTreeSet<&str>,
+    interfaces: &Interfaces,
     attached: &mut HashMap<String, u32>,
 ) {
-    for ifname in want {
+    let want: BTreeSet<&str> = interfaces.all();
+    // The pod behind each interface, for the log; guarded veths have none.
+    let pods: HashMap<&str, (&str, &str)> = interfaces
+        .endpoints
+        .iter()
+        .map(|(key, ifname)| {
+            let (namespace, pod) = key.split_once('/').unwrap_or(("", key.as_str()));
+            (ifname.as_str(), (namespace, pod))
+        })
+        .collect();
+    for ifname in &want {
         // A veth of the same name may be a new one (a pod restarted): its index tells.
         if attached
             .get(*ifname)
@@ -393,10 +408,26 @@ fn attach_interfaces(
         match dp.attach(ifname) {
             Ok(_) => {
                 let index = ifindex(ifname).unwrap_or(0);
-                eprintln!("datapath: attached to {ifname}");
+                let (namespace, pod) = pods.get(ifname).copied().unzip();
+                info!(
+                    interface = %ifname,
+                    pod,
+                    namespace,
+                    guarded = pod.is_none(),
+                    "datapath: attached to {ifname}"
+                );
                 attached.insert((*ifname).to_owned(), index);
             }
-            Err(e) => eprintln!("datapath: {e}"),
+            Err(e) => {
+                let (namespace, pod) = pods.get(ifname).copied().unzip();
+                error!(
+                    interface = %ifname,
+                    pod,
+                    namespace,
+                    error = %e,
+                    "datapath: cannot attach to {ifname}"
+                );
+            }
         }
     }
     let stale: Vec<String> = match dp.pinned_interfaces() {
@@ -405,13 +436,13 @@ fn attach_interfaces(
             .filter(|p| !want.contains(p.as_str()))
             .collect(),
         Err(e) => {
-            eprintln!("datapath: listing pinned links: {e}");
+            warn!(error = %e, "datapath: cannot list the pinned links");
             Vec::new()
         }
     };
     for ifname in stale {
         if let Err(e) = dp.detach(&ifname) {
-            eprintln!("datapath: detaching from {ifname}: {e}");
+            warn!(interface = %ifname, error = %e, "datapath: cannot detach from {ifname}");
         }
         attached.remove(&ifname);
     }
@@ -443,18 +474,20 @@ fn write_interfaces(
         let info = imdsguard_datapath::abi::IfaceInfo::new(ips, ep_id, *identity);
         match dp.set_interface(ifindex, info) {
             Ok(()) => keep.push(ifindex),
-            Err(e) => eprintln!("datapath: interface {ifname}: {e}"),
+            Err(e) => {
+                let (namespace, pod) = key.split_once('/').unwrap_or(("", key.as_str()));
+                error!(
+                    interface = %ifname,
+                    pod,
+                    namespace,
+                    identity,
+                    error = %e,
+                    "datapath: cannot tell the datapath which pod is behind {ifname}"
+                );
+            }
         }
     }
     dp.retain_interfaces(&keep);
-}
-
-fn ifindex(ifname: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Wall time minus CLOCK_MONOTONIC, in nanoseconds: datapath events carry monotonic time.

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tracing::{info, warn};
 
 /// Where the datapath attaches.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -94,8 +95,9 @@ impl VethGuard {
         let links = match imdsguard_netns::LinkWatch::new() {
             Ok(w) => Some(w),
             Err(e) => {
-                eprintln!(
-                    "watching network interfaces: {e}; new veths are found every --reload-interval"
+                warn!(
+                    error = %e,
+                    "watching network interfaces: new veths are found every --reload-interval"
                 );
                 None
             }
@@ -120,7 +122,7 @@ impl VethGuard {
         if retry || self.rescan {
             match imdsguard_netns::veths() {
                 Ok(v) => self.veths = v.into_iter().collect(),
-                Err(e) => eprintln!("listing veths: {e}"),
+                Err(e) => warn!(error = %e, "cannot list veths"),
             }
         }
         self.rescan = false;
@@ -175,7 +177,10 @@ impl FileInputs {
         match sources::load(std::slice::from_ref(dir)) {
             Ok(s) => reload_store(&mut self.store, &s, repo, |_| rejected.push("policy")),
             Err(e) => {
-                eprintln!("policies: {e:#}; the policies in force stay");
+                warn!(
+                    error = format!("{e:#}"),
+                    "policies: cannot read them; the policies in force stay"
+                );
                 rejected.push("policy");
                 false
             }
@@ -195,7 +200,7 @@ impl FileInputs {
             Ok(b) => b,
             Err(e) => {
                 if self.eps.is_none() {
-                    eprintln!("endpoints: cannot read {}: {e}", path.display());
+                    warn!(error = %e, "endpoints: cannot read {}", path.display());
                 }
                 return false;
             }
@@ -222,7 +227,10 @@ impl FileInputs {
         let file = match parsed {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("endpoints error: {e}; the endpoints in force stay");
+                warn!(
+                    error = %e,
+                    "endpoints error: the file is rejected; the endpoints in force stay"
+                );
                 self.rejected.push("endpoints");
                 // Remember the hash so the same bad content is reported once.
                 let state = self.eps.get_or_insert_with(|| EndpointsState {
@@ -237,7 +245,7 @@ impl FileInputs {
         };
         let specs: Vec<EndpointSpec> = file.endpoints.iter().map(|e| e.spec.clone()).collect();
         apply_endpoints(repo, file.namespaces.iter().cloned().collect(), specs, None);
-        eprintln!(
+        info!(
             "endpoints: {} pod(s) from {}",
             file.endpoints.len(),
             path.display()
@@ -367,14 +375,26 @@ fn reload_store(
 ) -> bool {
     let up = store.reload(sources, &DecodeOptions::default(), repo);
     for e in &up.errors {
-        eprintln!("policy error: {e}");
+        let (kind, namespace, policy) = crate::logging::object_ref(&e.object);
+        let policy = (!policy.is_empty()).then_some(policy);
+        warn!(
+            kind,
+            namespace,
+            policy,
+            error = %e,
+            "policy error: the object is rejected"
+        );
         problem(e);
     }
     for k in &up.kept {
-        eprintln!("policy: {k} is invalid now; its last good version stays in force");
+        let (kind, namespace, policy) = crate::logging::object_ref(k);
+        warn!(
+            kind,
+            namespace, policy, "policy: {k} is invalid now; its last good version stays in force"
+        );
     }
     if up.files_changed > 0 {
-        eprintln!(
+        info!(
             "policies: {} changed, {} object(s) updated, {} deleted",
             up.files_changed, up.policies_upserted, up.policies_deleted
         );
@@ -499,7 +519,10 @@ impl Inputs for ClusterInputs {
                     files_changed = true;
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("policies: {e:#}; the policies in force stay"),
+                Err(e) => warn!(
+                    error = format!("{e:#}"),
+                    "policies: cannot read them; the policies in force stay"
+                ),
             }
         }
         if self.cluster.generation() == self.seen && !files_changed {
@@ -537,7 +560,7 @@ impl Inputs for ClusterInputs {
             }
         });
         if first {
-            eprintln!(
+            info!(
                 "kubernetes: synced {} pod(s) of this node, {} namespace(s), {} policy object(s)",
                 objects.endpoints.len(),
                 objects.namespaces.len(),
@@ -578,7 +601,7 @@ impl Inputs for ClusterInputs {
         if !wanted.is_empty() {
             let ips: Vec<IpAddr> = wanted.iter().flat_map(|(_, ips)| ips.clone()).collect();
             let routes = imdsguard_netns::host_interfaces(&ips).unwrap_or_else(|e| {
-                eprintln!("looking up pod interfaces: {e}");
+                warn!(error = %e, "cannot look up pod interfaces");
                 HashMap::new()
             });
             for (key, ips) in wanted {

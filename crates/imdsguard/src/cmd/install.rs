@@ -16,9 +16,10 @@ pub struct InstallArgs {
     /// The namespace of the DaemonSet and its service account.
     #[arg(short = 'n', long, default_value = "kube-system")]
     namespace: String,
-    /// The agent's image.
-    #[arg(long)]
-    image: Option<String>,
+    /// The agent's image: the repository the Helm chart names, tagged with this binary's version
+    /// (as scripts/image tags it).
+    #[arg(long, default_value_t = InstallValues::default().image)]
+    image: String,
     /// Report denied flows as AUDIT and let them pass, on every node.
     #[arg(long)]
     policy_audit_mode: bool,
@@ -43,19 +44,16 @@ pub struct InstallArgs {
 }
 
 pub fn run(args: InstallArgs) -> Result<ExitCode> {
-    let mut values = InstallValues {
+    let values = InstallValues {
         namespace: args.namespace.clone(),
+        image: args.image.clone(),
         policy_audit_mode: args.policy_audit_mode,
         hubble_listen_address: args.hubble_listen_address.clone(),
         metrics_address: args.hubble_metrics_server.clone(),
         flow_export_path: args.hubble_export_file_path.clone(),
         policy_directory: args.policy_directory.clone(),
         crds: !args.skip_crds,
-        ..Default::default()
     };
-    if let Some(image) = &args.image {
-        values.image = image.clone();
-    }
     let text = render(&values);
     if args.dry_run {
         print!("{text}");

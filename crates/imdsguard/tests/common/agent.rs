@@ -29,7 +29,30 @@ impl Agent {
             addr: String::new(),
         };
         let line = agent.wait_log("hubble: serving on ");
-        agent.addr = line["hubble: serving on ".len()..].to_owned();
+        // `<time> INFO hubble: serving on ADDR`: the address ends the line.
+        agent.addr = line
+            .split_once("hubble: serving on ")
+            .map_or("", |(_, a)| a)
+            .to_owned();
+        agent
+    }
+
+    /// `start` with a command of the caller's making (another environment, a wrapper such as
+    /// `strace -D` that leaves the agent the direct child): it must run `imdsguard agent` with a
+    /// Hubble address, and its stderr is taken here.
+    pub fn start_with(mut cmd: Command) -> Agent {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("start the agent");
+        let log = super::stderr_lines(&mut child);
+        let mut agent = Agent {
+            child,
+            log,
+            addr: String::new(),
+        };
+        let line = agent.wait_log("hubble: serving on ");
+        agent.addr = line
+            .split_once("hubble: serving on ")
+            .map_or("", |(_, a)| a)
+            .to_owned();
         agent
     }
 
@@ -145,7 +168,7 @@ impl Drop for ProxyRouting {
 /// second octet of its pods' subnet.
 pub fn agent_test() -> Option<(MutexGuard<'static, ()>, ProxyRouting, u8)> {
     if !can_create_namespaces() {
-        eprintln!("skipped: needs root to create network namespaces");
+        super::skip("needs root to create network namespaces");
         return None;
     }
     let serial = ROUTING.lock().unwrap_or_else(|e| e.into_inner());
