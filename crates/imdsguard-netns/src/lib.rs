@@ -305,6 +305,31 @@ fn sysctl(key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// Says that the calling test is skipped and why: `skipped: <reason>` on stderr, and
+/// `SKIPPED: <crate>::<test>: <reason>` appended to the file named by `IMDSGUARD_SKIP_LOG`
+/// (scripts/test sets it and counts the lines at the end). `crate_name` is the caller's
+/// `env!("CARGO_CRATE_NAME")`; the test's name is its thread's, as libtest names them. The caller
+/// returns right after.
+pub fn skip_test(crate_name: &str, reason: &str) {
+    eprintln!("skipped: {reason}");
+    if let Some(log) = std::env::var_os("IMDSGUARD_SKIP_LOG").filter(|v| !v.is_empty()) {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown test")
+            .to_owned();
+        let line = format!("SKIPPED: {crate_name}::{test}: {reason}\n");
+        // One append of one short line: concurrent test binaries do not interleave.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
 /// Whether this process may create namespaces (root tests skip, with a message, when not).
 pub fn can_create_namespaces() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -9,26 +9,9 @@ use imdsguard_proxy::routing::{self, Family, MARK, PREF, TABLE};
 use std::net::IpAddr;
 use std::process::Command;
 
-/// Says that the calling test is skipped and why: `skipped: <reason>` on stderr, and
-/// `SKIPPED: <test>: <reason>` appended to the file named by `IMDSGUARD_SKIP_LOG` (scripts/test
-/// counts those lines), as crates/imdsguard/tests/common does. The caller returns right after.
+/// Says that the calling test is skipped and why (imdsguard_netns::skip_test).
 fn skip(reason: &str) {
-    eprintln!("skipped: {reason}");
-    if let Some(log) = std::env::var_os("IMDSGUARD_SKIP_LOG").filter(|v| !v.is_empty()) {
-        use std::io::Write;
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("unknown test")
-            .to_owned();
-        let line = format!("SKIPPED: {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = f.write_all(line.as_bytes());
-        }
-    }
+    imdsguard_netns::skip_test(env!("CARGO_CRATE_NAME"), reason);
 }
 
 /// Runs `f` on a thread in a network namespace of its own, with lo up.

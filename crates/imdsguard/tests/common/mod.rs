@@ -15,28 +15,9 @@ use std::time::{Duration, Instant};
 pub const NO_API_SERVER: &str =
     "no Kubernetes API server: set KUBEBUILDER_ASSETS or IMDSGUARD_TEST_APISERVER";
 
-/// Says that the calling test is skipped and why: `skipped: <reason>` on stderr, and
-/// `SKIPPED: <test>: <reason>` appended to the file named by `IMDSGUARD_SKIP_LOG` (scripts/test
-/// sets it and counts the lines at the end). The caller returns right after.
+/// Says that the calling test is skipped and why (imdsguard_netns::skip_test).
 pub fn skip(reason: &str) {
-    eprintln!("skipped: {reason}");
-    if let Some(log) = std::env::var_os("IMDSGUARD_SKIP_LOG").filter(|v| !v.is_empty()) {
-        use std::io::Write;
-        // libtest names each test's thread after the test.
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("unknown test")
-            .to_owned();
-        let line = format!("SKIPPED: {}::{test}: {reason}\n", env!("CARGO_CRATE_NAME"));
-        // One append of one short line: concurrent test binaries do not interleave.
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = f.write_all(line.as_bytes());
-        }
-    }
+    imdsguard_netns::skip_test(env!("CARGO_CRATE_NAME"), reason);
 }
 
 /// `CI=true` (or `1`): what would be skipped on a workstation is a failure.
