@@ -12,11 +12,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Addresses that are never reachable from a pod whose policy is not in place yet: the cloud
-/// metadata services (Azure and AWS IMDS, GCP's metadata server, AWS's IPv6 IMDS, Azure's
-/// WireServer).
-pub const DEFAULT_PROTECTED: [&str; 3] = [
+/// metadata services (Azure and AWS IMDS, GCP's metadata server, AWS's and GCP's IPv6 metadata
+/// addresses, Azure's WireServer).
+pub const DEFAULT_PROTECTED: [&str; 4] = [
     "169.254.169.254/32",
     "fd00:ec2::254/128",
+    "fd20:ce::254/128",
     "168.63.129.16/32",
 ];
 

@@ -3,7 +3,8 @@
 //!
 //! The addresses are the ones the datapath protects (`imdsguard_datapath::sync::DEFAULT_PROTECTED`,
 //! kept in step by a test): Azure IMDS, AWS IMDS and GCP's metadata server at 169.254.169.254 (any
-//! port), AWS's IPv6 IMDS at fd00:ec2::254 (any port), and Azure's WireServer at 168.63.129.16 on
+//! port), AWS's and GCP's IPv6 metadata addresses fd00:ec2::254 and fd20:ce::254 (any port), and
+//! Azure's WireServer at 168.63.129.16 on
 //! the ports AKS blocks for pods (TCP 80 and 32526; its DNS on 53 is ordinary traffic).
 
 use serde::Serialize;
@@ -13,7 +14,7 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MetadataService {
-    /// Azure IMDS, AWS IMDS (IPv4 and IPv6) and GCP's metadata server.
+    /// Azure IMDS, AWS IMDS and GCP's metadata server (IPv4 and IPv6).
     Imds,
     /// Azure's WireServer (VM agent channel; third parties report it also answers IMDS paths).
     WireServer,
@@ -30,8 +31,10 @@ impl MetadataService {
 
 const IMDS_V4: [u8; 4] = [169, 254, 169, 254];
 const WIRESERVER: [u8; 4] = [168, 63, 129, 16];
-/// fd00:ec2::254
+/// fd00:ec2::254 (AWS)
 const IMDS_V6: [u16; 8] = [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254];
+/// fd20:ce::254 (GCP)
+const GCP_V6: [u16; 8] = [0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254];
 const WIRESERVER_PORTS: [u32; 2] = [80, 32526];
 
 /// The metadata service at `ip`:`port` (an address as Hubble prints it; IPv4-mapped IPv6 counts
@@ -43,7 +46,9 @@ pub fn metadata_service(ip: &str, port: u32) -> Option<MetadataService> {
         IpAddr::V4(v4) if v4.octets() == WIRESERVER && WIRESERVER_PORTS.contains(&port) => {
             Some(MetadataService::WireServer)
         }
-        IpAddr::V6(v6) if v6.segments() == IMDS_V6 => Some(MetadataService::Imds),
+        IpAddr::V6(v6) if v6.segments() == IMDS_V6 || v6.segments() == GCP_V6 => {
+            Some(MetadataService::Imds)
+        }
         _ => None,
     }
 }
@@ -209,6 +214,7 @@ mod tests {
             ("::ffff:169.254.169.254", 80, Some(Imds)),
             ("fd00:ec2::254", 80, Some(Imds)),
             ("fd00:ec2:0:0::254", 80, Some(Imds)),
+            ("fd20:ce::254", 80, Some(Imds)),
             ("168.63.129.16", 80, Some(WireServer)),
             ("168.63.129.16", 32526, Some(WireServer)),
             ("168.63.129.16", 53, None),
