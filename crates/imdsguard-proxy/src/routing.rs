@@ -424,12 +424,19 @@ enum Action {
     Other(u8),
 }
 
+impl Default for Action {
+    /// An action this code does not know: it can catch a packet.
+    fn default() -> Action {
+        Action::Other(0)
+    }
+}
+
 const RT_TABLE_LOCAL: u32 = 255;
 const FRA_PAD: u16 = 18;
 const IPPROTO_TCP: u8 = 6;
 
 /// A rule as dumped, with what matching and printing need.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Rule {
     priority: u32,
     invert: bool,
@@ -465,27 +472,12 @@ impl Rule {
         let mut goto = 0;
         let (mut mark, mut mask) = (None, None);
         let mut r = Rule {
-            priority: 0,
             invert: h.flags.contains(RuleFlags::Invert),
-            src: None,
-            dst: None,
             tos: h.tos,
-            fwmark: None,
-            iif: None,
             iif_detached: h.flags.contains(RuleFlags::IifDetached),
-            oif: None,
             oif_detached: h.flags.contains(RuleFlags::OifDetached),
             unresolved: h.flags.contains(RuleFlags::Unresolved),
-            l3mdev: false,
-            uid_range: None,
-            ip_proto: None,
-            sport: None,
-            dport: None,
-            tun_id: None,
-            unknown: Vec::new(),
-            suppress_prefixlen: None,
-            suppress_ifgroup: None,
-            action: Action::Other(0),
+            ..Rule::default()
         };
         for a in &msg.attributes {
             match a {
@@ -967,26 +959,8 @@ mod tests {
     fn rule(priority: u32, action: Action) -> Rule {
         Rule {
             priority,
-            invert: false,
-            src: None,
-            dst: None,
-            tos: 0,
-            fwmark: None,
-            iif: None,
-            iif_detached: false,
-            oif: None,
-            oif_detached: false,
-            unresolved: false,
-            l3mdev: false,
-            uid_range: None,
-            ip_proto: None,
-            sport: None,
-            dport: None,
-            tun_id: None,
-            unknown: Vec::new(),
-            suppress_prefixlen: None,
-            suppress_ifgroup: None,
             action,
+            ..Rule::default()
         }
     }
 

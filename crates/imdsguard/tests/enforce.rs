@@ -4,28 +4,10 @@
 
 mod common;
 
-use common::agent::{Agent, BpfRoot, TempDir, agent_test, eventually, write};
+use common::agent::{Agent, BpfRoot, TempDir, agent_test, curl, eventually, upstream, write};
 use imdsguard_netns::{Pod, unique_name};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
-
-fn curl(from: &Pod, to: Ipv4Addr) -> bool {
-    from.ns
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "2",
-                &format!("http://{to}:8080/"),
-            ],
-        )
-        .expect("curl")
-        .status
-        .success()
-}
+use std::process::Command;
 
 fn deny_and_allow(server: Ipv4Addr) -> String {
     format!(
@@ -213,30 +195,6 @@ fn the_agent_enforces_watched_files_reports_flows_and_survives_sigkill() {
     drop(bpf);
 }
 
-/// A stand-in for IMDS: answers every GET and POST with what it saw, and logs each request.
-const UPSTREAM: &str = r#"
-import http.server, socket, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def answer(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(n)
-        body = ("upstream saw %s %s" % (self.command, self.path)).encode()
-        print(self.command, self.path, flush=True)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    do_GET = answer
-    do_POST = answer
-    def log_message(self, *a):
-        pass
-bind = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0"
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-S((bind, 80), H).serve_forever()
-"#;
-
 fn http(from: &Pod, method: &str, url: &str) -> (u16, String) {
     let out = from
         .ns
@@ -331,14 +289,7 @@ fn the_proxy_enforces_http_rules_on_redirected_connections() {
     let dir = TempDir(std::env::temp_dir().join(unique_name("epdir")));
     std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
     let upstream_log = dir.0.join("upstream.log");
-    let _upstream = imdsguard_netns::Process(
-        s.ns.command("python3")
-            .args(["-c", UPSTREAM])
-            .stdout(std::fs::File::create(&upstream_log).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("upstream"),
-    );
+    let _upstream = upstream(&s, None, Some(&upstream_log));
     let imds = s.ipv4;
     for pod in [&c, &d, &f] {
         assert_eq!(pod.ns.route_dev(imds.into()).expect("route"), "eth0");
@@ -497,14 +448,7 @@ fn an_ipv6_client_reusing_its_port_reaches_the_proxy() {
     .expect("imds");
     let imds = v6(5);
     assert_eq!(c.ns.route_dev(imds.into()).expect("route"), "eth0");
-    let _upstream = imdsguard_netns::Process(
-        s.ns.command("python3")
-            .args(["-c", UPSTREAM, "::"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("upstream"),
-    );
+    let _upstream = upstream(&s, Some("::"), None);
     let dir = TempDir(std::env::temp_dir().join(unique_name("e6dir")));
     std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
     std::fs::write(
@@ -593,14 +537,7 @@ fn a_rule_ahead_of_the_proxys_makes_redirects_fail_closed() {
     let policies = dir.0.join("policies");
     std::fs::create_dir_all(&policies).expect("mkdir");
     let upstream_log = dir.0.join("upstream.log");
-    let _upstream = imdsguard_netns::Process(
-        s.ns.command("python3")
-            .args(["-c", UPSTREAM])
-            .stdout(std::fs::File::create(&upstream_log).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("upstream"),
-    );
+    let _upstream = upstream(&s, None, Some(&upstream_log));
     let imds = s.ipv4;
     assert_eq!(c.ns.route_dev(imds.into()).expect("route"), "eth0");
     eventually("the upstream answers", || {

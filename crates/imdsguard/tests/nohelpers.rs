@@ -11,27 +11,11 @@
 mod common;
 
 use common::ApiServer;
-use common::agent::{Agent, BpfRoot, TempDir, agent_test, eventually, write};
+use common::agent::{Agent, BpfRoot, TempDir, agent_test, curl, eventually, upstream, write};
 use imdsguard_netns::{Pod, Process, unique_name};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-/// A stand-in for IMDS on port 80: answers every GET with what it saw.
-const UPSTREAM: &str = r#"
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("upstream saw %s %s" % (self.command, self.path)).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
-"#;
+use std::process::Command;
 
 /// The agent under strace, and where the trace goes.
 struct Traced {
@@ -96,24 +80,6 @@ impl Traced {
     }
 }
 
-fn curl(from: &Pod, to: Ipv4Addr) -> bool {
-    from.ns
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "2",
-                &format!("http://{to}:8080/"),
-            ],
-        )
-        .expect("curl")
-        .status
-        .success()
-}
-
 fn http(from: &Pod, url: &str) -> (u16, String) {
     let out = from
         .ns
@@ -135,15 +101,7 @@ fn servers(s: &Pod) -> (Process, Process) {
             &["-m", "http.server", "8080", "--bind", "0.0.0.0"],
         )
         .expect("server");
-    let upstream = Process(
-        s.ns.command("python3")
-            .args(["-c", UPSTREAM])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("upstream"),
-    );
-    (files, upstream)
+    (files, upstream(s, None, None))
 }
 
 fn policy(name: &str, app: &str, egress: &str) -> String {

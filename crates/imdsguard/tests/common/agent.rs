@@ -16,25 +16,9 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
-            .arg("agent")
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let log = super::stderr_lines(&mut child);
-        let mut agent = Agent {
-            child,
-            log,
-            addr: String::new(),
-        };
-        let line = agent.wait_log("hubble: serving on ");
-        // `<time> INFO hubble: serving on ADDR`: the address ends the line.
-        agent.addr = line
-            .split_once("hubble: serving on ")
-            .map_or("", |(_, a)| a)
-            .to_owned();
-        agent
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imdsguard"));
+        cmd.arg("agent").args(args);
+        Agent::start_with(cmd)
     }
 
     /// `start` with a command of the caller's making (another environment, a wrapper such as
@@ -49,6 +33,7 @@ impl Agent {
             addr: String::new(),
         };
         let line = agent.wait_log("hubble: serving on ");
+        // `<time> INFO hubble: serving on ADDR`: the address ends the line.
         agent.addr = line
             .split_once("hubble: serving on ")
             .map_or("", |(_, a)| a)
@@ -177,4 +162,69 @@ pub fn agent_test() -> Option<(MutexGuard<'static, ()>, ProxyRouting, u8)> {
         ProxyRouting::take(),
         150 + (std::process::id() % 50) as u8,
     ))
+}
+
+/// A stand-in for IMDS on port 80: answers every GET and POST with what it saw, and prints each
+/// request line. Its first argument is the address to bind (default 0.0.0.0).
+pub const UPSTREAM: &str = r#"
+import http.server, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(n)
+        body = ("upstream saw %s %s" % (self.command, self.path)).encode()
+        print(self.command, self.path, flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *a):
+        pass
+bind = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0"
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+S((bind, 80), H).serve_forever()
+"#;
+
+/// Runs `UPSTREAM` in `server`'s namespace, bound to `bind` (None: 0.0.0.0), its request lines
+/// going to `log` (None: nowhere). Killed on drop.
+pub fn upstream(
+    server: &imdsguard_netns::Pod,
+    bind: Option<&str>,
+    log: Option<&Path>,
+) -> imdsguard_netns::Process {
+    let stdout = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).expect("upstream log")),
+        None => Stdio::null(),
+    };
+    let mut cmd = server.ns.command("python3");
+    cmd.args(["-c", UPSTREAM]).args(bind);
+    imdsguard_netns::Process(
+        cmd.stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("upstream"),
+    )
+}
+
+/// Whether `from` gets an answer from `to`:8080 within 2 s.
+pub fn curl(from: &imdsguard_netns::Pod, to: std::net::Ipv4Addr) -> bool {
+    from.ns
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                &format!("http://{to}:8080/"),
+            ],
+        )
+        .expect("curl")
+        .status
+        .success()
 }
