@@ -5,9 +5,11 @@
 //! - `tables`: the engine's resolved policy as table rows (pure).
 //! - `flows`: datapath events as Hubble flows (pure).
 //! - `loader` (Linux only): load, pin under `<bpf-root>/imdsguard/v<layout>/`, attach first in
-//!   the TCX chain, write the tables atomically per endpoint, read counters and events;
-//!   `tcx` reads where programs sit in a chain, `inspect` the pinned state without an agent.
-//! - `sync` (Linux only): keeps the tables equal to the engine's state.
+//!   the TCX chain, write the tables, read counters and events, and read the pinned state
+//!   without an agent (`inspect`).
+//! - `sync` (Linux only): keeps the tables equal to the engine's state, through `MapWriter`: the
+//!   table rows and the protocol that switches an endpoint's policy atomically, implemented by
+//!   `Datapath` and, in memory for tests without root, by `sync::fake::FakeMaps`.
 //!
 //! A pod is known by its interface (the `ifaces` map), never by the source address it writes;
 //! what cannot be judged (spoofed sources, unknown ethertypes and VLAN tags, fragments without
@@ -21,11 +23,7 @@
 pub mod abi;
 pub mod flows;
 #[cfg(target_os = "linux")]
-mod inspect;
-#[cfg(target_os = "linux")]
 pub mod loader;
 #[cfg(target_os = "linux")]
 pub mod sync;
 pub mod tables;
-#[cfg(target_os = "linux")]
-mod tcx;

@@ -30,66 +30,114 @@ use crate::flow::{
 };
 use crate::names;
 
-/// Every filter flag (long name) and whether it takes a value on the command line.
-const FLAGS: &[(&str, bool)] = &[
-    ("not", false),
-    ("uuid", true),
-    ("node-name", true),
-    ("node-label", true),
-    ("from-cluster", true),
-    ("cluster", true),
-    ("to-cluster", true),
-    ("protocol", true),
-    ("tcp-flags", true),
-    ("type", true),
-    ("verdict", true),
-    ("drop-reason-desc", true),
-    ("http-status", true),
-    ("http-method", true),
-    ("http-path", true),
-    ("http-url", true),
-    ("http-header", true),
-    ("trace-id", true),
-    ("ip-trace-id", true),
-    ("from-fqdn", true),
-    ("fqdn", true),
-    ("to-fqdn", true),
-    ("from-ip", true),
-    ("snat-ip", true),
-    ("ip", true),
-    ("to-ip", true),
-    ("ipv4", false),
-    ("ipv6", false),
-    ("ip-version", true),
-    ("from-pod", true),
-    ("pod", true),
-    ("to-pod", true),
-    ("from-namespace", true),
-    ("namespace", true),
-    ("to-namespace", true),
-    ("from-all-namespaces", false),
-    ("all-namespaces", false),
-    ("to-all-namespaces", false),
-    ("from-label", true),
-    ("label", true),
-    ("to-label", true),
-    ("from-service", true),
-    ("service", true),
-    ("to-service", true),
-    ("from-port", true),
-    ("port", true),
-    ("to-port", true),
-    ("from-workload", true),
-    ("workload", true),
-    ("to-workload", true),
-    ("from-identity", true),
-    ("identity", true),
-    ("to-identity", true),
-    ("traffic-direction", true),
-    ("cel-expression", true),
-    ("interface", true),
-    ("encrypted", false),
-    ("unencrypted", false),
+/// One `hubble observe` filter flag, as a command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterFlag {
+    /// The long name without dashes: `"to-ip"`.
+    pub long: &'static str,
+    pub short: Option<char>,
+    /// Whether it takes a value; otherwise it is a switch.
+    pub takes_value: bool,
+    /// Whether `imdsguard observe` offers it. All do but `cel-expression`: CEL filters are
+    /// rejected when compiled ([`FilterError::CelNotSupported`]), so the flag could only fail.
+    pub observe: bool,
+}
+
+/// A filter flag that takes a value, with no short form.
+const fn value(long: &'static str) -> FilterFlag {
+    FilterFlag {
+        long,
+        short: None,
+        takes_value: true,
+        observe: true,
+    }
+}
+
+/// A filter flag without a value, with no short form.
+const fn switch(long: &'static str) -> FilterFlag {
+    FilterFlag {
+        takes_value: false,
+        ..value(long)
+    }
+}
+
+impl FilterFlag {
+    const fn with_short(self, short: char) -> FilterFlag {
+        FilterFlag {
+            short: Some(short),
+            ..self
+        }
+    }
+
+    const fn not_in_observe(self) -> FilterFlag {
+        FilterFlag {
+            observe: false,
+            ..self
+        }
+    }
+}
+
+/// Every filter flag, in Hubble's order (which `--help` keeps). `imdsguard observe` builds its
+/// command line from this table and [`FilterBuilder::add`] takes exactly these names.
+pub const FILTER_FLAGS: &[FilterFlag] = &[
+    switch("not"),
+    value("uuid"),
+    value("node-name"),
+    value("node-label"),
+    value("from-cluster"),
+    value("cluster"),
+    value("to-cluster"),
+    value("protocol"),
+    value("tcp-flags"),
+    value("type").with_short('t'),
+    value("verdict"),
+    value("drop-reason-desc"),
+    value("http-status"),
+    value("http-method"),
+    value("http-path"),
+    value("http-url"),
+    value("http-header"),
+    value("trace-id"),
+    value("ip-trace-id"),
+    value("from-fqdn"),
+    value("fqdn"),
+    value("to-fqdn"),
+    value("from-ip"),
+    value("snat-ip"),
+    value("ip"),
+    value("to-ip"),
+    switch("ipv4").with_short('4'),
+    switch("ipv6").with_short('6'),
+    value("ip-version"),
+    value("from-pod"),
+    value("pod"),
+    value("to-pod"),
+    value("from-namespace"),
+    value("namespace").with_short('n'),
+    value("to-namespace"),
+    switch("from-all-namespaces"),
+    switch("all-namespaces").with_short('A'),
+    switch("to-all-namespaces"),
+    value("from-label"),
+    value("label").with_short('l'),
+    value("to-label"),
+    value("from-service"),
+    value("service"),
+    value("to-service"),
+    value("from-port"),
+    value("port"),
+    value("to-port"),
+    value("from-workload"),
+    value("workload"),
+    value("to-workload"),
+    value("from-identity"),
+    value("identity"),
+    value("to-identity"),
+    value("traffic-direction"),
+    value("cel-expression").not_in_observe(),
+    value("interface"),
+    switch("encrypted"),
+    switch("unencrypted"),
 ];
 
 /// Hubble's conflict groups (`newFlowFilter()`), checked in this order.
@@ -150,29 +198,24 @@ const AGENT_SUBTYPES: &[(&str, i32)] = &[
 
 /// The long names of all filter flags.
 pub fn filter_flags() -> impl Iterator<Item = &'static str> {
-    FLAGS.iter().map(|(name, _)| *name)
+    FILTER_FLAGS.iter().map(|f| f.long)
 }
 
 /// `Some(true)` if the filter flag takes a value, `Some(false)` if it is a switch (an explicit
 /// `--flag=value` is still accepted and ignored), `None` if it is no filter flag.
 pub fn flag_takes_value(flag: &str) -> Option<bool> {
-    FLAGS
+    FILTER_FLAGS
         .iter()
-        .find(|(name, _)| *name == flag)
-        .map(|(_, v)| *v)
+        .find(|f| f.long == flag)
+        .map(|f| f.takes_value)
 }
 
 /// The long name of a short filter flag: `n`, `A`, `l`, `t`, `4`, `6`.
 pub fn long_flag_for_short(short: char) -> Option<&'static str> {
-    Some(match short {
-        'n' => "namespace",
-        'A' => "all-namespaces",
-        'l' => "label",
-        't' => "type",
-        '4' => "ipv4",
-        '6' => "ipv6",
-        _ => return None,
-    })
+    FILTER_FLAGS
+        .iter()
+        .find(|f| f.short == Some(short))
+        .map(|f| f.long)
 }
 
 /// Builds the whitelist and blacklist of a `GetFlowsRequest` from `hubble observe` filter
@@ -193,7 +236,7 @@ impl FilterBuilder {
     /// Applies one filter flag: `flag` is the long name without dashes (`"to-ip"`), `value`
     /// its argument (ignored by switches such as `"not"`, `"ipv4"`, `"all-namespaces"`).
     pub fn add(&mut self, flag: &str, value: &str) -> Result<(), FilterError> {
-        let Some(&(flag, _)) = FLAGS.iter().find(|(name, _)| *name == flag) else {
+        let Some(flag) = FILTER_FLAGS.iter().find(|f| f.long == flag).map(|f| f.long) else {
             return Err(FilterError::UnknownFlag {
                 flag: flag.to_owned(),
             });
@@ -1255,5 +1298,23 @@ mod tests {
         assert_eq!(long_flag_for_short('x'), None);
         assert!(filter_flags().all(|f| flag_takes_value(f).is_some()));
         assert_eq!(filter_flags().count(), 58);
+    }
+
+    #[test]
+    fn the_builder_takes_every_flag_of_the_table() {
+        for f in FILTER_FLAGS {
+            let result = FilterBuilder::new().add(f.long, "1");
+            assert!(
+                !matches!(result, Err(FilterError::UnknownFlag { .. })),
+                "--{}",
+                f.long
+            );
+            if let Some(c) = f.short {
+                assert_eq!(long_flag_for_short(c), Some(f.long));
+            }
+        }
+        let shorts: Vec<char> = FILTER_FLAGS.iter().filter_map(|f| f.short).collect();
+        assert_eq!(shorts, ['t', '4', '6', 'n', 'A', 'l']);
+        assert!(FilterBuilder::new().add("output", "").is_err());
     }
 }

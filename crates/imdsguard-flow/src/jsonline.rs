@@ -11,6 +11,8 @@
 //! camelCase name, an unknown field, a duplicate, a float where an integer belongs) hands the
 //! whole line to the generated decoder, which then gives the result or the error.
 //! `tests::agrees_with_generated_decoder` and the `flow_json` fuzz target check the contract.
+//!
+//! [`FlowReader`] reads whole files (or stdin) with it: the one reader of recorded flows.
 
 use crate::flow::{
     Aggregate, AuthType, CiliumEventType, DebugCapturePoint, Dns, DropReason, Emitter, Endpoint,
@@ -22,6 +24,10 @@ use crate::flow::{
 use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 use imdsguard_hubble_proto::wkt::Timestamp;
 use pbjson_types::BoolValue;
+
+mod reader;
+
+pub use reader::{FlowReader, Line, ReadError};
 
 /// Decodes one JSON line after another into the same response, reusing its allocations.
 #[derive(Default)]

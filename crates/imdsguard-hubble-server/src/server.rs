@@ -5,6 +5,7 @@ use crate::metrics::FlowMetrics;
 use crate::ring::{Read, Reader, Ring};
 use imdsguard_flow::filter::FlowFilters;
 use imdsguard_hubble_proto::flow::{Endpoint, Flow, LostEvent, LostEventSource};
+use imdsguard_hubble_proto::observer::Tls as NodeTls;
 use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
 use imdsguard_hubble_proto::observer::observer_server::{Observer, ObserverServer};
 use imdsguard_hubble_proto::observer::{
@@ -13,14 +14,16 @@ use imdsguard_hubble_proto::observer::{
     GetNodesRequest, GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
 };
 use imdsguard_hubble_proto::peer::peer_server::{Peer, PeerServer};
-use imdsguard_hubble_proto::peer::{ChangeNotification, ChangeNotificationType, NotifyRequest};
+use imdsguard_hubble_proto::peer::{
+    ChangeNotification, ChangeNotificationType, NotifyRequest, Tls as PeerTls,
+};
 use imdsguard_hubble_proto::relay::NodeState;
 use imdsguard_hubble_proto::wkt::Timestamp;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -42,6 +45,9 @@ pub struct Hub {
     namespaces: Mutex<BTreeMap<(String, String), Instant>>,
     metrics: Option<Arc<FlowMetrics>>,
     exporter: Option<Mutex<FlowExporter>>,
+    /// The name clients verify this server's certificate against; None: no TLS.
+    tls_server_name: Option<String>,
+    peers: Peers,
 }
 
 /// What a [`Hub`] is built from.
@@ -51,6 +57,92 @@ pub struct HubOptions {
     pub address: String,
     pub metrics: Option<Arc<FlowMetrics>>,
     pub exporter: Option<FlowExporter>,
+    /// Set when the TCP listener serves TLS: the name its certificate is for
+    /// ([`crate::tls::server_name`]).
+    pub tls_server_name: Option<String>,
+}
+
+/// One Hubble server that the Peer service announces, for Relay to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The node's name (`cluster/node` outside the `default` cluster, as Cilium names it).
+    pub name: String,
+    /// `IP:port`, or what the agent was told to listen on.
+    pub address: String,
+    /// The name to verify its certificate against; None when it serves without TLS.
+    pub tls_server_name: Option<String>,
+}
+
+/// The peers the Peer service announces: one entry per name. Every `Notify` stream sees the
+/// current set first, then what changed, computed from the sets themselves, so that a reader
+/// that was slow only ever skips intermediate states, never a final one.
+pub struct Peers {
+    tx: watch::Sender<BTreeMap<String, PeerInfo>>,
+}
+
+impl Peers {
+    fn new(initial: PeerInfo) -> Peers {
+        let mut set = BTreeMap::new();
+        set.insert(initial.name.clone(), initial);
+        Peers {
+            tx: watch::Sender::new(set),
+        }
+    }
+
+    /// Replaces the set; streams are told only if it differs.
+    pub fn set(&self, peers: impl IntoIterator<Item = PeerInfo>) {
+        let new: BTreeMap<String, PeerInfo> =
+            peers.into_iter().map(|p| (p.name.clone(), p)).collect();
+        self.tx.send_if_modified(|cur| {
+            if *cur == new {
+                return false;
+            }
+            *cur = new;
+            true
+        });
+    }
+
+    /// The set as announced now, by name.
+    pub fn current(&self) -> Vec<PeerInfo> {
+        self.tx.borrow().values().cloned().collect()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<BTreeMap<String, PeerInfo>> {
+        self.tx.subscribe()
+    }
+}
+
+fn notification(p: &PeerInfo, t: ChangeNotificationType) -> ChangeNotification {
+    ChangeNotification {
+        name: p.name.clone(),
+        address: p.address.clone(),
+        r#type: t as i32,
+        tls: p.tls_server_name.as_ref().map(|n| PeerTls {
+            server_name: n.clone(),
+        }),
+    }
+}
+
+/// What turns the announced set `old` into `new`, in name order: PEER_DELETED for names gone,
+/// PEER_ADDED for new names, PEER_UPDATED for names whose address or TLS name changed.
+pub fn peer_changes(
+    old: &BTreeMap<String, PeerInfo>,
+    new: &BTreeMap<String, PeerInfo>,
+) -> Vec<ChangeNotification> {
+    let mut out = Vec::new();
+    for (name, p) in old {
+        if !new.contains_key(name) {
+            out.push(notification(p, ChangeNotificationType::PeerDeleted));
+        }
+    }
+    for (name, p) in new {
+        match old.get(name) {
+            None => out.push(notification(p, ChangeNotificationType::PeerAdded)),
+            Some(was) if was != p => out.push(notification(p, ChangeNotificationType::PeerUpdated)),
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 impl Hub {
@@ -65,12 +157,22 @@ impl Hub {
             address: address.into(),
             metrics: None,
             exporter: None,
+            tls_server_name: None,
         })
     }
 
+    /// A hub whose Peer service announces only itself until [`Hub::peers`] is given the
+    /// cluster's nodes.
     pub fn with_options(o: HubOptions) -> Arc<Hub> {
+        let peers = Peers::new(PeerInfo {
+            name: o.node_name.clone(),
+            address: o.address.clone(),
+            tls_server_name: o.tls_server_name.clone(),
+        });
         Arc::new(Hub {
             ring: Ring::new(o.capacity),
+            peers,
+            tls_server_name: o.tls_server_name,
             node_name: o.node_name,
             address: o.address,
             started: Instant::now(),
@@ -101,6 +203,11 @@ impl Hub {
 
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// What the Peer service announces.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Adds a flow: wrapped as Hubble sends it (`node_name` and `time` copied to the top level).
@@ -153,7 +260,7 @@ pub struct ObserverService {
     hub: Arc<Hub>,
 }
 
-/// The Peer service: this node is the only peer.
+/// The Peer service: the hub's [`Peers`], this node alone unless the agent knows its cluster.
 #[derive(Clone)]
 pub struct PeerService {
     hub: Arc<Hub>,
@@ -449,7 +556,10 @@ impl Observer for ObserverService {
             version: HUBBLE_API_VERSION.to_owned(),
             address: self.hub.address.clone(),
             state: NodeState::NodeConnected as i32,
-            tls: None,
+            tls: Some(NodeTls {
+                enabled: self.hub.tls_server_name.is_some(),
+                server_name: self.hub.tls_server_name.clone().unwrap_or_default(),
+            }),
             uptime_ns: self.hub.uptime_ns(),
             num_flows: ring.len() as u64,
             max_flows: ring.capacity() as u64,
@@ -515,16 +625,36 @@ impl Peer for PeerService {
         &self,
         _request: Request<NotifyRequest>,
     ) -> Result<Response<Self::NotifyStream>, Status> {
-        let me = ChangeNotification {
-            name: self.hub.node_name.clone(),
-            address: self.hub.address.clone(),
-            r#type: ChangeNotificationType::PeerAdded as i32,
-            tls: None,
-        };
-        // One node, never leaving: announce it, then keep the stream open as Relay expects.
-        let stream =
-            tokio_stream::StreamExt::chain(tokio_stream::once(Ok(me)), tokio_stream::pending());
-        Ok(with_version(Box::pin(stream) as Self::NotifyStream))
+        let mut peers = self.hub.peers.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            // What this stream has announced: the empty set at first, so the current set goes
+            // out as PEER_ADDED, as Relay expects of a new stream.
+            let mut sent = BTreeMap::new();
+            loop {
+                let now = peers.borrow_and_update().clone();
+                for change in peer_changes(&sent, &now) {
+                    if tx.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+                sent = now;
+                tokio::select! {
+                    changed = peers.changed() => {
+                        if changed.is_err() {
+                            // The hub is gone: keep the stream open, as Relay expects, until
+                            // the client leaves.
+                            tx.closed().await;
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(with_version(
+            Box::pin(ReceiverStream::new(rx)) as Self::NotifyStream
+        ))
     }
 }
 

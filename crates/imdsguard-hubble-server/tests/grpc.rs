@@ -15,8 +15,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 async fn start() -> (std::sync::Arc<Hub>, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("address"));
     let hub = Hub::new(15, "node-a", addr.clone());
     let r = router(hub.clone()).await;
     tokio::spawn(async move {
@@ -157,5 +159,44 @@ async fn get_flows_rejects_bad_requests_and_reports_losses() {
     assert!(
         seen_lost,
         "a reader 1999 flows behind a 15-flow ring must see a LostEvents"
+    );
+}
+
+#[tokio::test]
+async fn the_client_prints_what_get_flows_streams() {
+    use imdsguard_flow::observe::{Observe, ObserveOptions};
+    use imdsguard_hubble_server::client::{ClientError, ClientOptions};
+
+    let (hub, addr) = start().await;
+    hub.ingest(Flow {
+        source: pod("a"),
+        destination: pod("b"),
+        ..Default::default()
+    });
+    let opts = ObserveOptions {
+        output: "json".into(),
+        all: true,
+        ..Default::default()
+    };
+    let now = imdsguard_hubble_proto::wkt::Timestamp::now();
+    let mut observe = Observe::new(&opts, vec![], vec![], now).unwrap();
+    let req = observe.request().unwrap();
+    let mut out = Vec::new();
+    ClientOptions::new(addr.trim_start_matches("http://"))
+        .print_flows(req, observe.printer(), &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(r#""namespace":"a""#), "{text}");
+
+    let err = ClientOptions::new("unix:///nonexistent/hubble.sock")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Unix { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "connecting to unix:///nonexistent/hubble.sock"
     );
 }

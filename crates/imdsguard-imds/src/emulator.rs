@@ -5,6 +5,7 @@
 //! percent-decodes the path before routing (`/metadata/scheduledevents%3Fapi-version=…` is served),
 //! and `/metadata` is case-insensitive.
 
+use imdsguard_metadata::percent_decode;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,15 @@ impl Flavor {
             "aws" => Some(Flavor::Aws),
             "gcp" => Some(Flavor::Gcp),
             _ => None,
+        }
+    }
+
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Azure => "azure",
+            Flavor::Aws => "aws",
+            Flavor::Gcp => "gcp",
         }
     }
 }
@@ -156,25 +166,6 @@ pub struct Emulator {
 
 const INSTANCE: &str = r#"{"compute":{"azEnvironment":"AzurePublicCloud","location":"westeurope","name":"aks-default-13458874-vmss_1","offer":"","osType":"Linux","resourceGroupName":"MC_rg_aks_westeurope","resourceId":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/MC_rg_aks_westeurope/providers/Microsoft.Compute/virtualMachineScaleSets/aks-default-13458874-vmss/virtualMachines/1","subscriptionId":"00000000-0000-0000-0000-000000000000","tags":"aks-managed-orchestrator:Kubernetes","userData":"","vmId":"02aab8a4-74ef-476e-8182-f6d2ba4166a6","vmSize":"Standard_D4s_v5","zone":"1"},"network":{"interface":[{"ipv4":{"ipAddress":[{"privateIpAddress":"10.224.0.4","publicIpAddress":""}],"subnet":[{"address":"10.224.0.0","prefix":"16"}]},"macAddress":"6045BDA1B2C3"}]}}"#;
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(hex) = b.get(i + 1..i + 3)
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -190,7 +181,7 @@ pub(crate) fn split(target: &str) -> (String, Vec<(String, String)>) {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_owned(), percent_decode(v))
+            (k.to_owned(), percent_decode(v).into_owned())
         })
         .collect();
     (path.to_owned(), params)
@@ -216,7 +207,7 @@ impl Emulator {
         // IMDS decodes the path before it routes: an encoded `?` starts the query.
         let (raw_path, raw_query) = req.target.split_once('?').unwrap_or((&req.target, ""));
         let decoded = percent_decode(raw_path);
-        let (path, smuggled) = decoded.split_once('?').unwrap_or((&decoded, ""));
+        let (path, smuggled) = decoded.split_once('?').unwrap_or((decoded.as_ref(), ""));
         let query: Vec<&str> = [smuggled, raw_query]
             .into_iter()
             .filter(|q| !q.is_empty())

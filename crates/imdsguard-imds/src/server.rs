@@ -6,7 +6,9 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -80,6 +82,78 @@ fn status_only(s: StatusCode) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = s;
     r
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opening {}", path.display())]
+    LogFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Where the emulator listens unless told otherwise: the metadata address, port 80. Only ever
+/// inside a namespace of its own (the lab's), where that address is not the cloud's.
+pub fn default_listen() -> String {
+    format!("{}:80", imdsguard_metadata::IMDS_V4)
+}
+
+/// A log that prints each line to standard error as `request: <line>` and, given a file, appends
+/// it there as well (the lab reads that file to see what reached its IMDS).
+pub fn stderr_and_file_log(file: Option<&Path>) -> Result<Log, ServeError> {
+    let file = match file {
+        Some(p) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| ServeError::LogFile {
+                    path: p.to_owned(),
+                    source,
+                })?,
+        )),
+        None => None,
+    };
+    Ok(Arc::new(move |line: String| {
+        eprintln!("request: {line}");
+        if let Some(f) = &file
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }))
+}
+
+/// Listens on `listen`, says so on standard error (`imds-emulator: serving <flavour> on <addr>`,
+/// the line the lab waits for), and serves until `until` completes or the listener fails.
+pub async fn run(
+    listen: &str,
+    opts: Options,
+    log: Log,
+    until: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: listen.to_owned(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    eprintln!("imds-emulator: serving {} on {local}", opts.flavor.name());
+    tokio::select! {
+        r = serve(listener, opts, log) => r.map_err(ServeError::Serve),
+        _ = until => Ok(()),
+    }
 }
 
 /// Serves until the listener fails.

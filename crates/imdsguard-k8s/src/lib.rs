@@ -1,16 +1,21 @@
 //! The agent's view of a Kubernetes cluster: the pods of one node, every namespace, and Cilium's
 //! policy kinds, kept by kube-rs reflectors, and turned into the engine's inputs (endpoint specs
-//! and policy sources) by pure conversions.
+//! and policy sources) by pure conversions. [`nodes`] watches every Node, for the Hubble Peer
+//! service's list of nodes.
 //!
 //! Limits: only `cilium.io/v2` policies and `v2alpha1` CIDR groups are watched; pods on the host
 //! network, pods without an IP and finished pods are not endpoints. Where two pods claim one IP
 //! (an IP reused before the old pod's deletion is seen) the newer pod owns it, so an old pod's
 //! identity never carries over.
 
+pub mod apply;
 pub mod cluster;
 pub mod convert;
 pub mod events;
 pub mod manifests;
+pub mod nodes;
 
 pub use cluster::{Cluster, ClusterError, ClusterOptions, Snapshot, WatchStatus};
 pub use convert::{ClusterObjects, pod_endpoint};
+pub use kube::Client as KubeClient;
+pub use nodes::{NodeInfo, NodeWatch};

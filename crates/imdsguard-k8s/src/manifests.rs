@@ -1,6 +1,8 @@
 //! The install manifests: Cilium's three CRDs (for clusters without Cilium), read-only RBAC plus
 //! Event creation, and the DaemonSet. `imdsguard install --dry-run` prints them; the Helm chart
-//! in deploy/helm renders the same objects from its values.
+//! in deploy/helm renders the same objects from its values. [`render_relay`] adds Hubble Relay
+//! (deploy/kubernetes/hubble-relay.yaml): the `hubble-peer` Service, Relay's configuration,
+//! Deployment and Service; [`HubbleValues`] turns on TLS between Relay and the agents.
 
 /// What an install can be tuned with (the Helm chart's values carry the same names).
 #[derive(Debug, Clone)]
@@ -34,6 +36,37 @@ impl Default for InstallValues {
         }
     }
 }
+
+/// Hubble across the cluster. The defaults are what `imdsguard install` renders: the cluster
+/// `default`, no TLS.
+#[derive(Debug, Clone)]
+pub struct HubbleValues {
+    /// Cilium's `--cluster-name`; Relay's `cluster-name` must be the same.
+    pub cluster_name: String,
+    /// Mutual TLS between Relay and the agents, from two Secrets (kubernetes.io/tls with
+    /// `ca.crt`): `hubble-server-certs` for the agents (a certificate for
+    /// `*.<cluster>.hubble-grpc.cilium.io`) and `hubble-relay-client-certs` for Relay.
+    pub tls: bool,
+    /// The upstream Relay image.
+    pub relay_image: String,
+}
+
+impl Default for HubbleValues {
+    fn default() -> Self {
+        HubbleValues {
+            cluster_name: "default".into(),
+            tls: false,
+            relay_image: RELAY_IMAGE.into(),
+        }
+    }
+}
+
+/// Hubble Relay as Cilium 1.19 ships it.
+pub const RELAY_IMAGE: &str = "quay.io/cilium/hubble-relay:v1.19.4";
+
+/// Where the agent's container finds its Hubble TLS files (from the `hubble-server-certs`
+/// Secret, a projected volume so that rotations reach the running agent).
+pub const AGENT_TLS_DIR: &str = "/var/lib/imdsguard/tls/hubble";
 
 /// Cilium's CRDs as shipped in deploy/crds.
 pub const CRDS: [(&str, &str); 3] = [
@@ -71,6 +104,11 @@ fn yaml_str(s: &str) -> String {
 
 /// Every object of an install, as one multi-document YAML stream.
 pub fn render(v: &InstallValues) -> String {
+    render_with(v, &HubbleValues::default())
+}
+
+/// [`render`] with Hubble's cluster settings: the cluster's name and TLS on the agents.
+pub fn render_with(v: &InstallValues, h: &HubbleValues) -> String {
     let ns = yaml_str(&v.namespace);
     let labels = "app.kubernetes.io/name: imdsguard\n    app.kubernetes.io/part-of: imdsguard";
     let mut out = String::from(
@@ -100,8 +138,9 @@ metadata:
   labels:
     {labels}
 rules:
+  # Nodes: the Hubble Peer service announces every node to Relay.
   - apiGroups: [""]
-    resources: [pods, namespaces]
+    resources: [pods, namespaces, nodes]
     verbs: [get, list, watch]
   - apiGroups: [cilium.io]
     resources: [ciliumnetworkpolicies, ciliumclusterwidenetworkpolicies, ciliumcidrgroups]
@@ -149,6 +188,18 @@ subjects:
     if !v.policy_directory.is_empty() {
         args.extend(["--policies".into(), v.policy_directory.clone()]);
     }
+    if h.cluster_name != "default" {
+        args.extend(["--cluster-name".into(), h.cluster_name.clone()]);
+    }
+    if h.tls {
+        for (flag, file) in [
+            ("--hubble-tls-cert-file", "server.crt"),
+            ("--hubble-tls-key-file", "server.key"),
+            ("--hubble-tls-client-ca-files", "client-ca.crt"),
+        ] {
+            args.extend([flag.into(), format!("{AGENT_TLS_DIR}/{file}")]);
+        }
+    }
     let args: Vec<String> = args
         .iter()
         .map(|a| format!("            - {}", yaml_str(a)))
@@ -184,6 +235,24 @@ subjects:
         ));
         volumes.push(
             "        - {name: policies, configMap: {name: imdsguard-policies, optional: true}}"
+                .to_owned(),
+        );
+    }
+    if h.tls {
+        mounts.push(format!(
+            "            - {{name: hubble-tls, mountPath: {AGENT_TLS_DIR}, readOnly: true}}"
+        ));
+        volumes.push(
+            r#"        - name: hubble-tls
+          projected:
+            defaultMode: 0400
+            sources:
+              - secret:
+                  name: hubble-server-certs
+                  items:
+                    - {key: tls.crt, path: server.crt}
+                    - {key: tls.key, path: server.key}
+                    - {key: ca.crt, path: client-ca.crt}"#
                 .to_owned(),
         );
     }
@@ -270,6 +339,174 @@ spec:
     out
 }
 
+/// Hubble Relay for an install: the `hubble-peer` Service (port 443 to the agents' 4244, answered
+/// on Relay's own node), Relay's configuration, its Deployment (the upstream image, no Kubernetes
+/// access) and its Service (port 80 to 4245). Apply after [`render`]'s objects.
+pub fn render_relay(v: &InstallValues, h: &HubbleValues) -> String {
+    let ns = yaml_str(&v.namespace);
+    let cluster = yaml_str(&h.cluster_name);
+    let peer_service = yaml_str(&format!(
+        "hubble-peer.{}.svc.cluster.local.:443",
+        v.namespace
+    ));
+    let client_tls = if h.tls {
+        "tls-hubble-client-cert-file: /var/lib/hubble-relay/tls/client.crt
+    tls-hubble-client-key-file: /var/lib/hubble-relay/tls/client.key
+    tls-hubble-server-ca-files: /var/lib/hubble-relay/tls/hubble-server-ca.crt"
+    } else {
+        "disable-client-tls: true"
+    };
+    let (tls_mount, tls_volume) = if h.tls {
+        (
+            "
+            - {name: tls, mountPath: /var/lib/hubble-relay/tls, readOnly: true}",
+            "
+        - name: tls
+          projected:
+            defaultMode: 0400
+            sources:
+              - secret:
+                  name: hubble-relay-client-certs
+                  items:
+                    - {key: tls.crt, path: client.crt}
+                    - {key: tls.key, path: client.key}
+                    - {key: ca.crt, path: hubble-server-ca.crt}",
+        )
+    } else {
+        ("", "")
+    };
+    let image = yaml_str(&h.relay_image);
+    format!(
+        r#"# Hubble Relay for imdsguard: generated by crates/imdsguard-k8s (manifests::render_relay);
+# apply after the install (deploy/kubernetes/imdsguard.yaml).
+---
+# Relay asks one agent for the list of nodes; internalTrafficPolicy Local keeps that on Relay's
+# own node, and every agent knows every node.
+apiVersion: v1
+kind: Service
+metadata:
+  name: hubble-peer
+  namespace: {ns}
+  labels:
+    app.kubernetes.io/name: hubble-peer
+    app.kubernetes.io/part-of: imdsguard
+spec:
+  selector:
+    app.kubernetes.io/name: imdsguard
+  ports:
+    - name: peer-service
+      port: 443
+      protocol: TCP
+      targetPort: 4244
+  internalTrafficPolicy: Local
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: hubble-relay
+  namespace: {ns}
+  labels:
+    app.kubernetes.io/name: hubble-relay
+    app.kubernetes.io/part-of: imdsguard
+# Relay needs no Kubernetes API: it learns the nodes from the peer service.
+automountServiceAccountToken: false
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: hubble-relay-config
+  namespace: {ns}
+  labels:
+    app.kubernetes.io/name: hubble-relay
+    app.kubernetes.io/part-of: imdsguard
+data:
+  config.yaml: |
+    cluster-name: {cluster}
+    peer-service: {peer_service}
+    listen-address: ":4245"
+    sort-buffer-len-max: 100
+    sort-buffer-drain-timeout: 1s
+    {client_tls}
+    disable-server-tls: true
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hubble-relay
+  namespace: {ns}
+  labels:
+    app.kubernetes.io/name: hubble-relay
+    app.kubernetes.io/part-of: imdsguard
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: hubble-relay
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: hubble-relay
+        app.kubernetes.io/part-of: imdsguard
+    spec:
+      serviceAccountName: hubble-relay
+      automountServiceAccountToken: false
+      securityContext:
+        fsGroup: 65532
+      containers:
+        - name: hubble-relay
+          image: {image}
+          imagePullPolicy: IfNotPresent
+          command: ["hubble-relay"]
+          args: ["serve"]
+          ports:
+            - {{name: grpc, containerPort: 4245, protocol: TCP}}
+          readinessProbe:
+            tcpSocket: {{port: grpc}}
+          livenessProbe:
+            tcpSocket: {{port: grpc}}
+          resources:
+            requests: {{cpu: 50m, memory: 64Mi}}
+            limits: {{memory: 1Gi}}
+          securityContext:
+            runAsNonRoot: true
+            runAsUser: 65532
+            runAsGroup: 65532
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: [ALL]
+          volumeMounts:
+            - {{name: config, mountPath: /etc/hubble-relay, readOnly: true}}{tls_mount}
+      volumes:
+        - name: config
+          configMap:
+            name: hubble-relay-config
+            items:
+              - {{key: config.yaml, path: config.yaml}}{tls_volume}
+---
+# `hubble observe --server` through `kubectl port-forward svc/hubble-relay 4245:80`, and Hubble
+# UI's FLOWS_API_ADDR=hubble-relay:80.
+apiVersion: v1
+kind: Service
+metadata:
+  name: hubble-relay
+  namespace: {ns}
+  labels:
+    app.kubernetes.io/name: hubble-relay
+    app.kubernetes.io/part-of: imdsguard
+spec:
+  type: ClusterIP
+  selector:
+    app.kubernetes.io/name: hubble-relay
+  ports:
+    - name: grpc
+      port: 80
+      protocol: TCP
+      targetPort: grpc
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +526,53 @@ mod tests {
         assert!(text.contains("{name: flows, mountPath: \"/var/log/imdsguard\"}"));
         assert!(text.contains("- BPF #"));
         assert!(!text.contains("SYS_ADMIN"));
+    }
+
+    /// The committed Relay manifests are what [`render_relay`] prints by default.
+    #[test]
+    fn the_committed_relay_manifests_are_current() {
+        let committed = include_str!("../../../deploy/kubernetes/hubble-relay.yaml");
+        let rendered = render_relay(&InstallValues::default(), &HubbleValues::default());
+        assert!(
+            committed == rendered,
+            "deploy/kubernetes/hubble-relay.yaml is stale: regenerate it with `cargo test -p imdsguard-k8s --lib regenerate -- --ignored`"
+        );
+    }
+
+    /// Writes deploy/kubernetes/hubble-relay.yaml (run on purpose, with --ignored).
+    #[test]
+    #[ignore]
+    fn regenerate() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/kubernetes/hubble-relay.yaml"
+        );
+        let rendered = render_relay(&InstallValues::default(), &HubbleValues::default());
+        std::fs::write(path, rendered).expect("write deploy/kubernetes/hubble-relay.yaml");
+    }
+
+    #[test]
+    fn tls_mounts_the_secrets_and_passes_ciliums_flags() {
+        let h = HubbleValues {
+            cluster_name: "prod".into(),
+            tls: true,
+            ..Default::default()
+        };
+        let agent = render_with(&InstallValues::default(), &h);
+        for needle in [
+            "- \"--cluster-name\"\n            - \"prod\"",
+            "- \"--hubble-tls-client-ca-files\"\n            - \"/var/lib/imdsguard/tls/hubble/client-ca.crt\"",
+            "name: hubble-server-certs",
+            "{name: hubble-tls, mountPath: /var/lib/imdsguard/tls/hubble, readOnly: true}",
+        ] {
+            assert!(agent.contains(needle), "{needle}\n{agent}");
+        }
+        let relay = render_relay(&InstallValues::default(), &h);
+        assert!(relay.contains("cluster-name: \"prod\""));
+        assert!(relay.contains(
+            "tls-hubble-server-ca-files: /var/lib/hubble-relay/tls/hubble-server-ca.crt"
+        ));
+        assert!(relay.contains("name: hubble-relay-client-certs"));
+        assert!(!relay.contains("disable-client-tls"));
     }
 }

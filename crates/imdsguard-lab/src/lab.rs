@@ -32,7 +32,12 @@ pub enum LabError {
 
 type Result<T> = std::result::Result<T, LabError>;
 
-pub const IMDS_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Where the lab's emulator listens, in a namespace of its own: the metadata address the pods'
+/// clients call.
+pub const IMDS_ADDRESS: Ipv4Addr = imdsguard_metadata::IMDS_V4;
+
+/// The mark the lab routes to its IMDS: give it to the agent as --proxy-upstream-mark.
+pub const LAB_MARK: u32 = 0xa00;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PodRecord {
@@ -177,7 +182,7 @@ fn build(
     state: &mut LabState,
     progress: &dyn Fn(&str),
 ) -> Result<()> {
-    // The emulator's namespace at 169.254.169.254, routed only through the lab's table.
+    // The emulator's namespace at the metadata address, routed only through the lab's table.
     let imds_ns = format!("lb{id}md");
     progress(&format!(
         "creating the IMDS namespace {imds_ns} at {IMDS_ADDRESS}"
@@ -222,7 +227,7 @@ fn build(
         .args([
             "imds-emulator",
             "--listen",
-            "169.254.169.254:80",
+            &format!("{IMDS_ADDRESS}:80"),
             "--flavor",
             &t.imds_flavor,
         ])
@@ -315,8 +320,8 @@ fn build(
     Ok(())
 }
 
-/// Before any traffic: 169.254.169.254 leads to the lab's namespace from every pod and for the
-/// marked traffic, and nowhere else changed.
+/// Before any traffic: the metadata address leads to the lab's namespace from every pod and for
+/// the marked traffic, and nowhere else changed.
 fn check_routes(state: &LabState) -> Result<()> {
     let imds = state
         .imds
@@ -324,13 +329,14 @@ fn check_routes(state: &LabState) -> Result<()> {
         .map(|p| p.netns.clone())
         .unwrap_or_default();
     let dev_of = |out: String| imdsguard_netns::route_dev(&out).unwrap_or_default();
+    let imds_address = IMDS_ADDRESS.to_string();
     for p in &state.pods {
         let got = dev_of(run(
             "ip",
             &[
                 "route",
                 "get",
-                "169.254.169.254",
+                &imds_address,
                 "from",
                 &p.ipv4.to_string(),
                 "iif",
@@ -339,19 +345,16 @@ fn check_routes(state: &LabState) -> Result<()> {
         )?);
         if got != imds {
             return Err(LabError::Unsafe(format!(
-                "from pod {} 169.254.169.254 routes via {got:?}, not the lab's {imds:?}: refusing to go on",
+                "from pod {} {IMDS_ADDRESS} routes via {got:?}, not the lab's {imds:?}: refusing to go on",
                 p.name
             )));
         }
     }
     let mark = format!("{:#x}", state.mark);
-    let got = dev_of(run(
-        "ip",
-        &["route", "get", "169.254.169.254", "mark", &mark],
-    )?);
+    let got = dev_of(run("ip", &["route", "get", &imds_address, "mark", &mark])?);
     if got != imds {
         return Err(LabError::Unsafe(format!(
-            "marked traffic to 169.254.169.254 routes via {got:?}, not the lab's {imds:?}"
+            "marked traffic to {IMDS_ADDRESS} routes via {got:?}, not the lab's {imds:?}"
         )));
     }
     Ok(())
@@ -454,6 +457,42 @@ pub fn down(state: &LabState) -> Vec<String> {
         problems.push(format!("removing {}: {e}", state.dir.display()));
     }
     problems
+}
+
+/// What `lab status` shows, one line per entry: the pods and the emulator with their addresses
+/// and namespaces (`(gone)` when the namespace no longer exists), the processes (running or
+/// exited), and the endpoints file.
+pub fn status_report(state: &LabState) -> Vec<String> {
+    let mut out = vec![
+        format!("lab {:?} (state in {})", state.name, state.dir.display()),
+        format!("  {:<34} {:<16} {:<16} INTERFACE", "POD", "NAMESPACE", "IP"),
+    ];
+    for p in state.pods.iter().chain(state.imds.iter()) {
+        let present = Path::new("/run/netns").join(&p.netns).exists();
+        out.push(format!(
+            "  {:<34} {:<16} {:<16} {}{}",
+            p.name,
+            p.namespace,
+            p.ipv4,
+            p.netns,
+            if present { "" } else { " (gone)" }
+        ));
+    }
+    for p in &state.processes {
+        let alive = Path::new(&format!("/proc/{}", p.pid)).exists();
+        out.push(format!(
+            "  process {}/{} pid {} {}",
+            p.pod,
+            p.container,
+            p.pid,
+            if alive { "running" } else { "exited" }
+        ));
+    }
+    out.push(format!(
+        "  endpoints file: {}",
+        state.endpoints_file().display()
+    ));
+    out
 }
 
 /// A command that runs inside a lab pod's network namespace.

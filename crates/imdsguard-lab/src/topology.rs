@@ -14,8 +14,12 @@
 //! ```
 
 use imdsguard_manifest::{Field, FieldError, Source};
-use imdsguard_scenario::{ScenarioEndpoint, ScenarioError};
+use imdsguard_policy::endpoints_file::{
+    DocumentError as ScenarioError, EndpointEntry as ScenarioEndpoint, EndpointsFile, endpoint,
+    first_document,
+};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
@@ -50,16 +54,57 @@ pub fn is_topology(source: &Source) -> bool {
         })
 }
 
+/// A topology file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] ScenarioError),
+}
+
+/// Reads and parses the topology file at `path`; errors name it as given.
+pub fn load(path: &Path) -> Result<Topology, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(parse(&Source::new(path.display().to_string(), text))?)
+}
+
+/// The namespaces and pods a topology or a scenario declares, as an endpoints file would
+/// (`policy trace --endpoints` and `replay --endpoints` take either).
+pub fn endpoints_of(source: &Source) -> Result<EndpointsFile, ScenarioError> {
+    if is_topology(source) {
+        let t = parse(source)?;
+        return Ok(EndpointsFile {
+            namespaces: t.namespaces,
+            endpoints: t.pods.into_iter().map(|p| p.endpoint).collect(),
+            endpoints_declared: true,
+        });
+    }
+    let scenario = imdsguard_scenario::parse(source)?;
+    Ok(EndpointsFile {
+        namespaces: scenario.namespaces,
+        endpoints: scenario.endpoints,
+        endpoints_declared: true,
+    })
+}
+
 /// Parses a topology and gives every pod an IPv4 address.
 pub fn parse(source: &Source) -> Result<Topology, ScenarioError> {
-    let doc = imdsguard_scenario::first_document(source)?.ok_or_else(|| ScenarioError {
+    let doc = first_document(source)?.ok_or_else(|| ScenarioError {
         file: source.name.clone(),
         line: 1,
         column: 1,
         field: String::new(),
         message: "empty topology".into(),
     })?;
-    parse_doc(&Field::root(&doc)).map_err(|e| imdsguard_scenario::field_error(&source.name, e))
+    parse_doc(&Field::root(&doc)).map_err(|e| ScenarioError::from_field(&source.name, e))
 }
 
 fn parse_doc(root: &Field) -> Result<Topology, FieldError> {
@@ -98,7 +143,7 @@ fn parse_doc(root: &Field) -> Result<Topology, FieldError> {
     let mut endpoints = Vec::new();
     if let Some(eps) = m.get("endpoints") {
         for e in eps.seq()? {
-            endpoints.push(imdsguard_scenario::endpoint(&e)?);
+            endpoints.push(endpoint(&e)?);
         }
     }
     let mut containers: Vec<(String, Vec<Container>)> = Vec::new();
@@ -236,8 +281,9 @@ containers:
     fn the_endpoints_file_reads_back_with_the_agent_schema() {
         let t = parse(&Source::new("lab.yaml", TOPOLOGY)).expect("valid");
         let text = endpoints_file(&t, &[("other".into(), "lab0v2".into())]);
-        let back = imdsguard_scenario::parse_endpoints(&Source::new("e.yaml", text.clone()))
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let back =
+            imdsguard_policy::endpoints_file::parse_endpoints(&Source::new("e.yaml", text.clone()))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(back.endpoints.len(), 3);
         assert_eq!(back.endpoints[2].interface.as_deref(), Some("lab0v2"));
         assert_eq!(back.endpoints[0].spec.ips, t.pods[0].endpoint.spec.ips);

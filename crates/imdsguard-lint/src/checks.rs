@@ -1,6 +1,7 @@
 //! Every check imdsguard's linter runs: its stable code, its name, its severity and the fix it
 //! suggests. Codes never change meaning and are never reused; docs/policy-lint.md documents each.
 
+use imdsguard_metadata::address_text;
 use std::fmt;
 
 /// How bad a finding is. The names and their order follow SARIF's `level`.
@@ -133,16 +134,38 @@ pub const IMDS_WIRESERVER_OPEN: Check = Check {
     code: "IG1501",
     name: "imds-wireserver-open",
     severity: Severity::Warning,
-    summary: "169.254.169.254 is denied but Azure's WireServer 168.63.129.16 (TCP 80 and 32526) stays open to the same pods.",
-    fix: "Deny 168.63.129.16/32 on TCP ports 80 and 32526 for the same pods (keep port 53 open if they use Azure DNS).",
+    summary: concat!(
+        address_text!(IMDS_V4),
+        " is denied but Azure's WireServer ",
+        address_text!(WIRESERVER),
+        " (TCP 80 and 32526) stays open to the same pods."
+    ),
+    fix: concat!(
+        "Deny ",
+        address_text!(WIRESERVER),
+        "/32 on TCP ports 80 and 32526 for the same pods (keep port 53 open if they use Azure DNS)."
+    ),
 };
 
 pub const IMDS_IPV6_OPEN: Check = Check {
     code: "IG1502",
     name: "imds-ipv6-open",
     severity: Severity::Note,
-    summary: "169.254.169.254 is denied but the IPv6 metadata addresses (AWS fd00:ec2::254, GCP fd20:ce::254) stay open.",
-    fix: "On dual-stack nodes, add fd00:ec2::254/128 (AWS) or fd20:ce::254/128 (GCP) to the same deny.",
+    summary: concat!(
+        address_text!(IMDS_V4),
+        " is denied but the IPv6 metadata addresses (AWS ",
+        address_text!(AWS_IMDS_V6),
+        ", GCP ",
+        address_text!(GCP_METADATA_V6),
+        ") stay open."
+    ),
+    fix: concat!(
+        "On dual-stack nodes, add ",
+        address_text!(AWS_IMDS_V6),
+        "/128 (AWS) or ",
+        address_text!(GCP_METADATA_V6),
+        "/128 (GCP) to the same deny."
+    ),
 };
 
 pub const IMDS_HOST_NETWORK: Check = Check {
@@ -210,5 +233,26 @@ mod tests {
         assert_eq!(find("ig1001"), Some(&L7_VISIBILITY_ONLY));
         assert_eq!(find("cidr-group-missing"), Some(&CIDR_GROUP_MISSING));
         assert_eq!(find("IG9999"), None);
+    }
+
+    /// The texts built from imdsguard-metadata's addresses read as they did when written out.
+    #[test]
+    fn metadata_texts_are_unchanged() {
+        assert_eq!(
+            IMDS_WIRESERVER_OPEN.summary,
+            "169.254.169.254 is denied but Azure's WireServer 168.63.129.16 (TCP 80 and 32526) stays open to the same pods."
+        );
+        assert_eq!(
+            IMDS_WIRESERVER_OPEN.fix,
+            "Deny 168.63.129.16/32 on TCP ports 80 and 32526 for the same pods (keep port 53 open if they use Azure DNS)."
+        );
+        assert_eq!(
+            IMDS_IPV6_OPEN.summary,
+            "169.254.169.254 is denied but the IPv6 metadata addresses (AWS fd00:ec2::254, GCP fd20:ce::254) stay open."
+        );
+        assert_eq!(
+            IMDS_IPV6_OPEN.fix,
+            "On dual-stack nodes, add fd00:ec2::254/128 (AWS) or fd20:ce::254/128 (GCP) to the same deny."
+        );
     }
 }

@@ -6,9 +6,10 @@
 use crate::Finding;
 use crate::checks::{IMDS_HOST_NETWORK, IMDS_IPV6_OPEN, IMDS_TOKEN_OPEN, IMDS_WIRESERVER_OPEN};
 use crate::metadata::{
-    IMDS_V4, IMDS_V6, TYPICAL_REQUESTS, WIRESERVER, WIRESERVER_PORTS, instance_request,
+    IMDS_V4, TYPICAL_REQUESTS, ToHttp, WIRESERVER, WIRESERVER_PORTS, imds_v6, instance_request,
 };
 use crate::model::{Loc, Model, RuleAt, is_witness, key_loc, path_loc, some_pods};
+use imdsguard_metadata::Cloud;
 use imdsguard_policy::api::Subject;
 use imdsguard_policy::identity::{CLUSTER_LABEL, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 use imdsguard_policy::labels::LabelSource;
@@ -57,10 +58,9 @@ pub fn check(m: &Model) -> Vec<Finding> {
             .collect();
         let aws = TYPICAL_REQUESTS
             .iter()
-            .find(|r| r.cloud == "AWS" && r.method == "GET")
+            .find(|r| r.cloud == Cloud::Aws && r.method == "GET")
             .unwrap_or(instance);
-        let ipv6: Vec<String> = IMDS_V6
-            .iter()
+        let ipv6: Vec<String> = imds_v6()
             .filter(|(ip, _)| open(m.egress(&pod, *ip, 80, Some(aws.http(*ip)))))
             .map(|(ip, cloud)| format!("{ip} ({cloud})"))
             .collect();
@@ -90,7 +90,7 @@ pub fn check(m: &Model) -> Vec<Finding> {
         if !prot.wireserver.is_empty() {
             let ports: Vec<String> = prot.wireserver.iter().map(u16::to_string).collect();
             let message = format!(
-                "This policy keeps {who} from 169.254.169.254, but Azure's WireServer 168.63.129.16 stays open to them \
+                "This policy keeps {who} from {IMDS_V4}, but Azure's WireServer {WIRESERVER} stays open to them \
                  on TCP {}: it answers /metadata/instance as IMDS does, and port 32526 (the HostGAPlugin) carries \
                  VM extension settings. AKS nodes drop both for pods with iptables; other nodes may not.",
                 ports.join(" and ")
@@ -106,7 +106,7 @@ pub fn check(m: &Model) -> Vec<Finding> {
         if !prot.ipv6.is_empty() {
             let addrs: Vec<&str> = prot.ipv6.iter().map(String::as_str).collect();
             let message = format!(
-                "This policy keeps {who} from 169.254.169.254, but {} stay open to them: on nodes with IPv6 the \
+                "This policy keeps {who} from {IMDS_V4}, but {} stay open to them: on nodes with IPv6 the \
                  metadata service answers there too.",
                 addrs.join(" and ")
             );
@@ -121,10 +121,10 @@ pub fn check(m: &Model) -> Vec<Finding> {
             policy: *pi,
             rule: 0,
         });
-        let message = "Pods with hostNetwork: true share the node's host identity, and endpointSelector policies \
-                       never select it: such pods still reach 169.254.169.254, with the node's own managed \
-                       identity."
-            .to_owned();
+        let message = format!(
+            "Pods with hostNetwork: true share the node's host identity, and endpointSelector policies \
+             never select it: such pods still reach {IMDS_V4}, with the node's own managed identity."
+        );
         out.push(m.finding(
             &IMDS_HOST_NETWORK,
             p,
@@ -211,7 +211,7 @@ fn tokens(m: &Model) -> Vec<Finding> {
         let mut pods: Vec<String> = Vec::new();
         for pod in m.subjects(at) {
             let mut any = false;
-            for t in TYPICAL_REQUESTS.iter().filter(|r| r.token) {
+            for t in TYPICAL_REQUESTS.iter().filter(|r| r.grants_credentials()) {
                 let v = m.egress(&pod, IMDS_V4, 80, Some(t.http(IMDS_V4)));
                 let by_this = v
                     .as_ref()
@@ -252,7 +252,7 @@ fn tokens(m: &Model) -> Vec<Finding> {
             n => format!("{}, and {} more credential paths", routes[0], n - 1),
         };
         let message = format!(
-            "This rule lets {scope} fetch credentials from 169.254.169.254 ({example}), because its \
+            "This rule lets {scope} fetch credentials from {IMDS_V4} ({example}), because its \
              endpointSelector names whole namespaces rather than the workload that needs a token."
         );
         let loc = m

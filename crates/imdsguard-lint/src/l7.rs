@@ -345,7 +345,7 @@ fn full_match_trap(re: &FullMatch) -> Option<Trap> {
         })
         .flatten();
     Some(Trap {
-        cloud: missed.first().map_or("", |r| r.cloud),
+        cloud: missed.first().map_or("", |r| r.cloud.name()),
         missed,
         literal,
         query_breaks_it,

@@ -19,6 +19,7 @@ mod l7;
 pub mod metadata;
 mod model;
 mod namespaces;
+pub mod report;
 pub mod sarif;
 mod selectors;
 

@@ -1,122 +1,44 @@
-//! What cloud metadata traffic looks like: the addresses of the metadata services and the requests
-//! real clients send them (docs/metadata-services.md). The checks test policies against these.
+//! What cloud metadata traffic looks like to the checks: imdsguard-metadata's addresses and the
+//! requests real clients send (docs/metadata-services.md), as the engine's types. The checks test
+//! policies against these.
 
+use imdsguard_metadata::{Cloud, Service};
 use imdsguard_policy::HttpRequest;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+pub use imdsguard_metadata::{TYPICAL_REQUESTS, TypicalRequest};
 
 /// Azure IMDS, AWS IMDS and the GCP metadata server all answer here.
-pub const IMDS_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
+pub const IMDS_V4: IpAddr = IpAddr::V4(imdsguard_metadata::IMDS_V4);
 
-/// Azure's WireServer: it serves instance metadata and the HostGAPlugin too (TCP 80 and 32526).
-pub const WIRESERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16));
-pub const WIRESERVER_PORTS: [u16; 2] = [80, 32526];
+/// Azure's WireServer: it serves instance metadata and the HostGAPlugin too.
+pub const WIRESERVER: IpAddr = IpAddr::V4(imdsguard_metadata::WIRESERVER);
+pub const WIRESERVER_PORTS: [u16; 2] = imdsguard_metadata::WIRESERVER_PORTS;
 
-/// The IPv6 metadata addresses: AWS (Nitro) and GCP.
-pub const IMDS_V6: [(IpAddr, &str); 2] = [
-    (
-        IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-        "AWS",
-    ),
-    (
-        IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
-        "GCP",
-    ),
-];
-
-/// One request a real client sends to a metadata service.
-#[derive(Debug, Clone, Copy)]
-pub struct TypicalRequest {
-    pub cloud: &'static str,
-    pub method: &'static str,
-    /// The request target, query included, as Envoy matches `path` against it.
-    pub path: &'static str,
-    /// A managed-identity or instance-role credential request.
-    pub token: bool,
+/// The IPv6 metadata addresses IG1502 looks at, with their cloud. Only AWS's and GCP's IMDS, as
+/// the check documents (docs/policy-lint.md): the table's other IPv6 rows (the EKS Pod Identity
+/// agent, OpenStack's link-local address) would widen what the check reports.
+pub fn imds_v6() -> impl Iterator<Item = (IpAddr, Cloud)> {
+    [Service::AwsImds, Service::GcpMetadata]
+        .into_iter()
+        .flat_map(Service::endpoints)
+        .filter(|e| e.address.is_ipv6())
+        .map(|e| (e.address, e.service.cloud()))
 }
 
-const fn req(cloud: &'static str, method: &'static str, path: &'static str) -> TypicalRequest {
-    TypicalRequest {
-        cloud,
-        method,
-        path,
-        token: false,
-    }
+/// A typical request as the proxy would judge it.
+pub trait ToHttp {
+    fn http(&self, host: IpAddr) -> HttpRequest;
 }
 
-const fn token(cloud: &'static str, path: &'static str) -> TypicalRequest {
-    TypicalRequest {
-        cloud,
-        method: "GET",
-        path,
-        token: true,
-    }
-}
-
-pub const TYPICAL_REQUESTS: &[TypicalRequest] = &[
-    req("Azure", "GET", "/metadata/instance?api-version=2021-02-01"),
-    req(
-        "Azure",
-        "GET",
-        "/metadata/instance/compute?api-version=2021-02-01&format=json",
-    ),
-    req(
-        "Azure",
-        "GET",
-        "/metadata/instance/compute/location?api-version=2021-02-01&format=text",
-    ),
-    token(
-        "Azure",
-        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F",
-    ),
-    req(
-        "Azure",
-        "GET",
-        "/metadata/identity/info?api-version=2018-02-01",
-    ),
-    req(
-        "Azure",
-        "GET",
-        "/metadata/attested/document?api-version=2020-09-01",
-    ),
-    req(
-        "Azure",
-        "GET",
-        "/metadata/scheduledevents?api-version=2020-07-01",
-    ),
-    req(
-        "Azure",
-        "GET",
-        "/metadata/loadbalancer?api-version=2020-10-01",
-    ),
-    req("Azure", "GET", "/metadata/versions"),
-    req("AWS", "PUT", "/latest/api/token"),
-    req("AWS", "GET", "/latest/meta-data/"),
-    req("AWS", "GET", "/latest/meta-data/instance-id"),
-    req("AWS", "GET", "/latest/meta-data/placement/region"),
-    req("AWS", "GET", "/latest/meta-data/iam/info"),
-    token(
-        "AWS",
-        "/latest/meta-data/iam/security-credentials/node-instance-role",
-    ),
-    req("AWS", "GET", "/latest/dynamic/instance-identity/document"),
-    req("AWS", "GET", "/latest/user-data"),
-    token(
-        "GCP",
-        "/computeMetadata/v1/instance/service-accounts/default/token",
-    ),
-    req("GCP", "GET", "/computeMetadata/v1/project/project-id"),
-    req("GCP", "GET", "/computeMetadata/v1/instance/zone"),
-    req("GCP", "GET", "/computeMetadata/v1/instance/?recursive=true"),
-];
-
-impl TypicalRequest {
-    /// The request as the proxy would judge it, with the header each cloud requires.
-    pub fn http(&self, host: IpAddr) -> HttpRequest {
-        let header = match self.cloud {
-            "Azure" => ("Metadata", "true"),
-            "GCP" => ("Metadata-Flavor", "Google"),
-            _ => ("User-Agent", "aws-sdk"),
-        };
+impl ToHttp for TypicalRequest {
+    /// With the header the cloud requires; AWS requires none, so its requests carry what an SDK
+    /// sends anyway.
+    fn http(&self, host: IpAddr) -> HttpRequest {
+        let header = self
+            .cloud
+            .required_header()
+            .unwrap_or(("User-Agent", "aws-sdk"));
         HttpRequest {
             method: self.method.to_owned(),
             path: self.path.to_owned(),
@@ -124,14 +46,47 @@ impl TypicalRequest {
             headers: vec![(header.0.to_owned(), header.1.to_owned())],
         }
     }
-
-    /// The path without its query.
-    pub fn route(&self) -> &'static str {
-        self.path.split_once('?').map_or(self.path, |(r, _)| r)
-    }
 }
 
 /// The Azure instance-metadata request every check uses to ask "is IMDS reachable?".
 pub fn instance_request() -> &'static TypicalRequest {
     &TYPICAL_REQUESTS[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_see_the_same_addresses_as_before() {
+        let v6: Vec<String> = imds_v6().map(|(ip, c)| format!("{ip} ({c})")).collect();
+        assert_eq!(v6, ["fd00:ec2::254 (AWS)", "fd20:ce::254 (GCP)"]);
+        assert_eq!(IMDS_V4.to_string(), "169.254.169.254");
+        assert_eq!(WIRESERVER.to_string(), "168.63.129.16");
+        assert_eq!(WIRESERVER_PORTS, [80, 32526]);
+    }
+
+    #[test]
+    fn each_cloud_gets_its_header() {
+        let headers = |cloud: Cloud| {
+            let r = TYPICAL_REQUESTS
+                .iter()
+                .find(|r| r.cloud == cloud)
+                .expect("a request of each cloud");
+            r.http(IMDS_V4).headers
+        };
+        assert_eq!(
+            headers(Cloud::Azure),
+            [("Metadata".to_owned(), "true".to_owned())]
+        );
+        assert_eq!(
+            headers(Cloud::Gcp),
+            [("Metadata-Flavor".to_owned(), "Google".to_owned())]
+        );
+        assert_eq!(
+            headers(Cloud::Aws),
+            [("User-Agent".to_owned(), "aws-sdk".to_owned())]
+        );
+        assert_eq!(instance_request().route(), "/metadata/instance");
+    }
 }

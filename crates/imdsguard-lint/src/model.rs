@@ -418,15 +418,10 @@ fn witness_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imdsguard_policy::labels::LabelKey;
     use imdsguard_policy::selector::Requirement;
 
     fn req(key: &str, op: Operator, values: &[&str]) -> Requirement {
-        Requirement::new(
-            LabelKey::from_selector_key(key),
-            op,
-            values.iter().map(|s| s.to_string()).collect(),
-        )
+        Requirement::on(key, op, values)
     }
 
     #[test]

@@ -24,10 +24,11 @@ pub fn check(m: &Model) -> Vec<Finding> {
     .iter()
     .filter_map(|id| Some((id.reserved_name()?.to_owned(), id.reserved_labels()?)))
     .collect();
+    let imds = imdsguard_metadata::IMDS_V4;
     others.push((
-        "CIDR identities (such as 169.254.169.254/32)".to_owned(),
+        format!("CIDR identities (such as {imds}/32)"),
         LabelSet::new(vec![
-            Label::parse("cidr:169.254.169.254/32"),
+            Label::parse(&format!("cidr:{imds}/32")),
             Label::reserved("world"),
         ]),
     ));

@@ -2,6 +2,9 @@
 //!
 //!   cargo bench -p imdsguard-policy --bench resolve
 
+// A benchmark: a panic on bad fixed input is the failure it should report.
+#![allow(clippy::unwrap_used)]
+
 #[path = "workloads.rs"]
 mod workloads;
 

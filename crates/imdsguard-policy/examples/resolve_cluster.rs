@@ -3,6 +3,9 @@
 //!
 //!   cargo run --release -p imdsguard-policy --example resolve_cluster
 
+// A benchmark: a panic on bad fixed input is the failure it should report.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../benches/workloads.rs"]
 mod workloads;
 

@@ -1,6 +1,7 @@
 //! Cilium's label model: `source:key=value`, and the selector-key normalisation of
 //! docs/policy-semantics.md §2.2.
 
+use imdsguard_labels::{NameError, check_label_value, check_qualified_name};
 use std::fmt;
 use std::sync::Arc;
 
@@ -71,6 +72,11 @@ impl Label {
     }
 
     /// Parses `source:key=value`; a missing source means `unspec`, as in Cilium's `ParseLabel`.
+    ///
+    /// Not `imdsguard_labels::parse_label` (Cilium's parser exactly, which the flow filters use):
+    /// this one knows no `$key` or `reserved.key` shorthand, and takes a `:` after an `=` for part
+    /// of the value (`a=b:c` is key `a`, value `b:c`, where Cilium reads source `a=b`). Endpoint
+    /// files and replayed flows are read with it; switching would change what they mean.
     pub fn parse(s: &str) -> Label {
         let (source, rest) = match s.split_once(':') {
             Some((src, rest)) if !src.contains('=') => (LabelSource::parse(src), rest),
@@ -195,62 +201,37 @@ impl fmt::Display for LabelKey {
     }
 }
 
-/// Kubernetes `IsQualifiedName`: an optional DNS-subdomain prefix, `/`, and a name of at most 63
-/// characters that begins and ends with an alphanumeric character.
+/// Kubernetes `IsQualifiedName` (the rules are `imdsguard_labels::names`'), with two
+/// differences kept from before the rules were shared: each DNS label of the prefix is also held
+/// to 63 characters (Kubernetes bounds only the whole prefix), and a key with two `/` is reported
+/// as a bad prefix. The messages are the engine's own.
 pub fn validate_qualified_name(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
+    let long_prefix_label = key
+        .rsplit_once('/')
+        .is_some_and(|(p, _)| p.split('.').any(|l| l.len() > 63));
+    let problem = match check_qualified_name(key) {
+        Err(NameError::EmptyPrefix(_)) => "prefix part must be non-empty",
+        Err(NameError::TooManySlashes(_) | NameError::Prefix(_)) => {
+            "prefix part must be a DNS subdomain"
+        }
+        _ if long_prefix_label => "prefix part must be a DNS subdomain",
+        Err(_) => {
+            "name part must be at most 63 characters, start and end with an alphanumeric \
+             character, and contain only [-_.a-zA-Z0-9]"
+        }
+        Ok(()) => return Ok(()),
     };
-    if let Some(p) = prefix {
-        if p.is_empty() {
-            return Err(format!(
-                "invalid label key {key:?}: prefix part must be non-empty"
-            ));
-        }
-        if p.len() > 253 || !p.split('.').all(is_dns_label) {
-            return Err(format!(
-                "invalid label key {key:?}: prefix part must be a DNS subdomain"
-            ));
-        }
-    }
-    if name.is_empty() || name.len() > 63 || !is_label_name(name) {
-        return Err(format!(
-            "invalid label key {key:?}: name part must be at most 63 characters, start and end with an alphanumeric character, and contain only [-_.a-zA-Z0-9]"
-        ));
-    }
-    Ok(())
+    Err(format!("invalid label key {key:?}: {problem}"))
 }
 
 /// Kubernetes label value: empty, or at most 63 characters of `[-_.a-zA-Z0-9]` that begin and end
 /// with an alphanumeric character.
 pub fn validate_label_value(value: &str) -> Result<(), String> {
-    if value.is_empty() || (value.len() <= 63 && is_label_name(value)) {
-        Ok(())
-    } else {
-        Err(format!(
+    check_label_value(value).map_err(|_| {
+        format!(
             "invalid label value {value:?}: must be at most 63 characters, start and end with an alphanumeric character, and contain only [-_.a-zA-Z0-9]"
-        ))
-    }
-}
-
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        )
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! Pipeline: [`decode`] turns manifests into [`api`] types (peers already translated into
 //! selectors); a [`Repository`] holds policies, groups and endpoints, allocates [`Identity`]s and
 //! resolves each endpoint identity into per-direction [`mapstate::MapState`] tables shaped like the
-//! datapath's policy map; [`Repository::evaluate`] answers one flow.
+//! datapath's policy map; [`Repository::evaluate`] answers one flow. [`report`] words the
+//! answers as `imdsguard policy check` and `policy trace` print them.
 //!
 //! Pure logic: no I/O and nothing Linux-specific. Limits: host policies (`nodeSelector`) are
 //! validated but not enforced (there is no host endpoint); `toFQDNs` and `toServices` select
@@ -12,11 +13,13 @@
 
 pub mod api;
 pub mod decode;
+pub mod endpoints_file;
 pub mod identity;
 pub mod ipcache;
 pub mod l7;
 pub mod labels;
 pub mod mapstate;
+pub mod report;
 pub mod repository;
 pub mod selector;
 pub mod selectorcache;

@@ -1,9 +1,20 @@
 //! Endpoint selectors with Cilium's exact matching semantics (docs/policy-semantics.md §2.3).
+//!
+//! The label syntax (key and value rules, CIDR label keys) is `imdsguard_labels`', shared with the
+//! flow filters; the matcher is not, because the two differ in two places: (1) these selectors
+//! come from `matchLabels`/`matchExpressions`, so they have In, NotIn, Exists and DoesNotExist
+//! only, where a flow filter's selector string also has `=`, `!=`, `>` and `<`; (2) they match an
+//! identity's [`LabelSet`], sorted and with one label per source and key, so an `any` key reads the
+//! label of the first source in [`LabelSource`] order, where a flow filter reads a flow's label
+//! strings in the order the flow lists them (`imdsguard_labels::LabelSelector`).
 
 use crate::identity::NAMESPACE_LABEL;
 use crate::labels::{LabelKey, LabelSet, LabelSource};
-use ipnet::IpNet;
+use imdsguard_labels::prefix_contains;
 use std::fmt;
+
+/// `10.0.0.0/8`, or an IPv6 prefix written with `-` for `:` (`cidr:0--0/0`).
+pub use imdsguard_labels::cidr_prefix as parse_cidr_label_key;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Operator {
@@ -57,6 +68,13 @@ impl Requirement {
         Requirement::new(key, Operator::In, vec![value.to_owned()])
     }
 
+    /// A requirement on a key as a selector writes it (`app`, `k8s:app`, `$host`), for tests and
+    /// tools that build selectors by hand.
+    pub fn on(key: &str, op: Operator, values: &[&str]) -> Requirement {
+        let values = values.iter().map(|v| (*v).to_owned()).collect();
+        Requirement::new(LabelKey::from_selector_key(key), op, values)
+    }
+
     pub fn matches(&self, labels: &LabelSet) -> bool {
         match self.op {
             Operator::Exists => self.value_of(labels).is_some(),
@@ -83,25 +101,14 @@ impl Requirement {
                     .iter()
                     .filter(|l| l.source == LabelSource::Cidr)
                     .find(|l| {
-                        parse_cidr_label_key(&l.key).is_some_and(|inner| contains(&outer, &inner))
+                        parse_cidr_label_key(&l.key)
+                            .is_some_and(|inner| prefix_contains(&outer, &inner))
                     })
                     .map(|l| &*l.value)
             }
             source => labels.get(source, &self.key.key),
         }
     }
-}
-
-/// `10.0.0.0/8`, or an IPv6 prefix written with `-` for `:` (`cidr:0--0/0`).
-pub fn parse_cidr_label_key(key: &str) -> Option<IpNet> {
-    if let Ok(net) = key.parse::<IpNet>() {
-        return Some(net);
-    }
-    key.replace('-', ":").parse().ok()
-}
-
-fn contains(outer: &IpNet, inner: &IpNet) -> bool {
-    outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
 }
 
 /// A label selector: every requirement must hold. The empty selector matches every identity.
@@ -210,11 +217,7 @@ mod tests {
     }
 
     fn req(key: &str, op: Operator, values: &[&str]) -> Requirement {
-        Requirement::new(
-            LabelKey::from_selector_key(key),
-            op,
-            values.iter().map(|s| s.to_string()).collect(),
-        )
+        Requirement::on(key, op, values)
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! selector matching (§2.2, §2.3), CIDR peers (§3.3), port-range splitting (§5.1), incremental
 //! resolution, and L7 parser conflicts (§3.6, §11.12).
 
+// A test: a panic on bad fixed input is the failure it should report.
+#![allow(clippy::unwrap_used)]
+
 use imdsguard_manifest::Source;
 use imdsguard_policy::labels::{Label, LabelKey, LabelSet, LabelSource};
 use imdsguard_policy::mapstate::port_range_prefixes;

@@ -5,6 +5,7 @@
 //! unambiguous or it is an error with a reason (RFC 9112 §2.2, §3, §5, §6.1, §6.3, and the
 //! smuggling cases of docs/metadata-services.md).
 
+use imdsguard_metadata::percent::{Piece, pieces};
 use imdsguard_policy::l7::HttpRequest;
 use std::fmt;
 
@@ -296,32 +297,22 @@ fn origin_form(target: &str) -> Result<(), Refusal> {
     }
     // Percent-encoding: well formed everywhere; in the path, nothing whose decoding could move
     // a boundary the rules match on (IMDS decodes before routing).
-    let bytes = target.as_bytes();
     let query_at = target.find('?').unwrap_or(target.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or(Refusal::BadTarget("bad percent-encoding"))?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return Err(Refusal::BadTarget("bad percent-encoding"));
-            }
-            if i < query_at {
-                let v =
-                    u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("00"), 16).unwrap_or(0);
-                if matches!(v, b'?' | b'/' | b'.' | b'%' | b'#' | b'\\')
-                    || !(0x20..0x7f).contains(&v)
+    for piece in pieces(target) {
+        match piece {
+            Piece::Literal(_) => {}
+            Piece::Malformed { .. } => return Err(Refusal::BadTarget("bad percent-encoding")),
+            Piece::Escaped { offset, byte } => {
+                if offset < query_at
+                    && (matches!(byte, b'?' | b'/' | b'.' | b'%' | b'#' | b'\\')
+                        || !(0x20..0x7f).contains(&byte))
                 {
                     return Err(Refusal::BadTarget(
                         "percent-encoded ?, /, ., %, # or non-printable byte in the path",
                     ));
                 }
             }
-            i += 3;
-            continue;
         }
-        i += 1;
     }
     Ok(())
 }

@@ -466,7 +466,7 @@ fn uninstall_removes_our_rules_at_any_priority_and_flushes_the_table() {
 
         routing::uninstall(MARK, TABLE);
         for f in &families {
-            assert_eq!(our_priorities(f), [], "{f}: {:?}", ip_rules(f));
+            assert_eq!(our_priorities(f), [0u32; 0], "{f}: {:?}", ip_rules(f));
             let routes = ip(&[f, "route", "show", "table", "2004"]);
             assert_eq!(routes.trim(), "", "{f}");
         }

@@ -7,11 +7,15 @@
 //! names them (with the labels it carries, unless the caller's repository already knows the pod),
 //! reserved identities by number, everything else by address, so CIDR identities come from the
 //! candidate policies; the port and protocol; and for HTTP flows the method, path and headers.
-//! Pure logic: flows in, a [`Report`] out. Limits: replies and L7 responses follow their request
-//! and are counted, not judged; non-HTTP L7 flows (DNS, Kafka) are judged at L3/L4 only; the HTTP
-//! host comes from the flow's URL, not from the request's Host header, which Hubble does not record.
+//! Flows in, a [`Report`] out: the only I/O goes through the flow reader and the writers the
+//! caller hands to [`Replay::read`] and to the report's printers ([`Report::write_text`],
+//! [`Report::write_json`]). Limits: replies and L7 responses follow their request and are
+//! counted, not judged; non-HTTP L7 flows (DNS, Kafka) are judged at L3/L4 only; the HTTP host
+//! comes from the flow's URL, not from the request's Host header, which Hubble does not record.
 
 mod flowquery;
+mod input;
+mod text;
 
 use flowquery::{Observed, Query, Skip};
 use imdsguard_flow::flow::Flow;
@@ -21,6 +25,8 @@ use imdsguard_policy::{
 };
 use rustc_hash::FxHashMap;
 use std::fmt;
+
+pub use text::{Inputs, TextOptions};
 
 /// What happened to a flow, or would happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

@@ -6,13 +6,18 @@
 //! the caller's job (the `policies[].file` entries are returned as paths to load).
 
 use imdsguard_manifest::{Field, FieldError, Source};
-use imdsguard_policy::labels::{Label, LabelSet};
 use imdsguard_policy::{
-    DecodeOptions, Decoded, DropReason, EndpointSpec, EngineOptions, FlowQuery, FlowVerdict,
-    HttpRequest, Identity, MatchType, NamedPort, Peer, Protocol, Repository, Verdict,
-    decode_sources,
+    DecodeOptions, Decoded, DropReason, EngineOptions, FlowQuery, FlowVerdict, HttpRequest,
+    Identity, MatchType, Peer, Protocol, Repository, Verdict, decode_sources,
 };
+pub mod suite;
+
 use std::fmt;
+
+// A scenario's `namespaces:` and `endpoints:` sections are the endpoints file's: the policy crate
+// owns that schema, and a scenario's errors are its document errors.
+pub use imdsguard_policy::endpoints_file::DocumentError as ScenarioError;
+use imdsguard_policy::endpoints_file::{EndpointEntry, endpoint, first_document, string_map};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -23,71 +28,6 @@ pub enum PolicyInput {
     File(String),
     /// Manifests written in the scenario; `name` is used in error messages.
     Inline { name: String, text: String },
-}
-
-#[derive(Debug, Clone)]
-pub struct ScenarioEndpoint {
-    pub handle: String,
-    pub spec: EndpointSpec,
-    /// The host side of the pod's veth (agent endpoints files; ignored by `policy test`).
-    pub interface: Option<String>,
-    /// Cilium's per-endpoint PolicyAuditMode: denials pass and are reported as AUDIT (agent
-    /// endpoints files; `policy test` uses the scenario's `auditMode`).
-    pub policy_audit_mode: bool,
-}
-
-/// The agent's `--endpoints` file: the `namespaces:` and `endpoints:` sections of a scenario.
-#[derive(Debug, Clone, Default)]
-pub struct EndpointsFile {
-    pub namespaces: Vec<(String, Vec<(String, String)>)>,
-    pub endpoints: Vec<ScenarioEndpoint>,
-    /// Whether the document has an `endpoints:` key: the agent takes only `endpoints: []`, not a
-    /// missing list, to mean "no pods".
-    pub endpoints_declared: bool,
-}
-
-/// The first non-empty YAML document of a file that holds one (scenarios, endpoints files, lab
-/// topologies); a syntax error names its line and column.
-pub fn first_document(source: &Source) -> Result<Option<imdsguard_manifest::Node>, ScenarioError> {
-    let docs = imdsguard_manifest::parse_documents(&source.text).map_err(|(pos, message)| {
-        ScenarioError {
-            file: source.name.clone(),
-            line: pos.line,
-            column: pos.col,
-            field: String::new(),
-            message: format!("YAML syntax error: {message}"),
-        }
-    })?;
-    Ok(docs.into_iter().find(|d| !d.is_null()))
-}
-
-/// Turns a field error into a scenario error for `file`.
-pub fn field_error(file: &Arc<str>, e: FieldError) -> ScenarioError {
-    ScenarioError::from_field(file, e)
-}
-
-/// Parses an endpoints file (one endpoint schema serves it and scenarios).
-pub fn parse_endpoints(source: &Source) -> Result<EndpointsFile, ScenarioError> {
-    let Some(doc) = first_document(source)? else {
-        return Ok(EndpointsFile::default());
-    };
-    let parse = |root: &Field| -> R<EndpointsFile> {
-        let m = root.map(&["namespaces", "endpoints"])?;
-        let mut out = EndpointsFile::default();
-        if let Some(ns) = m.get("namespaces") {
-            for (n, labels) in ns.free_map()?.entries() {
-                out.namespaces.push((n.to_owned(), string_map(&labels)?));
-            }
-        }
-        if let Some(eps) = m.get("endpoints") {
-            out.endpoints_declared = true;
-            for e in eps.seq()? {
-                out.endpoints.push(endpoint(&e)?);
-            }
-        }
-        Ok(out)
-    };
-    parse(&Field::root(&doc)).map_err(|e| ScenarioError::from_field(&source.name, e))
 }
 
 #[derive(Debug, Clone)]
@@ -136,32 +76,9 @@ pub struct Scenario {
     pub audit_mode: bool,
     pub cluster_name: String,
     pub namespaces: Vec<(String, Vec<(String, String)>)>,
-    pub endpoints: Vec<ScenarioEndpoint>,
+    pub endpoints: Vec<EndpointEntry>,
     pub invalid: Vec<InvalidExpectation>,
     pub cases: Vec<Case>,
-}
-
-/// A scenario file that cannot be read.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{file}:{line}:{column}: {field}{sep}{message}", sep = if field.is_empty() { "" } else { ": " })]
-pub struct ScenarioError {
-    pub file: Arc<str>,
-    pub line: u32,
-    pub column: u32,
-    pub field: String,
-    pub message: String,
-}
-
-impl ScenarioError {
-    fn from_field(file: &Arc<str>, e: FieldError) -> ScenarioError {
-        ScenarioError {
-            file: file.clone(),
-            line: e.pos.line,
-            column: e.pos.col,
-            field: e.path,
-            message: e.message,
-        }
-    }
 }
 
 type R<T> = Result<T, FieldError>;
@@ -283,106 +200,7 @@ fn parse_doc(root: &Field, file: &Arc<str>) -> R<Scenario> {
     })
 }
 
-fn string_map(f: &Field) -> R<Vec<(String, String)>> {
-    f.free_map()?
-        .entries()
-        .map(|(k, v)| Ok((k.to_owned(), v.node.as_str().unwrap_or("").to_owned())))
-        .collect()
-}
-
-/// One entry of an `endpoints:` list (scenarios, agent endpoints files, lab topologies).
-pub fn endpoint(f: &Field) -> R<ScenarioEndpoint> {
-    let m = f.map(&[
-        "name",
-        "namespace",
-        "labels",
-        "rawLabels",
-        "serviceAccount",
-        "ip",
-        "ips",
-        "namedPorts",
-        "interface",
-        "policyAuditMode",
-    ])?;
-    let handle = m.required("name")?.str()?.to_owned();
-    let namespace = m
-        .get("namespace")
-        .map(|n| n.str().map(str::to_owned))
-        .transpose()?
-        .unwrap_or_else(|| "default".into());
-    let labels = m
-        .get("labels")
-        .map(|l| string_map(&l))
-        .transpose()?
-        .unwrap_or_default();
-    let raw_labels = m
-        .get("rawLabels")
-        .map(|l| l.strings())
-        .transpose()?
-        .map(|v| LabelSet::new(v.iter().map(|s| Label::parse(s)).collect()));
-    let service_account = m
-        .get_raw("serviceAccount")
-        .map(|s| {
-            if s.node.is_null() {
-                Ok(String::new())
-            } else {
-                s.str().map(str::to_owned)
-            }
-        })
-        .transpose()?
-        .unwrap_or_else(|| "default".into());
-    let mut ips = Vec::new();
-    for name in ["ip", "ips"] {
-        if let Some(ipf) = m.get(name) {
-            let list = if name == "ip" { vec![ipf] } else { ipf.seq()? };
-            for i in list {
-                ips.push(i.str()?.parse().map_err(|_| i.error("not an IP address"))?);
-            }
-        }
-    }
-    let mut named_ports = Vec::new();
-    if let Some(np) = m.get("namedPorts") {
-        for (name, v) in np.free_map()?.entries() {
-            let s = v.str()?;
-            let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-            let port: u16 = port
-                .parse()
-                .map_err(|_| v.error("expected PORT/PROTOCOL, e.g. 8080/TCP"))?;
-            let protocol = Protocol::parse(proto).ok_or_else(|| v.error("unknown protocol"))?;
-            named_ports.push(NamedPort {
-                name: name.to_owned(),
-                port,
-                protocol,
-            });
-        }
-    }
-    let spec = EndpointSpec {
-        name: handle.clone(),
-        namespace,
-        labels,
-        service_account,
-        ips,
-        named_ports,
-        raw_labels,
-    };
-    let interface = m
-        .get("interface")
-        .map(|i| i.str().map(str::to_owned))
-        .transpose()?;
-    let policy_audit_mode = m
-        .get("policyAuditMode")
-        .map(|f| f.bool())
-        .transpose()?
-        .unwrap_or(false);
-    Ok(ScenarioEndpoint {
-        handle,
-        spec,
-        interface,
-        policy_audit_mode,
-    })
-}
-
-fn peer(f: &Field, endpoints: &[ScenarioEndpoint]) -> R<CasePeer> {
+fn peer(f: &Field, endpoints: &[EndpointEntry]) -> R<CasePeer> {
     if let Some(s) = f.node.as_str() {
         if !endpoints.iter().any(|e| e.handle == s) {
             return Err(f.error(format!("no endpoint named {s:?} in this scenario")));
@@ -409,7 +227,7 @@ fn peer(f: &Field, endpoints: &[ScenarioEndpoint]) -> R<CasePeer> {
     Err(f.error("expected an endpoint name, {entity: NAME} or {ip: ADDRESS}"))
 }
 
-fn case(f: &Field, endpoints: &[ScenarioEndpoint]) -> R<Case> {
+fn case(f: &Field, endpoints: &[EndpointEntry]) -> R<Case> {
     let m = f.map(&["name", "from", "to", "port", "protocol", "http", "expect"])?;
     let name = m.required("name")?.str()?.to_owned();
     let from = peer(&m.required("from")?, endpoints)?;
@@ -718,42 +536,5 @@ fn compare(case: &Case, v: &FlowVerdict) -> Outcome {
         passed,
         expected: expected.join(" "),
         actual: actual.trim_end().to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod endpoints_file_tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_agent_endpoints_file() {
-        let text = r#"
-namespaces:
-  logging: {team: observability}
-endpoints:
-  - name: fluent-bit-qg7vq
-    namespace: logging
-    labels: {app.kubernetes.io/name: fluent-bit}
-    serviceAccount: fluent-bit
-    ips: [10.244.1.40, "fd00:10::40"]
-    interface: veth-fb0
-    policyAuditMode: true
-"#;
-        let f = parse_endpoints(&Source::new("endpoints.yaml", text)).expect("valid");
-        assert_eq!(f.namespaces[0].0, "logging");
-        let ep = &f.endpoints[0];
-        assert_eq!(ep.interface.as_deref(), Some("veth-fb0"));
-        assert!(ep.policy_audit_mode);
-        assert_eq!(ep.spec.service_account, "fluent-bit");
-        assert_eq!(ep.spec.ips.len(), 2);
-        let err = parse_endpoints(&Source::new(
-            "endpoints.yaml",
-            "endpoints:\n  - name: a\n    ip: 10.0.0.300\n",
-        ))
-        .expect_err("bad ip");
-        assert_eq!(
-            err.to_string(),
-            "endpoints.yaml:3:9: endpoints[0].ip: not an IP address"
-        );
     }
 }

@@ -829,6 +829,18 @@
     'aws-role-credentials': 'AWS role credentials',
     'gcp-access-token': 'GCP access token',
     'gcp-identity-token': 'GCP identity token',
+    'eks-pod-identity': 'EKS Pod Identity credentials',
+    'alibaba-role-credentials': 'Alibaba Cloud RAM role credentials',
+    'wire-server-certificates': 'Azure WireServer certificates',
+    'host-ga-plugin-settings': 'Azure HostGAPlugin extension settings',
+  };
+
+  // The labels of crates/imdsguard-metadata's Kind::label, by their serialized names.
+  const SERVICE_LABELS = {
+    'imds': 'IMDS',
+    'wire-server': 'WireServer',
+    'pod-identity-agent': 'EKS Pod Identity',
+    'gke-metadata-server': 'GKE metadata server',
   };
 
   function badges(verdicts) {
@@ -875,7 +887,7 @@
     const card = el('section', { class: 'caller', data: { id: c.id, class: c.class }, 'aria-label': title },
       el('h2', {}, title, c.workload_kind ? el('span', { class: 'muted', text: ` ${c.workload_kind}` }) : null),
       el('dl', { class: 'facts' },
-        fact('Called', c.endpoints.map((e) => `${e.service === 'wire-server' ? 'WireServer' : 'IMDS'} ${e.address}:${e.port}`).join(', ')),
+        fact('Called', c.endpoints.map((e) => `${SERVICE_LABELS[e.service] || 'IMDS'} ${e.address}:${e.port}`).join(', ')),
         fact('Verdicts', ...badges(c.verdicts)),
         fact('Connections', conn),
         c.pods.length ? fact('Pods', c.pods.join(', ')) : null,

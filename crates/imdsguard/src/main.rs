@@ -2,7 +2,6 @@
 
 mod cmd;
 mod interrupt;
-mod logging;
 mod sources;
 
 use clap::{Parser, Subcommand};

@@ -1,33 +1,29 @@
-//! `imdsguard agent`: the node agent. With `--endpoints` (and `--policies`) it enforces through
-//! the eBPF datapath; with `--replay-flows` it serves recorded flows (demos, UI trials). Either
-//! way flows are served over Hubble's gRPC API, as metrics and as a JSON export.
+//! `imdsguard agent`: the node agent's flags, turned into the agent's configuration; the agent
+//! itself is the `imdsguard-agent` library. With `--endpoints` (and `--policies`) or a cluster it
+//! enforces through the eBPF datapath; with `--replay-flows` it serves recorded flows. Whenever
+//! it has a cluster (`--kubeconfig`, or a pod's service account), even with `--replay-flows`,
+//! its Hubble Peer service announces the cluster's nodes to Relay.
 
-use super::agent_api::{self, AgentApi};
-use super::inputs::{ClusterInputs, FileInputs, Inputs};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use imdsguard_agent::logging::{self, LogArgs};
+use imdsguard_agent::{
+    AgentConfig, ClusterConfig, EnforceConfig, HubbleConfig, InputSource, ReplayConfig,
+};
 use imdsguard_hubble_proto::flow::FlowFilter;
-use imdsguard_hubble_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
-use imdsguard_hubble_proto::wkt::Timestamp;
-use imdsguard_hubble_server::exporter::{ExportOptions, FlowExporter};
-use imdsguard_hubble_server::metrics::FlowMetrics;
-use imdsguard_hubble_server::server::{Hub, HubOptions, router, serve_metrics};
-use imdsguard_k8s::events::PolicyEvents;
-use imdsguard_k8s::{Cluster, ClusterOptions};
-use std::io::BufRead;
+use imdsguard_hubble_server::exporter::ExportOptions;
+use imdsguard_hubble_server::tls::ServerTlsFiles;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tracing::{error, info, warn};
+use tracing::error;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     #[command(flatten)]
-    enforce: super::enforce::EnforceArgs,
+    enforce: EnforceArgs,
     #[command(flatten)]
-    log: crate::logging::LogArgs,
+    log: LogArgs,
     /// Replay flows recorded with `hubble observe -o jsonpb` (or `imdsguard observe -o json`).
     #[arg(long, value_name = "FILE")]
     replay_flows: Option<PathBuf>,
@@ -43,6 +39,26 @@ pub struct AgentArgs {
     /// Hubble's gRPC listener (Cilium's --hubble-listen-address); empty disables it.
     #[arg(long, default_value = "127.0.0.1:4244")]
     hubble_listen_address: String,
+    /// Serve Hubble's TCP listener without TLS (the default for now). Giving
+    /// --hubble-tls-cert-file and --hubble-tls-key-file turns TLS on; `--hubble-disable-tls=false`
+    /// requires it, as Cilium's agent does by default.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    hubble_disable_tls: Option<bool>,
+    /// The Hubble server's certificate (PEM, with its chain); reloaded when the file changes.
+    #[arg(long, default_value = "")]
+    hubble_tls_cert_file: String,
+    /// The Hubble server's private key (PEM); reloaded when the file changes.
+    #[arg(long, default_value = "")]
+    hubble_tls_key_file: String,
+    /// CA certificates (PEM, comma-separated list) that sign client certificates: with them
+    /// every client (Relay, the hubble CLI) must present one (mTLS).
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    hubble_tls_client_ca_files: Vec<PathBuf>,
+    /// This cluster's name (Cilium's --cluster-name): the Peer service names nodes
+    /// `<cluster>/<node>` outside `default`, and TLS server names are
+    /// `<node>.<cluster>.hubble-grpc.cilium.io`.
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
     /// Hubble's unix socket (Cilium uses /var/run/cilium/hubble.sock); empty disables it.
     #[arg(long, default_value = "")]
     hubble_socket_path: String,
@@ -77,6 +93,10 @@ pub struct AgentArgs {
     ui_listen_address: String,
 }
 
+/// Where a pod's service account token is mounted: with KUBERNETES_SERVICE_HOST, what says the
+/// agent runs in a pod of the cluster.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
 /// A FlowFilter list given as one JSON object or a JSON array of them.
 fn filter_list(flag: &str, text: &str) -> Result<Vec<FlowFilter>> {
     let text = text.trim();
@@ -89,14 +109,6 @@ fn filter_list(flag: &str, text: &str) -> Result<Vec<FlowFilter>> {
         serde_json::from_str::<FlowFilter>(text).map(|f| vec![f])
     };
     parsed.with_context(|| format!("--{flag}: expected a FlowFilter JSON object or list, e.g. '{{\"verdict\":[\"DROPPED\"]}}'"))
-}
-
-/// Go's listen addresses as Cilium takes them: `:4244` is every address, IPv6 and IPv4.
-fn listen_address(addr: &str) -> String {
-    match addr.strip_prefix(':') {
-        Some(port) => format!("[::]:{port}"),
-        None => addr.to_owned(),
-    }
 }
 
 fn node_name(arg: &Option<String>) -> String {
@@ -113,37 +125,260 @@ fn node_name(arg: &Option<String>) -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// Reads a recorded file; malformed lines are reported with their number and skipped.
-fn read_flows(path: &PathBuf) -> Result<Vec<GetFlowsResponse>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<GetFlowsResponse>(&line) {
-            Ok(r) => out.push(r),
-            Err(e) => warn!(
-                error = %e,
-                "{}:{}: skipping a malformed line",
-                path.display(),
-                n + 1
-            ),
-        }
+#[derive(Args, Debug, Clone)]
+pub struct EnforceArgs {
+    /// Policies to enforce: a directory (or file) of CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy and CiliumCIDRGroup manifests, watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// The pods of this node (`namespaces:` and `endpoints:`, each endpoint with its
+    /// `interface:`), watched for changes. Enables the datapath.
+    #[arg(long, value_name = "FILE")]
+    pub endpoints: Option<PathBuf>,
+    /// The cluster (Cilium's --k8s-kubeconfig-path): its Node objects are the nodes the Hubble
+    /// Peer service announces, and, unless --replay-flows is given, pods, namespaces and
+    /// policies are enforced from it. In a pod, the service account is used when neither this
+    /// nor --endpoints is given.
+    #[arg(long, alias = "k8s-kubeconfig-path", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The agent's local API (status, endpoints, policy trace), as Cilium's --socket-path.
+    #[arg(long, default_value = "/var/run/imdsguard/imdsguard.sock")]
+    pub socket_path: PathBuf,
+    /// `guard` attaches to veths no known pod has, so a pod the agent has not heard of yet cannot
+    /// reach a metadata address; `ignore` leaves them alone. Default: guard with a cluster;
+    /// ignore with --endpoints, whose file names every pod's interface.
+    #[arg(long, value_enum)]
+    pub unknown_veths: Option<UnknownVeths>,
+    /// Report denied flows as AUDIT and let them pass (Cilium's --policy-audit-mode).
+    #[arg(long)]
+    pub policy_audit_mode: bool,
+    /// The BPF filesystem (Cilium's --bpf-root); pins live under <bpf-root>/imdsguard/.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpf_root: PathBuf,
+    /// The L7 proxy's port, for policies with HTTP rules.
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// Mark the proxy's upstream connections (SO_MARK) so policy routing can steer them: the lab
+    /// routes this mark to its IMDS emulator (`imdsguard lab up` prints the value).
+    #[arg(long, value_parser = parse_mark)]
+    pub proxy_upstream_mark: Option<u32>,
+    /// How often the policy directory and the endpoints file are checked for changes besides
+    /// inotify, which reloads at once (the check catches what inotify cannot see).
+    #[arg(long, default_value = "1s")]
+    pub reload_interval: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownVeths {
+    Guard,
+    Ignore,
+}
+
+impl EnforceArgs {
+    /// Whether to guard veths no known pod has (see --unknown-veths).
+    pub fn guard_unknown_veths(&self) -> bool {
+        let default = if self.endpoints.is_some() {
+            UnknownVeths::Ignore
+        } else {
+            UnknownVeths::Guard
+        };
+        self.unknown_veths.unwrap_or(default) == UnknownVeths::Guard
     }
-    Ok(out)
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a mark (a number such as 0xa00)"))
+}
+
+/// Go-style durations (`10ms`, `1s`), as Cilium's flags take them.
+fn duration(flag: &str, text: &str) -> Result<Duration> {
+    let ns = imdsguard_flow::timespec::parse_duration(text)
+        .with_context(|| format!("invalid --{flag} {text:?}"))?;
+    Ok(Duration::from_nanos(ns.max(0) as u64))
+}
+
+/// The agent's configuration from its flags; flag combinations that cannot work are refused
+/// here, with what to give instead.
+fn config(args: AgentArgs) -> Result<AgentConfig> {
+    let node = node_name(&args.node_name);
+    let interval = duration("replay-interval", &args.replay_interval)?;
+    if !(1..=65_535).contains(&args.hubble_event_buffer_capacity) {
+        bail!(
+            "--hubble-event-buffer-capacity must be between 1 and 65535 (as in Cilium), got {}",
+            args.hubble_event_buffer_capacity
+        );
+    }
+    let export = if args.hubble_export_file_path.is_empty() {
+        None
+    } else {
+        Some(ExportOptions {
+            path: PathBuf::from(&args.hubble_export_file_path),
+            max_bytes: args.hubble_export_file_max_size_mb.saturating_mul(1 << 20),
+            max_backups: args.hubble_export_file_max_backups,
+            allow: filter_list("hubble-export-allowlist", &args.hubble_export_allowlist)?,
+            deny: filter_list("hubble-export-denylist", &args.hubble_export_denylist)?,
+        })
+    };
+    let e = &args.enforce;
+    // In a pod with no --endpoints, the pod's service account names the cluster (the
+    // DaemonSet's case); --endpoints means the pods come from a file, without a cluster.
+    let in_cluster = e.kubeconfig.is_none()
+        && e.endpoints.is_none()
+        && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        && std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists();
+    let cluster = (e.kubeconfig.is_some() || in_cluster).then(|| ClusterConfig {
+        kubeconfig: e.kubeconfig.clone(),
+    });
+    if cluster.is_some() && e.endpoints.is_some() {
+        bail!(
+            "give either --kubeconfig (pods from the cluster) or --endpoints (pods from a file), not both"
+        );
+    }
+    // --replay-flows serves recorded flows: the cluster then gives the Peer service its nodes
+    // and nothing is enforced from it.
+    let enforce_cluster = cluster.is_some() && args.replay_flows.is_none();
+    let source = match (&e.endpoints, enforce_cluster) {
+        (Some(endpoints), _) => Some(InputSource::Files {
+            policies: e.policies.clone(),
+            endpoints: endpoints.clone(),
+        }),
+        (None, true) => Some(InputSource::Cluster {
+            policies: e.policies.clone(),
+        }),
+        (None, false) => None,
+    };
+    if e.policies.is_some() && source.is_none() {
+        if args.replay_flows.is_some() {
+            bail!(
+                "--replay-flows serves recorded flows and enforces nothing from the cluster: --policies needs --endpoints there"
+            );
+        }
+        bail!(
+            "--policies needs --endpoints (this node's pods and their interfaces); with a cluster, give --kubeconfig and keep the policies in the cluster"
+        );
+    }
+    let tls = hubble_tls(&args)?;
+    check_cluster_name(&args.cluster_name)?;
+    let socket_path =
+        (!args.hubble_socket_path.is_empty()).then(|| PathBuf::from(&args.hubble_socket_path));
+    if args.hubble_listen_address.is_empty()
+        && socket_path.is_none()
+        && args.ui_listen_address.is_empty()
+        && source.is_none()
+    {
+        bail!(
+            "nothing to do: give --kubeconfig or --endpoints to enforce, or --hubble-listen-address, --hubble-socket-path or --ui-listen-address to serve flows"
+        );
+    }
+    let enforce = match source {
+        Some(source) => Some(EnforceConfig {
+            source,
+            socket_path: e.socket_path.clone(),
+            guard_unknown_veths: e.guard_unknown_veths(),
+            policy_audit_mode: e.policy_audit_mode,
+            bpf_root: e.bpf_root.clone(),
+            proxy_port: e.proxy_port,
+            proxy_upstream_mark: e.proxy_upstream_mark,
+            reload_interval: duration("reload-interval", &e.reload_interval)?,
+        }),
+        None => None,
+    };
+    Ok(AgentConfig {
+        node_name: node,
+        hubble: HubbleConfig {
+            listen_address: args.hubble_listen_address,
+            socket_path,
+            buffer_capacity: args.hubble_event_buffer_capacity,
+            metrics_address: args.hubble_metrics_server,
+            export,
+            tls,
+            cluster_name: args.cluster_name,
+        },
+        ui_listen_address: args.ui_listen_address,
+        replay: args.replay_flows.map(|path| ReplayConfig {
+            path,
+            interval,
+            looped: args.replay_loop,
+            keep_time: args.replay_keep_time,
+        }),
+        cluster,
+        enforce,
+    })
+}
+
+/// TLS on Hubble's TCP listener from Cilium's flags: on when a certificate and key are given
+/// (or required by `--hubble-disable-tls=false`), off by default and with `--hubble-disable-tls`.
+fn hubble_tls(args: &AgentArgs) -> Result<Option<ServerTlsFiles>> {
+    let (cert, key, cas) = (
+        &args.hubble_tls_cert_file,
+        &args.hubble_tls_key_file,
+        &args.hubble_tls_client_ca_files,
+    );
+    let given = !cert.is_empty() || !key.is_empty() || !cas.is_empty();
+    if args.hubble_disable_tls == Some(true) {
+        if given {
+            bail!(
+                "--hubble-disable-tls turns TLS off: leave out --hubble-tls-cert-file, --hubble-tls-key-file and --hubble-tls-client-ca-files, or give --hubble-disable-tls=false"
+            );
+        }
+        return Ok(None);
+    }
+    if !given {
+        if args.hubble_disable_tls == Some(false) {
+            bail!(
+                "TLS is on (--hubble-disable-tls=false) but there is no certificate: give --hubble-tls-cert-file and --hubble-tls-key-file"
+            );
+        }
+        return Ok(None);
+    }
+    if cert.is_empty() || key.is_empty() {
+        bail!("Hubble TLS needs both --hubble-tls-cert-file and --hubble-tls-key-file");
+    }
+    if args.hubble_listen_address.is_empty() {
+        bail!(
+            "Hubble TLS is for the TCP listener, and --hubble-listen-address is empty (the unix socket is always plaintext)"
+        );
+    }
+    Ok(Some(ServerTlsFiles {
+        cert_file: PathBuf::from(cert),
+        key_file: PathBuf::from(key),
+        client_ca_files: cas.clone(),
+    }))
+}
+
+/// Cilium's rule for cluster names: lowercase letters, digits and dashes, starting and ending
+/// with a letter or digit, at most 32 characters.
+fn check_cluster_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!(
+            "invalid --cluster-name {name:?}: lowercase letters, digits and '-', at most 32 characters, starting and ending with a letter or digit"
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
-    crate::logging::init(&args.log);
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(serve(args)));
+    logging::init(&args.log);
+    let result = config(args).and_then(|cfg| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(rt.block_on(imdsguard_agent::run(cfg))?)
+    });
     match result {
-        Ok(code) => Ok(code),
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             // In the log's format, so that every line a log pipeline reads parses.
             error!(error = format!("{e:#}"), "the agent stopped");
@@ -152,333 +387,101 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     }
 }
 
-async fn serve(args: AgentArgs) -> Result<ExitCode> {
-    let node = node_name(&args.node_name);
-    let interval = imdsguard_flow::timespec::parse_duration(&args.replay_interval)
-        .with_context(|| format!("invalid --replay-interval {:?}", args.replay_interval))?;
-    if !(1..=65_535).contains(&args.hubble_event_buffer_capacity) {
-        bail!(
-            "--hubble-event-buffer-capacity must be between 1 and 65535 (as in Cilium), got {}",
-            args.hubble_event_buffer_capacity
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn config_of(args: &[&str]) -> Result<AgentConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))?;
+        config(cli.agent)
+    }
+
+    #[test]
+    fn a_cluster_names_the_peers_in_every_mode_and_enforces_unless_replaying() {
+        let replay = config_of(&["--replay-flows", "f.jsonl", "--kubeconfig", "kc"]).unwrap();
+        assert!(replay.enforce.is_none(), "replaying enforces nothing");
+        assert_eq!(
+            replay.cluster.and_then(|c| c.kubeconfig),
+            Some(PathBuf::from("kc"))
         );
+        let enforcing = config_of(&["--kubeconfig", "kc"]).unwrap();
+        assert!(matches!(
+            enforcing.enforce.map(|e| e.source),
+            Some(InputSource::Cluster { policies: None })
+        ));
+        assert!(enforcing.cluster.is_some());
+        let files = config_of(&["--endpoints", "e.yaml"]).unwrap();
+        assert!(files.cluster.is_none());
+        assert!(config_of(&["--endpoints", "e.yaml", "--kubeconfig", "kc"]).is_err());
+        let e = config_of(&[
+            "--replay-flows",
+            "f",
+            "--kubeconfig",
+            "kc",
+            "--policies",
+            "p",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--replay-flows"), "{e}");
+        assert!(config_of(&["--replay-flows", "f", "--cluster-name", "Prod"]).is_err());
+        let named = config_of(&["--replay-flows", "f", "--cluster-name", "prod-1"]).unwrap();
+        assert_eq!(named.hubble.cluster_name, "prod-1");
     }
-    let metrics =
-        (!args.hubble_metrics_server.is_empty()).then(|| Arc::new(FlowMetrics::default()));
-    let exporter = if args.hubble_export_file_path.is_empty() {
-        None
-    } else {
-        Some(
-            FlowExporter::new(ExportOptions {
-                path: PathBuf::from(&args.hubble_export_file_path),
-                max_bytes: args.hubble_export_file_max_size_mb.saturating_mul(1 << 20),
-                max_backups: args.hubble_export_file_max_backups,
-                allow: filter_list("hubble-export-allowlist", &args.hubble_export_allowlist)?,
-                deny: filter_list("hubble-export-denylist", &args.hubble_export_denylist)?,
-            })
-            .context("starting the flow exporter")?,
-        )
-    };
-    let hub = Hub::with_options(HubOptions {
-        capacity: args.hubble_event_buffer_capacity,
-        node_name: node.clone(),
-        address: args.hubble_listen_address.clone(),
-        metrics: metrics.clone(),
-        exporter,
-    });
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some(m) = &metrics {
-        let listener = tokio::net::TcpListener::bind(listen_address(&args.hubble_metrics_server))
-            .await
-            .with_context(|| format!("listening on {} for metrics", args.hubble_metrics_server))?;
-        info!(
-            "metrics: serving on http://{}/metrics",
-            listener.local_addr()?
-        );
-        let m = m.clone();
-        servers.spawn(async move {
-            match serve_metrics(listener, m).await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    error!(error = %e, "metrics: the server stopped");
-                    std::future::pending().await
-                }
-            }
-        });
-    }
-    {
-        let hub = hub.clone();
-        servers.spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Err(e) = hub.flush_export() {
-                    warn!(error = %e, "flow export: cannot write");
-                }
-            }
-        });
-    }
-    if !args.hubble_listen_address.is_empty() {
-        let listener = tokio::net::TcpListener::bind(listen_address(&args.hubble_listen_address))
-            .await
-            .with_context(|| {
-                format!(
-                    "listening on {} (is another agent running?)",
-                    args.hubble_listen_address
-                )
-            })?;
-        info!("hubble: serving on {}", listener.local_addr()?);
-        let r = router(hub.clone()).await;
-        servers.spawn(async move {
-            r.serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-        });
-    }
-    if !args.ui_listen_address.is_empty() {
-        let ui = imdsguard_ui::UiServer::bind(&args.ui_listen_address, hub.clone())
-            .await
-            .with_context(|| format!("listening on {} for the UI", args.ui_listen_address))?;
-        info!("ui: serving on http://{}/", ui.local_addr()?);
-        servers.spawn(async move {
-            if let Err(e) = ui.serve().await {
-                error!(error = %e, "ui: the server stopped");
-            }
-            std::future::pending().await
-        });
-    }
-    let socket =
-        (!args.hubble_socket_path.is_empty()).then(|| PathBuf::from(&args.hubble_socket_path));
-    if let Some(path) = &socket {
-        if path.exists() {
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing the stale socket {}", path.display()))?;
-        }
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("binding {}", path.display()))?;
-        info!("hubble: serving on unix://{}", path.display());
-        let r = router(hub.clone()).await;
-        servers.spawn(async move {
-            r.serve_with_incoming(UnixListenerStream::new(listener))
-                .await
-        });
-    }
-    // In a pod with no --endpoints, the cluster is the source (the DaemonSet's case).
-    let in_cluster = args.enforce.endpoints.is_none()
-        && args.replay_flows.is_none()
-        && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    let from_cluster = args.enforce.kubeconfig.is_some() || in_cluster;
-    if from_cluster && args.enforce.endpoints.is_some() {
-        bail!(
-            "give either --kubeconfig (pods from the cluster) or --endpoints (pods from a file), not both"
-        );
-    }
-    if args.enforce.policies.is_some() && args.enforce.endpoints.is_none() && !from_cluster {
-        bail!(
-            "--policies needs --endpoints (this node's pods and their interfaces); with a cluster, give --kubeconfig and keep the policies in the cluster"
-        );
-    }
-    let enforcing = args.enforce.endpoints.is_some() || from_cluster;
-    if enforcing && let Some(cni) = super::enforce::cilium_datapath() {
-        bail!(
-            "Cilium is this node's datapath ({cni}): it enforces Cilium's policies itself, and imdsguard must not attach next to it. Use imdsguard here as the offline tool (policy check|trace|test, observe, replay); see docs/kubernetes.md"
-        );
-    }
-    if args.hubble_listen_address.is_empty()
-        && socket.is_none()
-        && args.ui_listen_address.is_empty()
-        && !enforcing
-    {
-        bail!(
-            "nothing to do: give --kubeconfig or --endpoints to enforce, or --hubble-listen-address, --hubble-socket-path or --ui-listen-address to serve flows"
-        );
-    }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut datapath = if enforcing {
-        let inputs: Box<dyn Inputs> = match &args.enforce.endpoints {
-            Some(endpoints) => Box::new(FileInputs::new(
-                args.enforce.policies.clone(),
-                endpoints.clone(),
-                args.enforce.guard_unknown_veths(),
-            )),
-            None => {
-                let cluster = Cluster::start(&ClusterOptions {
-                    node_name: node.clone(),
-                    kubeconfig: args.enforce.kubeconfig.clone(),
-                })
-                .await?;
-                info!("kubernetes: watching pods of node {node}, namespaces and Cilium policies");
-                let (tx, mut rx) =
-                    tokio::sync::mpsc::unbounded_channel::<imdsguard_k8s::events::PolicyProblem>();
-                let mut reporter = PolicyEvents::new(cluster.clone(), node.clone());
-                tokio::spawn(async move {
-                    while let Some(problem) = rx.recv().await {
-                        let (kind, namespace, policy) = (
-                            problem.kind.clone(),
-                            problem.namespace.clone(),
-                            problem.name.clone(),
-                        );
-                        if let Err(e) = reporter.report(problem).await {
-                            warn!(
-                                kind,
-                                namespace,
-                                policy,
-                                error = %e,
-                                "kubernetes: cannot create an Event for an invalid policy"
-                            );
-                        }
-                    }
-                });
-                Box::new(ClusterInputs::new(
-                    cluster,
-                    args.enforce.policies.clone(),
-                    Some(tx),
-                    args.enforce.guard_unknown_veths(),
-                ))
-            }
+
+    #[test]
+    fn hubble_tls_follows_ciliums_flags() {
+        let r = |extra: &[&str]| {
+            let mut args = vec!["--replay-flows", "f"];
+            args.extend_from_slice(extra);
+            config_of(&args).map(|c| c.hubble.tls)
         };
-        let api = AgentApi::new();
-        {
-            let (api, path) = (api.clone(), args.enforce.socket_path.clone());
-            servers.spawn(async move {
-                if let Err(e) = agent_api::serve(&path, api).await {
-                    error!(error = format!("{e:#}"), "api: the server stopped");
-                }
-                std::future::pending().await
-            });
-        }
-        let view = Arc::new(super::enforce::ProxyShared::default());
-        start_proxy(&args, &node, &hub, view.clone(), &mut servers)?;
-        let (enforce, hub, node, stop) = (
-            args.enforce.clone(),
-            hub.clone(),
-            node.clone(),
-            stop.clone(),
+        assert_eq!(r(&[]).unwrap(), None, "plaintext by default");
+        assert_eq!(r(&["--hubble-disable-tls"]).unwrap(), None);
+        let tls = r(&[
+            "--hubble-tls-cert-file",
+            "s.crt",
+            "--hubble-tls-key-file",
+            "s.key",
+            "--hubble-tls-client-ca-files",
+            "a.crt,b.crt",
+        ])
+        .unwrap()
+        .expect("TLS on with a certificate");
+        assert_eq!(
+            tls.client_ca_files,
+            [PathBuf::from("a.crt"), PathBuf::from("b.crt")]
         );
-        Some(tokio::task::spawn_blocking(move || {
-            super::enforce::run(enforce, inputs, hub, node, view, api, stop)
-        }))
-    } else {
-        None
-    };
-    if let Some(path) = &args.replay_flows {
-        let flows = read_flows(path)?;
-        info!("replaying {} flows from {}", flows.len(), path.display());
-        let hub: Arc<Hub> = hub.clone();
-        let (keep_time, replay_loop) = (args.replay_keep_time, args.replay_loop);
-        servers.spawn(async move {
-            loop {
-                for resp in &flows {
-                    if let Some(ResponseTypes::Flow(f)) = &resp.response_types {
-                        let mut f = f.clone();
-                        if !keep_time {
-                            f.time = Some(Timestamp::now());
-                        }
-                        hub.ingest(f);
-                    }
-                    if interval > 0 {
-                        tokio::time::sleep(Duration::from_nanos(interval as u64)).await;
-                    }
-                }
-                if !replay_loop {
-                    break;
-                }
-                if interval == 0 {
-                    // A file replayed in a tight loop would starve nothing but still burn a core.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            std::future::pending::<Result<(), tonic::transport::Error>>().await
-        });
-    }
-    let datapath_done = async {
-        match &mut datapath {
-            Some(handle) => match handle.await {
-                Ok(r) => r,
-                Err(e) => Err(anyhow::anyhow!("the datapath task failed: {e}")),
-            },
-            None => std::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        r = servers.join_next(), if !servers.is_empty() => match r {
-            Some(Ok(Err(e))) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
-            Some(Err(e)) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
-            _ => Ok(()),
-        },
-        r = datapath_done => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = terminated() => Ok(()),
-    };
-    // The pinned programs and maps stay: enforcement continues while no agent runs.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = hub.flush_export() {
-        warn!(error = %e, "flow export: cannot write");
-    }
-    if let Some(path) = &socket {
-        let _ = std::fs::remove_file(path);
-    }
-    if enforcing {
-        let _ = std::fs::remove_file(&args.enforce.socket_path);
-    }
-    result.map(|_| ExitCode::SUCCESS)
-}
-
-/// The L7 proxy: the routing its redirect needs, then transparent listeners on loopback, where
-/// the datapath assigns connections whose policy has HTTP rules.
-fn start_proxy(
-    args: &AgentArgs,
-    node: &str,
-    hub: &Arc<Hub>,
-    view: Arc<super::enforce::ProxyShared>,
-    servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
-) -> Result<()> {
-    use imdsguard_proxy::routing;
-    use imdsguard_proxy::server::{ProxyConfig, serve, transparent_listener};
-    routing::install(routing::MARK, routing::TABLE)
-        .context("installing the proxy's policy routing (needs CAP_NET_ADMIN)")?;
-    let port = args.enforce.proxy_port;
-    let cfg = ProxyConfig {
-        node_name: node.to_owned(),
-        upstream_mark: args.enforce.proxy_upstream_mark,
-        ..Default::default()
-    };
-    let sink: Arc<dyn imdsguard_proxy::server::FlowSink> =
-        Arc::new(super::enforce::HubSink(hub.clone()));
-    for addr in [
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
-    ] {
-        match transparent_listener(addr) {
-            Ok(l) => {
-                info!("proxy: listening on {addr} (transparent)");
-                let fd = std::os::fd::AsFd::as_fd(&l)
-                    .try_clone_to_owned()
-                    .context("duplicating the proxy's listener")?;
-                view.add_listener(addr.is_ipv6(), fd);
-                let (cfg, view, sink) = (cfg.clone(), view.clone(), sink.clone());
-                let authority: Arc<dyn imdsguard_proxy::server::Authority> = view;
-                servers.spawn(async move {
-                    if let Err(e) = serve(l, cfg, authority, sink).await {
-                        error!(error = %e, "proxy: the listener on {addr} stopped");
-                    }
-                    std::future::pending().await
-                });
-            }
-            Err(e) if addr.is_ipv6() => warn!(error = %e, "proxy: not listening on {addr}"),
-            Err(e) => {
-                return Err(anyhow::anyhow!(e).context(format!(
-                    "listening on {addr} for the L7 proxy (is --proxy-port {port} in use?)"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// SIGTERM (how Kubernetes and tests stop the agent).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
+        assert!(r(&["--hubble-disable-tls=false"]).is_err(), "TLS required");
+        assert!(r(&["--hubble-tls-cert-file", "s.crt"]).is_err(), "no key");
+        assert!(
+            r(&[
+                "--hubble-disable-tls",
+                "--hubble-tls-cert-file",
+                "s.crt",
+                "--hubble-tls-key-file",
+                "s.key"
+            ])
+            .is_err(),
+            "off and files"
+        );
+        assert!(
+            r(&[
+                "--hubble-disable-tls=false",
+                "--hubble-tls-cert-file",
+                "s.crt",
+                "--hubble-tls-key-file",
+                "s.key"
+            ])
+            .unwrap()
+            .is_some()
+        );
     }
 }

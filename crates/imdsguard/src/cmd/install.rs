@@ -1,10 +1,9 @@
 //! `imdsguard install`: the CRDs (where Cilium's are missing), RBAC and the DaemonSet, applied
 //! with server-side apply, or printed with `--dry-run` for `kubectl apply -f -` or GitOps.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use imdsguard_k8s::manifests::{InstallValues, render};
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,73 +63,10 @@ pub fn run(args: InstallArgs) -> Result<ExitCode> {
 }
 
 /// The documents of a YAML stream, as JSON values.
-pub fn documents(text: &str) -> Result<Vec<serde_json::Value>> {
-    let mut docs = Vec::new();
-    let mut current = String::new();
-    for line in text.lines().chain(std::iter::once("---")) {
-        if line == "---" {
-            let has_content = current
-                .lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-            if has_content {
-                let doc: serde_json::Value = serde_saphyr::from_str(&current)
-                    .with_context(|| format!("parsing a manifest:\n{current}"))?;
-                docs.push(doc);
-            }
-            current.clear();
-        } else {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    Ok(docs)
-}
-
 async fn apply(args: &InstallArgs, text: &str) -> Result<()> {
     let client = imdsguard_k8s::cluster::connect(args.kubeconfig.as_deref())
         .await
         .context("connecting to the cluster (or use --dry-run to print the manifests)")?;
-    for doc in documents(text)? {
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let gvk = GroupVersionKind::gvk(group, version, &kind);
-        let (ar, caps) = kube::discovery::pinned_kind(&client, &gvk)
-            .await
-            .with_context(|| {
-                format!("the API server does not serve {api_version} {kind} (needed for {name})")
-            })?;
-        let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
-            Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => {
-                Api::namespaced_with(client.clone(), ns, &ar)
-            }
-            _ => Api::all_with(client.clone(), &ar),
-        };
-        let what = format!("{}.{}/{name}", ar.plural, ar.group)
-            .replace("./", "/")
-            .to_lowercase();
-        if kind == "CustomResourceDefinition" && api.get_opt(&name).await?.is_some() {
-            // Cilium's own (or an earlier install's): never replaced.
-            println!("{what} unchanged (exists; left as it is)");
-            continue;
-        }
-        let obj: DynamicObject = serde_json::from_value(doc.clone())
-            .with_context(|| format!("{what}: not a Kubernetes object"))?;
-        match api
-            .patch(
-                &name,
-                &PatchParams::apply("imdsguard-install").force(),
-                &Patch::Apply(&obj),
-            )
-            .await
-        {
-            Ok(_) => println!("{what} serverside-applied"),
-            Err(e) => bail!("applying {what}: {e}"),
-        }
-    }
+    imdsguard_k8s::apply::apply(&client, text, |line| println!("{line}")).await?;
     Ok(())
 }

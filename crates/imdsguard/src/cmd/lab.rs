@@ -1,14 +1,10 @@
-//! `imdsguard lab up|down|status|exec`: the seed's node on one machine.
+//! `imdsguard lab up|down|status|exec`: the seed's node on one machine (imdsguard-lab).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use imdsguard_lab::lab::{self, UpOptions};
-use imdsguard_manifest::Source;
+use imdsguard_lab::lab::{self, IMDS_ADDRESS, LAB_MARK, UpOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The mark the lab routes to its IMDS: give it to the agent as --proxy-upstream-mark.
-pub const LAB_MARK: u32 = 0xa00;
 
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
@@ -54,12 +50,7 @@ pub struct ExecArgs {
 pub fn run(cmd: LabCommand) -> Result<ExitCode> {
     match cmd {
         LabCommand::Up(a) => {
-            let text = std::fs::read_to_string(&a.topology)
-                .with_context(|| format!("reading {}", a.topology.display()))?;
-            let topology = imdsguard_lab::topology::parse(&Source::new(
-                a.topology.display().to_string(),
-                text,
-            ))?;
+            let topology = imdsguard_lab::topology::load(&a.topology)?;
             let state = lab::up(
                 &topology,
                 &UpOptions {
@@ -72,7 +63,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 &|step| eprintln!("lab: {step}"),
             )?;
             println!(
-                "lab {:?} is up: {} pods; IMDS at 169.254.169.254 (requests logged to {})",
+                "lab {:?} is up: {} pods; IMDS at {IMDS_ADDRESS} (requests logged to {})",
                 state.name,
                 state.pods.len(),
                 state.imds_log().display()
@@ -98,30 +89,9 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         }
         LabCommand::Status(a) => {
             let state = lab::load(&a.state_dir, &a.name)?;
-            println!("lab {:?} (state in {})", state.name, state.dir.display());
-            println!("  {:<34} {:<16} {:<16} INTERFACE", "POD", "NAMESPACE", "IP");
-            for p in state.pods.iter().chain(state.imds.iter()) {
-                let present = std::path::Path::new("/run/netns").join(&p.netns).exists();
-                println!(
-                    "  {:<34} {:<16} {:<16} {}{}",
-                    p.name,
-                    p.namespace,
-                    p.ipv4,
-                    p.netns,
-                    if present { "" } else { " (gone)" }
-                );
+            for line in lab::status_report(&state) {
+                println!("{line}");
             }
-            for p in &state.processes {
-                let alive = std::path::Path::new(&format!("/proc/{}", p.pid)).exists();
-                println!(
-                    "  process {}/{} pid {} {}",
-                    p.pod,
-                    p.container,
-                    p.pid,
-                    if alive { "running" } else { "exited" }
-                );
-            }
-            println!("  endpoints file: {}", state.endpoints_file().display());
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Exec(a) => {

@@ -1,9 +1,6 @@
 pub mod agent;
-pub mod agent_api;
 pub mod demo;
-pub mod enforce;
 pub mod imds;
-pub mod inputs;
 pub mod install;
 pub mod lab;
 pub mod observe;
@@ -20,10 +17,4 @@ pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> 
         .build()
         .context("starting the async runtime")?;
     Ok(rt.block_on(future))
-}
-
-/// `1 policy`, `2 policies`.
-pub fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, one: &str, many: &str) -> String {
-    let word = if n == N::from(1) { one } else { many };
-    format!("{n} {word}")
 }

@@ -330,6 +330,18 @@ pub fn object_ref(object: &str) -> (Option<&str>, Option<&str>, &str) {
     }
 }
 
+/// An error and its causes on one line, `outer: inner: root`, as anyhow's `{:#}` prints them.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,19 @@
 //! Keeps the datapath's tables equal to the engine's state: the ipcache, the endpoints and each
 //! endpoint's policy. Called after every change; writes only what differs.
+//!
+//! It writes through [`MapWriter`], which the loaded `Datapath` implements on the pinned maps and
+//! [`fake::FakeMaps`] in memory, so that what it writes, and in which order, is tested without
+//! root (`tests`); the root tests (`tests/enforce.rs`) check that packets obey it.
+
+pub mod fake;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+pub use writer::{Generations, MapWriter};
 
 use crate::abi::IPC_PROTECTED;
-use crate::loader::{Datapath, DatapathError};
+use crate::loader::DatapathError;
 use crate::tables::{RuleIds, endpoint_tables};
 use imdsguard_policy::Repository;
 use imdsguard_policy::repository::EndpointPolicy;
@@ -10,16 +21,6 @@ use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-
-/// Addresses that are never reachable from a pod whose policy is not in place yet: the cloud
-/// metadata services (Azure and AWS IMDS, GCP's metadata server, AWS's and GCP's IPv6 metadata
-/// addresses, Azure's WireServer).
-pub const DEFAULT_PROTECTED: [&str; 4] = [
-    "169.254.169.254/32",
-    "fd00:ec2::254/128",
-    "fd20:ce::254/128",
-    "168.63.129.16/32",
-];
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -29,6 +30,8 @@ pub struct SyncOptions {
     pub audit_endpoints: HashSet<String>,
     /// The L7 proxy's listening port, for entries that redirect.
     pub proxy_port: u16,
+    /// Addresses never reachable from a pod whose policy is not in place yet: by default every
+    /// metadata address of `imdsguard_metadata`'s table.
     pub protected: Vec<IpNet>,
 }
 
@@ -38,10 +41,7 @@ impl Default for SyncOptions {
             audit: false,
             audit_endpoints: HashSet::new(),
             proxy_port: 15001,
-            protected: DEFAULT_PROTECTED
-                .iter()
-                .filter_map(|p| p.parse().ok())
-                .collect(),
+            protected: imdsguard_metadata::protected_prefixes(),
         }
     }
 }
@@ -103,7 +103,7 @@ impl TableSync {
     pub fn sync(
         &mut self,
         repo: &Repository,
-        dp: &mut Datapath,
+        dp: &mut impl MapWriter,
     ) -> Result<SyncStats, DatapathError> {
         let mut stats = SyncStats::default();
         let first = !self.synced;
@@ -142,7 +142,7 @@ impl TableSync {
     /// Takes back the IDs an earlier agent gave: an endpoint whose address the pinned map holds
     /// keeps that entry's ID, unless another endpoint claimed it first (an address that moved
     /// between pods while no agent ran). The rest get numbers above every pinned ID.
-    fn adopt_endpoint_ids(&mut self, repo: &Repository, dp: &Datapath) {
+    fn adopt_endpoint_ids(&mut self, repo: &Repository, dp: &impl MapWriter) {
         let pinned: HashMap<IpAddr, u32> = dp
             .endpoints()
             .into_iter()
@@ -167,7 +167,7 @@ impl TableSync {
     fn sync_ipcache(
         &mut self,
         repo: &Repository,
-        dp: &mut Datapath,
+        dp: &mut impl MapWriter,
         stats: &mut SyncStats,
     ) -> Result<(), DatapathError> {
         let mut want: HashMap<IpNet, (u32, u32)> = repo
@@ -210,7 +210,7 @@ impl TableSync {
     fn sync_endpoints(
         &mut self,
         repo: &Repository,
-        dp: &mut Datapath,
+        dp: &mut impl MapWriter,
         stats: &mut SyncStats,
     ) -> Result<(), DatapathError> {
         let mut seen = Vec::new();

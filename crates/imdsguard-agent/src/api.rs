@@ -7,14 +7,15 @@
 //! - `GET /v1/policy/trace?src=&dst=&dport=&protocol=&method=&path=&host=`: the verdict the
 //!   agent's engine gives one flow; peers are `namespace/pod`, an IP or an entity (`world`)
 
-use super::inputs::{Inputs, Interfaces};
-use anyhow::{Context, Result, bail};
+use crate::AgentError;
+use crate::inputs::{Inputs, Interfaces};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use imdsguard_datapath::sync::TableSync;
 use imdsguard_k8s::WatchStatus;
+use imdsguard_policy::report::parse_peer;
 use imdsguard_policy::{FlowQuery, HttpRequest, Protocol, Repository};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -160,7 +161,7 @@ impl AgentApi {
         };
         while let Ok((params, reply)) = pending.try_recv() {
             let result = if ready {
-                trace(repo, &params).map_err(|e| format!("{e:#}"))
+                trace(repo, &params)
             } else {
                 Err("the agent has not received its first complete view of the cluster yet".into())
             };
@@ -169,25 +170,25 @@ impl AgentApi {
     }
 }
 
-fn trace(repo: &Repository, p: &HashMap<String, String>) -> Result<serde_json::Value> {
+fn trace(repo: &Repository, p: &HashMap<String, String>) -> Result<serde_json::Value, String> {
     let handles: Vec<(String, String)> =
         repo.endpoints().map(|(s, _)| (s.key(), s.key())).collect();
-    let peer = |name: &str| -> Result<_> {
+    let peer = |name: &str| -> Result<_, String> {
         let v = p
             .get(name)
-            .with_context(|| format!("missing {name}= (a namespace/pod, an IP or an entity)"))?;
-        super::policy::parse_peer(v, &handles)
+            .ok_or_else(|| format!("missing {name}= (a namespace/pod, an IP or an entity)"))?;
+        parse_peer(v, &handles).map_err(|e| e.to_string())
     };
     let protocol_name = p.get("protocol").map_or("TCP", String::as_str);
     let protocol = Protocol::parse(protocol_name)
         .filter(|p| *p != Protocol::Any)
-        .with_context(|| {
+        .ok_or_else(|| {
             format!("unknown protocol {protocol_name:?}: use TCP, UDP, SCTP, ICMP or ICMPv6")
         })?;
     let port = match p.get("dport") {
         Some(d) => d
             .parse()
-            .with_context(|| format!("dport={d:?} is not a port number"))?,
+            .map_err(|_| format!("dport={d:?} is not a port number"))?,
         None => 0,
     };
     let http = (p.contains_key("method") || p.contains_key("path")).then(|| HttpRequest {
@@ -203,7 +204,8 @@ fn trace(repo: &Repository, p: &HashMap<String, String>) -> Result<serde_json::V
         port,
         http,
     };
-    Ok(serde_json::to_value(repo.evaluate(&q)?)?)
+    let verdict = repo.evaluate(&q).map_err(|e| e.to_string())?;
+    serde_json::to_value(verdict).map_err(|e| e.to_string())
 }
 
 fn json(code: StatusCode, body: &impl Serialize) -> Response {
@@ -242,19 +244,24 @@ async fn get_trace(
 }
 
 /// Serves the API on `path` (a stale socket from an earlier agent is replaced). Owner-only.
-pub async fn serve(path: &Path, api: Arc<AgentApi>) -> Result<()> {
+pub async fn serve(path: &Path, api: Arc<AgentApi>) -> Result<(), AgentError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(AgentError::io(format!("creating {}", dir.display())))?;
     }
     if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(AgentError::io(format!(
+            "removing the stale socket {}",
+            path.display()
+        )))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the API socket {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(AgentError::io(format!(
+        "binding the API socket {}",
+        path.display()
+    )))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
+        .map_err(AgentError::io(format!("restricting {}", path.display())))?;
     tracing::info!("api: serving on unix://{}", path.display());
     let app = axum::Router::new()
         .route("/v1/healthz", get(|| async { "ok\n" }))
@@ -263,17 +270,33 @@ pub async fn serve(path: &Path, api: Arc<AgentApi>) -> Result<()> {
         .with_state(api);
     axum::serve(listener, app)
         .await
-        .context("serving the agent API")
+        .map_err(AgentError::io("serving the agent API"))
+}
+
+/// A failed request to the agent's API.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "connecting to the agent at {socket} (is `imdsguard agent` running with --socket-path {socket}?)"
+    )]
+    Connect {
+        socket: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the agent")]
+    Io(#[from] std::io::Error),
+    #[error("the agent sent a malformed answer")]
+    Malformed,
 }
 
 /// One GET against the agent's API: the status code and body.
-pub fn request(socket: &Path, path_and_query: &str) -> Result<(u16, String)> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the agent at {} (is `imdsguard agent` running with --socket-path {}?)",
-            socket.display(),
-            socket.display()
-        )
+pub fn request(socket: &Path, path_and_query: &str) -> Result<(u16, String), RequestError> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
+        RequestError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        }
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
@@ -281,16 +304,13 @@ pub fn request(socket: &Path, path_and_query: &str) -> Result<(u16, String)> {
         "GET {path_and_query} HTTP/1.1\r\nHost: imdsguard\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .context("reading the agent's answer")?;
+    s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("the agent sent a malformed answer");
-    };
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(RequestError::Malformed)?;
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .context("the agent sent no status code")?;
+        .ok_or(RequestError::Malformed)?;
     Ok((code, body.to_owned()))
 }

@@ -1,13 +1,13 @@
 //! Where programs sit in an interface's TCX chain, read with `BPF_PROG_QUERY` (TCX links are
 //! invisible to `tc filter show`), and interface indexes.
 
-use crate::loader::{Attachment, DatapathError, Result};
+use super::{Attachment, DatapathError, Result};
 use aya::programs::TcAttachType;
 use aya::programs::links::{FdLink, PinnedLink};
 use std::path::Path;
 
 /// Where our program `name` (kernel ID `ours`) sits in `ifname`'s TCX chain for `direction`.
-pub(crate) fn attachment(
+pub(super) fn attachment(
     ifname: &str,
     name: &'static str,
     direction: TcAttachType,
@@ -53,7 +53,7 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
 /// The program IDs of a TCX chain, first first. aya's `query_tcx` opens every program by ID,
 /// which needs CAP_SYS_ADMIN; the IDs alone need only CAP_NET_ADMIN, so the agent runs without
 /// SYS_ADMIN.
-pub(crate) fn tcx_chain(ifname: &str, direction: TcAttachType) -> std::io::Result<Vec<u32>> {
+fn tcx_chain(ifname: &str, direction: TcAttachType) -> std::io::Result<Vec<u32>> {
     const BPF_PROG_QUERY: libc::c_long = 16;
     const BPF_TCX_INGRESS: u32 = 46;
     const BPF_TCX_EGRESS: u32 = 47;
@@ -97,7 +97,7 @@ pub(crate) fn tcx_chain(ifname: &str, direction: TcAttachType) -> std::io::Resul
 }
 
 /// The program a pinned TCX link runs.
-pub(crate) fn pinned_program_id(pin: &Path) -> Option<u32> {
+pub(super) fn pinned_program_id(pin: &Path) -> Option<u32> {
     let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
     link.info().ok().map(|i| i.program_id())
 }

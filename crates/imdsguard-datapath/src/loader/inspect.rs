@@ -1,12 +1,12 @@
 //! The datapath as the kernel holds it, read from the pins, whether or not an agent runs
 //! (`imdsguard status`).
 
+use super::attach::{Attachment, PROGRAMS, escape_ifname, unescape_ifname};
+use super::events::{COUNTERS, sum_counters};
+use super::maps::ipcache_net;
+use super::tcx::{attachment, pinned_program_id};
+use super::{Datapath, DatapathError, Result, map_err};
 use crate::abi::{Addr, Config, EndpointInfo, IpcacheValue};
-use crate::loader::{
-    Attachment, COUNTERS, Datapath, DatapathError, PROGRAMS, Result, escape_ifname, ipcache_net,
-    map_err, sum_counters, unescape_ifname,
-};
-use crate::tcx::{attachment, pinned_program_id};
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
 use ipnet::IpNet;
 use std::net::IpAddr;

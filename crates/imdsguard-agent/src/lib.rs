@@ -1,0 +1,42 @@
+//! The imdsguard node agent as a library. The `imdsguard agent` command builds an
+//! [`AgentConfig`] from its flags and calls [`run`]; everything the agent does lives here, one
+//! module per part:
+//!
+//! - [`inputs`]: where the agent learns what to enforce: files (`--policies`, `--endpoints`) or a
+//!   Kubernetes cluster. Both feed one policy repository.
+//! - [`reconcile`]: the loop that resolves the repository and writes the datapath's tables,
+//!   attaches to pod interfaces and checks the proxy's routing.
+//! - [`node_view`]: who is who on this node (pods by address, identities, policies, interfaces),
+//!   rebuilt after every change; it names the datapath's flows and answers the L7 proxy.
+//! - [`events`]: drains the datapath's ring buffer into flows on a thread of its own, so a slow
+//!   policy resolution never delays flows.
+//! - [`api`]: the local API on a unix socket (status, policy trace), and its client.
+//! - [`serve`]: the servers around them: Hubble's gRPC API (TLS when configured), metrics, the
+//!   UI, the proxy's listeners, recorded-flow replay.
+//! - [`peers`]: the cluster's nodes as the Hubble Peer service announces them to Relay.
+//! - [`logging`], [`status`], [`sources`]: the agent's log lines, `imdsguard status`'s report,
+//!   and reading manifest files.
+//!
+//! Limits: enforcement needs Linux with root (or CAP_BPF and CAP_NET_ADMIN); the pinned
+//! datapath keeps enforcing while no agent runs, and the agent never unpins it on exit.
+
+pub mod api;
+mod config;
+mod error;
+pub mod events;
+pub mod inputs;
+pub mod logging;
+pub mod node_view;
+pub mod peers;
+mod proxy;
+pub mod reconcile;
+mod replay;
+pub mod serve;
+pub mod sources;
+pub mod status;
+
+pub use config::{
+    AgentConfig, ClusterConfig, EnforceConfig, HubbleConfig, InputSource, ReplayConfig,
+};
+pub use error::AgentError;
+pub use serve::run;

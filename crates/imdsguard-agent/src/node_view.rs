@@ -1,0 +1,242 @@
+//! Who is who on this node, as of the last reconciliation: the pods by address (with their
+//! endpoint IDs, identities and policies), every identity's labels, the policies by the rule IDs
+//! the datapath reports, and the attached interfaces. One view serves both readers that need it:
+//! the event drain names the datapath's flows with it, and the L7 proxy asks it which pod is
+//! calling and under which policy. It is rebuilt whole after every change and swapped in, so a
+//! reader never sees half of one state and half of the next.
+
+use imdsguard_datapath::flows::Directory;
+use imdsguard_datapath::sync::TableSync;
+use imdsguard_hubble_proto::flow;
+use imdsguard_policy::ipcache::IpCache;
+use imdsguard_policy::repository::EndpointPolicy;
+use imdsguard_policy::{Identity, Repository};
+use imdsguard_proxy::server::{Authority, Client};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+/// One pod address.
+#[derive(Clone)]
+struct Pod {
+    endpoint: flow::Endpoint,
+    /// None while the pod's policy is not computed: the proxy then has no client to serve.
+    policy: Option<Arc<EndpointPolicy>>,
+}
+
+#[derive(Default)]
+pub struct NodeView {
+    pods: HashMap<IpAddr, Pod>,
+    identity_labels: HashMap<u32, Vec<String>>,
+    policies: HashMap<u32, flow::Policy>,
+    interfaces: HashMap<u32, String>,
+    ipcache: IpCache,
+}
+
+impl NodeView {
+    /// The view of `repo` as written by `sync`, with `attached` (interface name → index).
+    pub fn build(repo: &Repository, sync: &TableSync, attached: &HashMap<String, u32>) -> NodeView {
+        let identity_labels: HashMap<u32, Vec<String>> = repo
+            .identities()
+            .iter()
+            .map(|(id, labels)| (id.0, labels.iter().map(|l| l.to_string()).collect()))
+            .collect();
+        let mut view = NodeView {
+            identity_labels,
+            ipcache: repo.ipcache().clone(),
+            interfaces: attached.iter().map(|(n, i)| (*i, n.clone())).collect(),
+            ..Default::default()
+        };
+        for (spec, identity) in repo.endpoints() {
+            let key = spec.key();
+            let pod = Pod {
+                endpoint: flow::Endpoint {
+                    id: sync.endpoint_id(&key).unwrap_or(0),
+                    identity: identity.0,
+                    namespace: spec.namespace.clone(),
+                    labels: view.labels(identity.0),
+                    pod_name: spec.name.clone(),
+                    ..Default::default()
+                },
+                policy: repo.endpoint_policy(&key).cloned(),
+            };
+            for ip in &spec.ips {
+                view.pods.insert(*ip, pod.clone());
+            }
+        }
+        view.policies = (1..)
+            .map_while(|id| sync.rule_ids.policy(id).map(|p| (id, p)))
+            .map(|(id, p)| {
+                (
+                    id,
+                    flow::Policy {
+                        name: p.name.to_string(),
+                        namespace: p.namespace.to_string(),
+                        kind: p.kind.as_str().to_owned(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        view
+    }
+
+    /// An identity's labels; reserved identities have theirs even when no pod holds them.
+    fn labels(&self, identity: u32) -> Vec<String> {
+        if let Some(l) = self.identity_labels.get(&identity) {
+            return l.clone();
+        }
+        Identity(identity)
+            .reserved_labels()
+            .map(|l| l.iter().map(|l| l.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Directory for NodeView {
+    fn endpoint(&self, ip: IpAddr) -> Option<flow::Endpoint> {
+        self.pods.get(&ip).map(|p| p.endpoint.clone())
+    }
+    fn identity_labels(&self, identity: u32) -> Vec<String> {
+        self.labels(identity)
+    }
+    fn policy(&self, rule_id: u32) -> Option<flow::Policy> {
+        self.policies.get(&rule_id).cloned()
+    }
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.interfaces.get(&ifindex).cloned()
+    }
+}
+
+/// The current view, shared by the reconciliation loop (which replaces it), the event drain and
+/// the proxy's tasks (which read it).
+#[derive(Default)]
+pub struct SharedView(RwLock<Arc<NodeView>>);
+
+impl SharedView {
+    pub fn replace(&self, view: NodeView) {
+        if let Ok(mut v) = self.0.write() {
+            *v = Arc::new(view);
+        }
+    }
+
+    pub fn load(&self) -> Arc<NodeView> {
+        self.0.read().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Authority for SharedView {
+    fn client(&self, ip: IpAddr) -> Option<Client> {
+        let pod = self.load().pods.get(&ip).cloned()?;
+        Some(Client {
+            endpoint: pod.endpoint,
+            policy: pod.policy?,
+        })
+    }
+
+    fn destination(&self, ip: IpAddr) -> flow::Endpoint {
+        let v = self.load();
+        let identity = v
+            .pods
+            .get(&ip)
+            .map(|p| p.endpoint.identity)
+            .or_else(|| v.ipcache.lookup(ip).map(|(_, id)| id.0))
+            .unwrap_or(Identity::WORLD.0);
+        flow::Endpoint {
+            identity,
+            labels: v
+                .identity_labels
+                .get(&identity)
+                .cloned()
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imdsguard_datapath::sync::SyncOptions;
+    use imdsguard_policy::{EndpointSpec, EngineOptions};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    fn node() -> Repository {
+        let mut repo = Repository::new(EngineOptions::default());
+        repo.upsert_endpoint(EndpointSpec {
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            labels: vec![("app".into(), "web".into())],
+            service_account: "default".into(),
+            ips: vec![ip("10.0.0.2"), ip("fd00::2")],
+            named_ports: Vec::new(),
+            raw_labels: None,
+        });
+        repo
+    }
+
+    fn view(repo: &Repository) -> SharedView {
+        let shared = SharedView::default();
+        let attached = HashMap::from([("veth-web".to_owned(), 7)]);
+        shared.replace(NodeView::build(
+            repo,
+            &TableSync::new(SyncOptions::default()),
+            &attached,
+        ));
+        shared
+    }
+
+    #[test]
+    fn flows_and_the_proxy_see_the_same_pod() {
+        let mut repo = node();
+        repo.resolve();
+        let shared = view(&repo);
+        let v = shared.load();
+        for addr in ["10.0.0.2", "fd00::2"] {
+            let named = v
+                .endpoint(ip(addr))
+                .expect("the pod, by each of its addresses");
+            assert_eq!(
+                (named.namespace.as_str(), named.pod_name.as_str()),
+                ("shop", "web-1")
+            );
+            assert!(
+                named.labels.iter().any(|l| l.ends_with("app=web")),
+                "{:?}",
+                named.labels
+            );
+            let client = shared.client(ip(addr)).expect("a client with its policy");
+            assert_eq!(client.endpoint, named, "one naming for flows and the proxy");
+            assert_eq!(shared.destination(ip(addr)).identity, named.identity);
+        }
+        assert_eq!(v.interface_name(7).as_deref(), Some("veth-web"));
+        assert!(v.endpoint(ip("10.0.0.9")).is_none());
+    }
+
+    #[test]
+    fn a_pod_without_a_computed_policy_is_named_but_not_served() {
+        let repo = node();
+        let shared = view(&repo);
+        assert!(shared.load().endpoint(ip("10.0.0.2")).is_some());
+        assert!(
+            shared.client(ip("10.0.0.2")).is_none(),
+            "no policy yet: the proxy has nothing to judge with"
+        );
+    }
+
+    #[test]
+    fn other_addresses_are_named_from_the_ipcache_or_as_the_world() {
+        let mut repo = node();
+        repo.resolve();
+        let shared = view(&repo);
+        let world = shared.destination(ip("203.0.113.7")).identity;
+        assert!(
+            [Identity::WORLD.0, Identity::WORLD_IPV4.0].contains(&world),
+            "got {world}"
+        );
+        assert_eq!(shared.load().labels(Identity::WORLD.0), ["reserved:world"]);
+    }
+}

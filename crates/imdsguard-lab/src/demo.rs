@@ -1,0 +1,422 @@
+//! The seed's story, end to end, with real traffic on this machine (`imdsguard demo`): a lab with
+//! the seed's pods, the agent enforcing the seed's own policies, and the flows printed as
+//! `hubble observe` prints them. The agent and `observe` are the imdsguard binary itself, run as
+//! child processes, so the story shows what a user would see.
+
+use crate::lab::{self, IMDS_ADDRESS, LAB_MARK, LabError, LabState, UpOptions};
+use crate::topology::LoadError;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WEBAPP: &str = "go-webapp-847857f68-2qlnd";
+const FLUENT_BIT: &str = "fluent-bit-qg7vq";
+const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fapi.kusto.windows.net";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Topology(#[from] LoadError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent stderr")]
+    AgentStderr,
+    #[error("the agent never logged {needle:?}; its log:\n{log}")]
+    AgentSilent { needle: String, log: String },
+    #[error("interrupted; cleaning up")]
+    Interrupted,
+}
+
+type Result<T> = std::result::Result<T, DemoError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+    let what = what.into();
+    move |source| DemoError::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Leave the lab and the agent running at the end.
+    pub keep: bool,
+    /// The directory of the seed's policies.
+    pub policies: PathBuf,
+    pub topology: PathBuf,
+    /// The imdsguard binary: the demo runs its `agent`, `observe` and `imds-emulator`.
+    pub binary: PathBuf,
+    /// Set (by a signal handler) to stop between steps; everything made is then undone.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// Where the story goes.
+pub struct Output<'a> {
+    /// Prints one line of the story (the text, then a newline).
+    pub line: &'a dyn Fn(&str),
+    /// Prints one line about what could not be cleaned up.
+    pub problem: &'a dyn Fn(&str),
+    /// Whether headings may be bold (the output is a terminal).
+    pub styled: bool,
+}
+
+/// Everything the demo started, undone on drop (unless --keep).
+struct Stage<'a> {
+    lab: Option<LabState>,
+    agent: Option<Child>,
+    agent_log: Arc<Mutex<Vec<String>>>,
+    dir: PathBuf,
+    routing_added: bool,
+    keep: bool,
+    problem: &'a dyn Fn(&str),
+}
+
+impl Drop for Stage<'_> {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        if let Some(state) = self.lab.take() {
+            for p in lab::down(&state) {
+                (self.problem)(&format!("cleanup: {p}"));
+            }
+        }
+        let bpf = self.dir.join("bpf");
+        let _ = std::fs::remove_dir_all(bpf.join("imdsguard"));
+        let _ = Command::new("umount").arg(&bpf).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.routing_added {
+            imdsguard_proxy::routing::uninstall(
+                imdsguard_proxy::routing::MARK,
+                imdsguard_proxy::routing::TABLE,
+            );
+        }
+    }
+}
+
+impl Stage<'_> {
+    /// Waits for a line containing `needle` among the agent's lines from index `from` on.
+    fn wait_log(&self, from: usize, needle: &str, within: Duration) -> Result<String> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(l) = self.agent_log.lock().ok().and_then(|l| {
+                l.iter()
+                    .skip(from)
+                    .rev()
+                    .find(|l| l.contains(needle))
+                    .cloned()
+            }) {
+                return Ok(l);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self
+            .agent_log
+            .lock()
+            .map(|l| l.join("\n"))
+            .unwrap_or_default();
+        Err(DemoError::AgentSilent {
+            needle: needle.to_owned(),
+            log,
+        })
+    }
+
+    fn agent_lines(&self) -> usize {
+        self.agent_log.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+impl Output<'_> {
+    fn heading(&self, text: &str) {
+        if self.styled {
+            (self.line)(&format!("\n\x1b[1m== {text}\x1b[0m"));
+        } else {
+            (self.line)(&format!("\n== {text}"));
+        }
+    }
+
+    /// The flows of `flows` that name one of `pods`, indented.
+    fn show(&self, flows: &str, pods: &[&str]) {
+        for line in flows.lines().filter(|l| pods.iter().any(|p| l.contains(p))) {
+            (self.line)(&format!("  {line}"));
+        }
+    }
+}
+
+/// Runs curl in a lab pod; returns the HTTP status (0 when it timed out: dropped).
+fn curl(state: &LabState, pod: &str, args: &[&str]) -> Result<u16> {
+    let mut argv: Vec<String> = [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "2",
+        "-w",
+        "%{http_code}",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let out = lab::exec(state, pod, &argv)?.output().map_err(io("curl"))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+/// The calls the Istio sidecar's platform detection makes
+/// (docs/metadata-services.md#what-clients-send).
+fn sidecar_calls(state: &LabState) -> Result<Vec<u16>> {
+    let base = format!("http://{IMDS_ADDRESS}");
+    Ok(vec![
+        curl(state, WEBAPP, &[&format!("{base}/")])?,
+        curl(
+            state,
+            WEBAPP,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "X-aws-ec2-metadata-token-ttl-seconds: 60",
+                &format!("{base}/latest/api/token"),
+            ],
+        )?,
+        curl(
+            state,
+            WEBAPP,
+            &[
+                "-H",
+                "Metadata: True",
+                &format!("{base}/metadata/instance?api-version=2025-04-07"),
+            ],
+        )?,
+    ])
+}
+
+fn token_call(state: &LabState, method: &str, path: &str) -> Result<u16> {
+    curl(
+        state,
+        FLUENT_BIT,
+        &[
+            "-X",
+            method,
+            "-H",
+            "Metadata: true",
+            &format!("http://{IMDS_ADDRESS}{path}"),
+        ],
+    )
+}
+
+/// The flows to the metadata address since `since`, as `imdsguard observe` prints them.
+fn observe(binary: &Path, addr: &str, since: &str) -> Result<String> {
+    let out = Command::new(binary)
+        .args([
+            "observe",
+            "--server",
+            addr,
+            "--since",
+            since,
+            "--ip",
+            &IMDS_ADDRESS.to_string(),
+            "--last",
+            "200",
+        ])
+        .output()
+        .map_err(io("observe"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn now_rfc3339() -> String {
+    imdsguard_hubble_proto::wkt::Timestamp::now().to_string()
+}
+
+/// Tells the story. Ok(true) when it came out as the seed says: the webapp's calls denied, the
+/// fluent-bit requests forwarded through the proxy, its token granted, and no denial after the fix.
+pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
+    let started = Instant::now();
+    let check = || -> Result<()> {
+        if opts.interrupted.load(Ordering::Relaxed) {
+            return Err(DemoError::Interrupted);
+        }
+        Ok(())
+    };
+    let topology = crate::topology::load(&opts.topology)?;
+    let dir = std::env::temp_dir().join(format!("imdsguard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("policies")).map_err(io("creating the demo directory"))?;
+    let routing_added = !imdsguard_proxy::routing::installed(imdsguard_proxy::routing::TABLE);
+    let mut stage = Stage {
+        lab: None,
+        agent: None,
+        agent_log: Arc::default(),
+        dir: dir.clone(),
+        routing_added,
+        keep: opts.keep,
+        problem: out.problem,
+    };
+
+    out.heading(&format!(
+        "The lab: the seed's node, pods as network namespaces, IMDS emulated at {IMDS_ADDRESS}"
+    ));
+    let state = lab::up(
+        &topology,
+        &UpOptions {
+            interrupted: opts.interrupted.clone(),
+            name: format!("demo{}", std::process::id()),
+            state_root: dir.join("lab"),
+            binary: opts.binary.clone(),
+            mark: LAB_MARK,
+        },
+        &|step| (out.line)(&format!("  {step}")),
+    )?;
+    stage.lab = Some(state.clone());
+
+    let mut agent = Command::new(&opts.binary)
+        .args(["agent", "--endpoints"])
+        .arg(state.endpoints_file())
+        .arg("--policies")
+        .arg(dir.join("policies"))
+        .arg("--bpf-root")
+        .arg(dir.join("bpf"))
+        .args([
+            "--hubble-listen-address",
+            "127.0.0.1:0",
+            "--proxy-port",
+            &(16500 + std::process::id() % 1000).to_string(),
+            "--proxy-upstream-mark",
+            &format!("{LAB_MARK:#x}"),
+            "--node-name",
+            "aks-default-13458874-vmss00001w",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("starting the agent"))?;
+    let stderr = agent.stderr.take().ok_or(DemoError::AgentStderr)?;
+    stage.agent = Some(agent);
+    let sink = stage.agent_log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr)
+            .lines()
+            .map_while(std::io::Result::ok)
+        {
+            if let Ok(mut l) = sink.lock() {
+                l.push(line);
+            }
+        }
+    });
+    let addr = stage
+        .wait_log(0, "hubble: serving on ", Duration::from_secs(20))?
+        .split_once("hubble: serving on ")
+        .map_or("", |(_, a)| a)
+        .to_owned();
+    stage.wait_log(
+        0,
+        &format!("attached to {}", state.pods[state.pods.len() - 1].netns),
+        Duration::from_secs(20),
+    )?;
+    (out.line)(&format!(
+        "  agent: enforcing on {} pod interfaces, Hubble API on {addr}",
+        state.pods.len()
+    ));
+
+    check()?;
+    out.heading("1. No policy: the webapp's Istio sidecar reaches IMDS");
+    let t0 = now_rfc3339();
+    let before = sidecar_calls(&state)?;
+    (out.line)(&format!(
+        "  sidecar calls (GCP probe, AWS token, Azure instance): HTTP {before:?}"
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    out.show(&observe(&opts.binary, &addr, &t0)?, &[WEBAPP]);
+
+    check()?;
+    out.heading("2. The seed's CiliumCIDRGroup and both CiliumClusterwideNetworkPolicies");
+    let lines = stage.agent_lines();
+    for f in [
+        "cidrgroup.yaml",
+        "azure-imds-deny.yaml",
+        "azure-imds-allow.yaml",
+    ] {
+        let from = opts.policies.join(f);
+        std::fs::copy(&from, dir.join("policies").join(f))
+            .map_err(io(format!("copying {}", from.display())))?;
+        (out.line)(&format!("  applied {}", from.display()));
+    }
+    stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
+    let t1 = now_rfc3339();
+    let denied = sidecar_calls(&state)?;
+    let token = token_call(&state, "GET", TOKEN)?;
+    let post = token_call(&state, "POST", "/metadata/instance?api-version=2021-02-01")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = observe(&opts.binary, &addr, &t1)?;
+    out.show(&flows, &[WEBAPP, FLUENT_BIT]);
+    (out.line)(&format!(
+        "  webapp sidecar calls: HTTP {denied:?} (0 = dropped by the datapath, no answer)"
+    ));
+    (out.line)(&format!("  fluent-bit token request: HTTP {token}"));
+    (out.line)(&format!(
+        "  fluent-bit POST /metadata/instance (outside `GET /metadata`): forwarded by the proxy, IMDS answered HTTP {post}"
+    ));
+    (out.line)(
+        "  Why the POST passed: azure-imds-allow sets enableDefaultDeny.egress: false, so Cilium adds a\n  \
+         wildcard to the HTTP rules of that port and `GET /metadata` restricts nothing; the proxy only\n  \
+         makes the requests visible. examples/azure-imds/scenario-enforced.yaml shows the enforced variant.",
+    );
+
+    check()?;
+    out.heading("3. The fix from the seed: the sidecar no longer calls IMDS (CLOUD_PLATFORM=none)");
+    let t2 = now_rfc3339();
+    let token_after = token_call(&state, "GET", TOKEN)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = observe(&opts.binary, &addr, &t2)?;
+    out.show(&after, &[WEBAPP, FLUENT_BIT]);
+    let denied_after = after
+        .lines()
+        .filter(|l| l.contains("DROPPED") && l.contains(WEBAPP))
+        .count();
+
+    out.heading("Summary");
+    let dropped = flows
+        .lines()
+        .filter(|l| l.contains(WEBAPP) && l.contains("Policy denied by denylist DROPPED"))
+        .count();
+    let forwarded = flows
+        .lines()
+        .filter(|l| l.contains(FLUENT_BIT) && l.contains("http-request FORWARDED"))
+        .count();
+    (out.line)(&format!(
+        "  without policy: the sidecar's {} calls reached IMDS",
+        before.iter().filter(|c| **c != 0).count()
+    ));
+    (out.line)(&format!(
+        "  with the seed's policies: {dropped} webapp packets denied by azure-imds-deny (denylist), {forwarded} fluent-bit requests forwarded through the L7 proxy"
+    ));
+    (out.line)(&format!(
+        "  after the fix: {denied_after} denied flows; fluent-bit still gets its token (HTTP {token_after})"
+    ));
+    (out.line)(&format!("  took {:.1} s", started.elapsed().as_secs_f64()));
+    if opts.keep {
+        let pid = stage.agent.as_ref().map_or(0, Child::id);
+        (out.line)(&format!(
+            "\n  kept: the agent (pid {pid}, Hubble API on {addr}) and lab {name:?}.\n  \
+             look:  imdsguard observe --server {addr} -f\n         \
+             imdsguard lab exec --name {name} --state-dir {lab} <pod> -- curl …\n  \
+             stop:  kill {pid}; imdsguard lab down --name {name} --state-dir {lab}; umount {bpf}",
+            name = state.name,
+            lab = dir.join("lab").display(),
+            bpf = dir.join("bpf").display(),
+        ));
+    }
+    Ok(dropped > 0 && forwarded > 0 && token == 200 && denied_after == 0)
+}
