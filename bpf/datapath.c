@@ -314,12 +314,13 @@ static __always_inline void resolve_remote(struct verdict *v, const struct pkt *
 /* The 1.17+ lookup (docs/policy-semantics.md §5.3): the longest match for the peer's
  * identity and for ANY; a deny on the identity wins, then an ANY deny, a
  * higher proxy rank, or a longer L4 prefix. Mirrors MapState::lookup. */
-static __always_inline int policy_lookup(struct verdict *v, const struct pkt *p)
+static __always_inline int policy_lookup(struct verdict *v, const struct pkt *p,
+					 __u32 generation)
 {
 	struct policy_key k = {
 		.prefixlen = POLICY_FIXED_BITS + 24,
 		.ep_id = v->ep.ep_id,
-		.generation = v->ep.generation,
+		.generation = generation,
 		.identity = v->remote,
 		.dir = v->dir,
 		.proto = p->proto,
@@ -385,7 +386,9 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, str
 		e->dst_identity = v->ep.identity;
 	}
 	e->rule_id = v->pv.rule_id;
-	e->ifindex = skb->ifindex;
+	/* From the verdict, not the context: with the pressure of judge() clang may
+	 * keep skb+40 in a register, which the verifier refuses to dereference. */
+	e->ifindex = v->ifindex;
 	e->pkt_len = p->len;
 	e->sport = p->sport;
 	e->dport = p->dport;
@@ -547,13 +550,61 @@ fail:
 }
 
 /* Judges a packet of endpoint v->ep in direction v->dir. */
+/* The full view (docs/datapath.md, audit per policy): called when the
+ * enforced view lets a new connection through. What the full view would drop
+ * passes as AUDIT, with the would-be reason and the audit policy's rule id;
+ * `*keep_port` then holds the enforced view's proxy port, so a redirected
+ * connection still goes to the proxy. A full-view redirect sends a forwarded
+ * connection to the proxy, which judges the audit policy's HTTP rules in
+ * audit. Returns 1 when the verdict is to be reported. */
+static __always_inline int audit_view(struct verdict *v, const struct pkt *p, __u16 *keep_port)
+{
+	struct policy_value enforced_pv = v->pv;
+	__u32 full = v->dir == DIR_EGRESS ? EP_AUDIT_EGRESS_ENFORCED : EP_AUDIT_INGRESS_ENFORCED;
+	int found;
+
+	/* A direction the full view does not enforce has no rows in it. */
+	if (!(v->ep.flags & full))
+		return 0;
+	found = policy_lookup(v, p, v->ep.generation | AUDIT_VIEW_GENERATION);
+
+	if (found && (v->pv.flags & POL_DENY)) {
+		v->reason = DROP_POLICY_DENY;
+	} else if (found) {
+		if (v->verdict == VERDICT_FORWARDED && v->pv.proxy_port && v->dir == DIR_EGRESS) {
+			v->verdict = VERDICT_REDIRECTED;
+			return 1;
+		}
+		v->pv = enforced_pv;
+		return 0;
+	} else {
+		/* A miss where the full view enforces: its default deny, named by
+		 * the direction's naming row. */
+		struct policy_key k = {
+			.prefixlen = POLICY_FIXED_BITS,
+			.ep_id = v->ep.ep_id,
+			.generation = v->ep.generation | AUDIT_VIEW_GENERATION,
+			.identity = AUDIT_DEFAULT_DENY_IDENTITY,
+			.dir = v->dir,
+		};
+		struct policy_value *named = bpf_map_lookup_elem(&policy, &k);
+
+		v->reason = DROP_POLICY;
+		v->pv = (struct policy_value){ .rule_id = named ? named->rule_id : 0 };
+	}
+	*keep_port = v->verdict == VERDICT_REDIRECTED ? enforced_pv.proxy_port : 0;
+	v->verdict = VERDICT_AUDIT;
+	return 1;
+}
+
 static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct verdict *v)
 {
 	struct ct_key key = {};
 	struct ct_value *c;
 	__u32 enforced = v->dir == DIR_EGRESS ? EP_EGRESS_ENFORCED : EP_INGRESS_ENFORCED;
 	__u8 trace = v->dir == DIR_EGRESS ? TRACE_TO_NETWORK : TRACE_TO_ENDPOINT;
-	int found, from_lo;
+	int found, from_lo, quiet = 0, audited = 0;
+	__u16 keep_port = 0;
 
 	from_lo = ct_tuple(&key, p, skb->ifindex);
 	c = bpf_map_lookup_elem(&ct, &key);
@@ -619,7 +670,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		}
 		return TCX_NEXT;
 	}
-	found = policy_lookup(v, p);
+	found = policy_lookup(v, p, v->ep.generation);
 	if (found && (v->pv.flags & POL_DENY)) {
 		v->verdict = VERDICT_DROPPED;
 		v->reason = DROP_POLICY_DENY;
@@ -630,17 +681,35 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		v->verdict = VERDICT_DROPPED;
 		v->reason = DROP_POLICY;
 	} else {
-		/* No policy applies: allowed, and not a policy decision to report. */
+		/* No policy applies: allowed, and not a policy decision to report
+		 * (unless the full view has something to say). */
 		v->verdict = VERDICT_FORWARDED;
-		goto track;
+		quiet = 1;
 	}
+	/* A drop of the enforced view stays a drop: audit policies never
+	 * lift one (deny precedence is exact). */
+	if (v->verdict != VERDICT_DROPPED && (v->ep.flags & EP_AUDIT_VIEW) &&
+	    audit_view(v, p, &keep_port))
+		quiet = 0;
+	if (quiet)
+		goto track;
 	if (v->verdict == VERDICT_DROPPED) {
 		if (!(v->ep.flags & EP_AUDIT))
 			return drop(skb, p, v, v->reason, 1);
 		v->verdict = VERDICT_AUDIT;
-		count(CNT_AUDITED);
 	}
-	emit(skb, p, v, EV_POLICY_VERDICT, 0);
+	if (v->verdict == VERDICT_AUDIT) {
+		count(CNT_AUDITED);
+		audited = 1;
+		/* Hubble's audit flows carry the would-be drop reason. */
+		emit(skb, p, v, EV_POLICY_VERDICT, v->reason);
+		if (keep_port) {
+			v->verdict = VERDICT_REDIRECTED;
+			v->pv.proxy_port = keep_port;
+		}
+	} else {
+		emit(skb, p, v, EV_POLICY_VERDICT, 0);
+	}
 track:
 	/* A metadata service never opens connections to pods: an entry made by
 	 * such a packet would let the pod's own connection to it pass as a
@@ -655,7 +724,7 @@ track:
 		.dir = v->dir,
 		.orig_lo = from_lo,
 		.epoch = policy_epoch(),
-		.flags = v->verdict == VERDICT_AUDIT ? CT_AUDITED : 0,
+		.flags = audited ? CT_AUDITED : 0,
 	};
 
 	bpf_map_update_elem(&ct, &key, &nv, BPF_ANY);

@@ -18,6 +18,17 @@ struct addr {
 #define EP_EGRESS_ENFORCED (1u << 1)  /* default deny for egress */
 #define EP_INGRESS_ENFORCED (1u << 2) /* default deny for ingress */
 #define EP_AUDIT (1u << 3)            /* denials pass, reported as AUDIT */
+/* An audit-mode policy selects the endpoint: its FULL view (every policy,
+ * audit ones included) is in the policy map under generation |
+ * AUDIT_VIEW_GENERATION, and judges what the enforced view lets through. */
+#define EP_AUDIT_VIEW (1u << 4)
+#define EP_AUDIT_EGRESS_ENFORCED (1u << 5)  /* the full view's default deny */
+#define EP_AUDIT_INGRESS_ENFORCED (1u << 6)
+/* The full view's row (identity AUDIT_DEFAULT_DENY_IDENTITY, protocol and port
+ * 0, prefix 104) whose rule id names the audit policy a full-view miss (133) is
+ * reported against. No identity is ever this. */
+#define AUDIT_DEFAULT_DENY_IDENTITY 0xffffffffu
+#define AUDIT_VIEW_GENERATION (1u << 31)
 
 struct endpoint_info {
 	__u32 ep_id;

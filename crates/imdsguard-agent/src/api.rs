@@ -38,6 +38,9 @@ pub struct AgentStatus {
     pub identities: usize,
     /// Policies in force: `Kind namespace/name`.
     pub policies: Vec<String>,
+    /// Of those, the policies in audit mode (`policy.imdsguard.io/audit-mode: "true"`): what
+    /// they would deny passes and is reported as AUDIT.
+    pub audit_policies: Vec<String>,
     /// What is wrong with the policies (and endpoints file) as they read now; an invalid policy
     /// that was valid before stays in force at its last good version.
     pub policy_errors: Vec<String>,
@@ -64,11 +67,17 @@ pub struct EndpointStatus {
     pub policy: String,
     pub ingress_enforcement: bool,
     pub egress_enforcement: bool,
+    /// Audit mode for every policy on this endpoint (Cilium's per-endpoint PolicyAuditMode):
+    /// from `--policy-audit-mode`, its namespace's label `policy.imdsguard.io/audit-mode=true`,
+    /// or `policyAuditMode` in the endpoints file. Nothing is dropped; would-be drops are AUDIT.
+    pub audit: bool,
 }
 
-/// The status as of now, from the loop's state.
+/// The status as of now, from the loop's state. `audit_all`: `--policy-audit-mode`.
+#[allow(clippy::too_many_arguments)] // The loop's state, passed as it holds it.
 pub fn build(
     inputs: &dyn Inputs,
+    audit_all: bool,
     node: &str,
     repo: &Repository,
     sync: &TableSync,
@@ -76,6 +85,7 @@ pub fn build(
     attached: &HashMap<String, u32>,
     revision: u64,
 ) -> AgentStatus {
+    let audited = inputs.audit_endpoints();
     let mut endpoints: Vec<EndpointStatus> = repo
         .endpoints()
         .map(|(spec, identity)| {
@@ -104,12 +114,19 @@ pub fn build(
                 },
                 ingress_enforcement: policy.is_some_and(|p| p.ingress.enforced),
                 egress_enforcement: policy.is_some_and(|p| p.egress.enforced),
+                audit: audit_all || audited.contains(&key),
             }
         })
         .collect();
     endpoints.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut policies: Vec<String> = repo.policies().map(|p| p.id.to_string()).collect();
     policies.sort();
+    let mut audit_policies: Vec<String> = repo
+        .policies()
+        .filter(|p| p.audit)
+        .map(|p| p.id.to_string())
+        .collect();
+    audit_policies.sort();
     AgentStatus {
         node: node.to_owned(),
         mode: inputs.mode().to_owned(),
@@ -118,6 +135,7 @@ pub fn build(
         endpoints,
         identities: repo.identities().iter().count(),
         policies,
+        audit_policies,
         policy_errors: inputs.errors(),
         watches: inputs.watches(),
         guarded_interfaces: interfaces.guarded.iter().cloned().collect(),

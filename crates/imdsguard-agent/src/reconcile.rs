@@ -114,7 +114,10 @@ pub fn run(
             let started = Instant::now();
             repo.resolve();
             let resolved = started.elapsed();
-            sync.set_audit_endpoints(inputs.audit_endpoints());
+            // The engine (live traces) and the datapath both hear which pods are in audit mode.
+            let audited = inputs.audit_endpoints();
+            repo.set_audit_endpoints(audited.iter().cloned());
+            sync.set_audit_endpoints(audited);
             match sync.sync(&repo, &mut dp) {
                 Ok(stats) => {
                     revision += 1;
@@ -172,6 +175,7 @@ pub fn run(
             }
             api.publish(status::build(
                 &*inputs,
+                cfg.policy_audit_mode,
                 &node,
                 &repo,
                 &sync,

@@ -106,7 +106,25 @@ fn agent_text(agent: &Result<serde_json::Value, String>) -> String {
         let _ = writeln!(o, "  watch {:<48} {state}{err}", str_of(&w["resource"]));
     }
     let policies = a["policies"].as_array().map_or(0, Vec::len);
-    let _ = writeln!(o, "Policies:     {policies} in force");
+    let audit: Vec<String> = a["audit_policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(str_of)
+        .collect();
+    if audit.is_empty() {
+        let _ = writeln!(o, "Policies:     {policies} in force");
+    } else {
+        // Named, since a policy in audit mode drops nothing: the reader must know which.
+        let _ = writeln!(
+            o,
+            "Policies:     {policies} in force, {} in audit mode (would-be drops pass as AUDIT)",
+            audit.len()
+        );
+        for p in &audit {
+            let _ = writeln!(o, "  audit {p}");
+        }
+    }
     let errors = a["policy_errors"].as_array().cloned().unwrap_or_default();
     if !errors.is_empty() {
         let _ = writeln!(
@@ -140,11 +158,22 @@ fn agent_text(agent: &Result<serde_json::Value, String>) -> String {
             format!("{}/{}", str_of(&e["namespace"]), str_of(&e["name"])),
             e["identity"].to_string(),
             e["interface"].as_str().unwrap_or("-"),
-            str_of(&e["policy"]),
+            pod_policy(e),
             labels.join(", ")
         );
     }
     o
+}
+
+/// The POLICY column: the policy's state, and `audit` for a pod in audit mode (it drops
+/// nothing: what its policy would deny passes as AUDIT).
+fn pod_policy(e: &serde_json::Value) -> String {
+    let state = e["policy"].as_str().unwrap_or_default();
+    match (e["audit"].as_bool() == Some(true), state) {
+        (false, _) => state.to_owned(),
+        (true, "enforcing") => "audit".to_owned(),
+        (true, other) => format!("{other} (audit)"),
+    }
 }
 
 fn enabled(flags: u32, bit: u32) -> &'static str {
@@ -276,4 +305,48 @@ fn json(s: &Inspection) -> serde_json::Value {
         },
         "counters": s.counters.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_and_policies_in_audit_mode_are_named() {
+        let agent = json!({
+            "mode": "kubernetes", "node": "n1", "ready": true, "revision": 3,
+            "policies": ["CiliumClusterwideNetworkPolicy azure-imds-deny", "CiliumNetworkPolicy apps/x"],
+            "audit_policies": ["CiliumClusterwideNetworkPolicy azure-imds-deny"],
+            "policy_errors": [],
+            "endpoints": [
+                {"id": 1, "namespace": "apps", "name": "web", "identity": 100, "interface": "veth1",
+                 "policy": "enforcing", "audit": true, "labels": []},
+                {"id": 2, "namespace": "logging", "name": "fb", "identity": 101, "interface": "veth2",
+                 "policy": "enforcing", "audit": false, "labels": []},
+                {"id": 3, "namespace": "apps", "name": "new", "identity": 102, "interface": null,
+                 "policy": "pending", "audit": true, "labels": []},
+            ],
+        });
+        let text = agent_text(&Ok(agent));
+        assert!(
+            text.contains("Policies:     2 in force, 1 in audit mode"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  audit CiliumClusterwideNetworkPolicy azure-imds-deny\n"),
+            "{text}"
+        );
+        let line = |pod: &str| {
+            text.lines()
+                .find(|l| l.contains(pod))
+                .unwrap_or_default()
+                .split_whitespace()
+                .nth(4)
+                .map(str::to_owned)
+        };
+        assert_eq!(line("apps/web").as_deref(), Some("audit"));
+        assert_eq!(line("logging/fb").as_deref(), Some("enforcing"));
+        assert!(text.contains("pending (audit)"), "{text}");
+    }
 }

@@ -5,12 +5,30 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The pin layout. Pinned maps are reused as they are, so a change to any struct here or in
 /// `datapath.h` must bump this: a new agent then starts a fresh tree next to the old one.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: the audit view (`AUDIT_VIEW_GENERATION` rows, `EP_AUDIT_*` flags); a v2 program would
+/// ignore them and drop nothing an audit policy denies, but also report nothing, so it is replaced.
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const EP_READY: u32 = 1 << 0;
 pub const EP_EGRESS_ENFORCED: u32 = 1 << 1;
 pub const EP_INGRESS_ENFORCED: u32 = 1 << 2;
 pub const EP_AUDIT: u32 = 1 << 3;
+/// The endpoint has a full view (an audit-mode policy selects it): its rows are under
+/// `generation | AUDIT_VIEW_GENERATION`, looked up when the enforced view lets a packet through.
+pub const EP_AUDIT_VIEW: u32 = 1 << 4;
+/// The full view enforces (default deny) egress / ingress.
+pub const EP_AUDIT_EGRESS_ENFORCED: u32 = 1 << 5;
+pub const EP_AUDIT_INGRESS_ENFORCED: u32 = 1 << 6;
+
+/// The remote identity of the full view's "who turns default deny on" row, one per direction
+/// where an audit policy does: (prefix length 104, identity this, protocol 0, port 0) → the rule
+/// ID a full-view miss (133) is reported against. No identity is ever this, so no packet's
+/// lookup meets the row.
+pub const AUDIT_DEFAULT_DENY_IDENTITY: u32 = u32::MAX;
+
+/// The generation bit of the full view's policy rows. The enforced view's rows use the
+/// endpoint's generation as is; generations themselves stay below this bit.
+pub const AUDIT_VIEW_GENERATION: u32 = 1 << 31;
 
 pub const IPC_PROTECTED: u32 = 1 << 0;
 
@@ -52,6 +70,21 @@ pub const COUNTER_NAMES: [&str; 14] = [
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Addr(pub [u8; 16]);
+
+/// A prefix as the maps key it. They hold IPv4 as IPv4-mapped IPv6, so `::ffff:a.b.c.d/128` and
+/// `a.b.c.d/32` are one key there. A mapped prefix is therefore written as its IPv4 form;
+/// otherwise the second write would replace the first, and with it the address's identity.
+pub fn canonical_prefix(net: &ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(*net),
+            None => *net,
+        },
+        _ => *net,
+    }
+}
 
 impl Addr {
     pub fn ip(&self) -> IpAddr {

@@ -90,6 +90,12 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
             });
             f.verdict = verdict(e.verdict) as i32;
             f.policy_match_type = u32::from(e.match_type);
+            // An audited verdict carries the reason it would have been dropped for, as
+            // Hubble's audit flows do.
+            if verdict(e.verdict) == Verdict::Audit && e.sub_type != 0 {
+                f.drop_reason = u32::from(e.sub_type);
+                f.drop_reason_desc = i32::from(e.sub_type);
+            }
             let denied = matches!(verdict(e.verdict), Verdict::Dropped | Verdict::Audit);
             if let Some(p) = policy {
                 match (egress, denied) {
@@ -370,6 +376,19 @@ mod tests {
         assert_eq!(f.egress_denied_by[0].name, "azure-imds-deny");
         assert_eq!(f.destination.as_ref().map(|d| d.labels.len()), Some(2));
         assert_eq!(f.source.as_ref().map(|s| s.id), Some(1201));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn an_audited_verdict_carries_the_would_be_reason_and_names_the_policy() {
+        let f = to_flow(&event(EV_POLICY_VERDICT, 181, 6), &Dir, "n", 0);
+        assert_eq!(f.verdict, Verdict::Audit as i32);
+        assert_eq!((f.drop_reason, f.drop_reason_desc), (181, 181));
+        assert_eq!(f.egress_denied_by[0].name, "azure-imds-deny");
+        assert!(f.egress_allowed_by.is_empty());
+        // Allowed and denied verdicts keep no reason on the verdict (the drop event has it).
+        let f = to_flow(&event(EV_POLICY_VERDICT, 0, 2), &Dir, "n", 0);
+        assert_eq!(f.drop_reason_desc, 0);
     }
 
     #[test]

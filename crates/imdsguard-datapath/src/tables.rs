@@ -2,8 +2,9 @@
 //! this computes.
 
 use crate::abi::{
-    DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ENFORCED, EP_INGRESS_ENFORCED, EP_READY, POL_DENY,
-    POLICY_FIXED_BITS, PolicyKey, PolicyValue,
+    AUDIT_DEFAULT_DENY_IDENTITY, AUDIT_VIEW_GENERATION, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
+    EP_AUDIT_EGRESS_ENFORCED, EP_AUDIT_INGRESS_ENFORCED, EP_AUDIT_VIEW, EP_EGRESS_ENFORCED,
+    EP_INGRESS_ENFORCED, EP_READY, POL_DENY, POLICY_FIXED_BITS, PolicyKey, PolicyValue,
 };
 use imdsguard_policy::PolicyRef;
 use imdsguard_policy::mapstate::{Entry, Origin};
@@ -23,6 +24,11 @@ impl RuleIds {
         let Origin::Rule { policy, .. } = origin else {
             return 0;
         };
+        self.id_of(policy)
+    }
+
+    /// The id of a policy, given one if it has none yet.
+    pub fn id_of(&mut self, policy: &PolicyRef) -> u32 {
         if let Some(id) = self.by_ref.get(policy) {
             return *id;
         }
@@ -69,6 +75,48 @@ pub fn endpoint_tables(
     let mut rows = Vec::new();
     for (dir, d) in [(DIR_INGRESS, &policy.ingress), (DIR_EGRESS, &policy.egress)] {
         direction_rows(ep_id, generation, dir, d, proxy_port, ids, &mut rows);
+    }
+    // The full view, only for endpoints an audit-mode policy selects: its rows sit beside the
+    // enforced ones under the audit generation bit, so one flip switches both.
+    if let Some(a) = &policy.audit_view {
+        flags |= EP_AUDIT_VIEW;
+        if a.egress.table.enforced {
+            flags |= EP_AUDIT_EGRESS_ENFORCED;
+        }
+        if a.ingress.table.enforced {
+            flags |= EP_AUDIT_INGRESS_ENFORCED;
+        }
+        let audit_generation = generation | AUDIT_VIEW_GENERATION;
+        for (dir, d) in [(DIR_INGRESS, &a.ingress), (DIR_EGRESS, &a.egress)] {
+            direction_rows(
+                ep_id,
+                audit_generation,
+                dir,
+                &d.table,
+                proxy_port,
+                ids,
+                &mut rows,
+            );
+            // A full-view miss is reported against the audit policy that turns default deny on
+            // (the first, when several do).
+            if let Some(p) = d.default_deny_by.first().filter(|_| d.table.enforced) {
+                rows.push((
+                    POLICY_FIXED_BITS,
+                    PolicyKey {
+                        ep_id,
+                        generation: audit_generation,
+                        identity: AUDIT_DEFAULT_DENY_IDENTITY,
+                        dir,
+                        proto: 0,
+                        dport_be: 0,
+                    },
+                    PolicyValue {
+                        rule_id: ids.id_of(p),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
     }
     EndpointTables { flags, rows }
 }

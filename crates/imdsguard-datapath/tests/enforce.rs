@@ -392,6 +392,110 @@ fn audit_mode_lets_denials_pass_and_reports_them() {
     );
 }
 
+/// a: an enforcing deny of ICMP echo to the server and an audit-mode deny of the whole server
+/// (so a's ping is denied by both); b: an audit-mode allow-only policy (its default deny is
+/// audited).
+const AUDIT_POLICIES: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a-no-ping, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  enableDefaultDeny: {egress: false}
+  egressDeny:
+    - toCIDR: [SERVER/32]
+      icmps: [{fields: [{type: 8}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: a-audit-server
+  namespace: default
+  annotations: {policy.imdsguard.io/audit-mode: "true"}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  enableDefaultDeny: {egress: false}
+  egressDeny:
+    - toCIDR: [SERVER/32, SERVER6/128]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: b-audit-allow-only
+  namespace: default
+  annotations: {policy.imdsguard.io/audit-mode: "true"}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egress:
+    - toCIDR: [SERVER/32]
+      toPorts: [{ports: [{port: "9999", protocol: TCP}]}]
+"#;
+
+#[test]
+fn an_audit_policy_lets_its_denials_pass_while_an_enforcing_deny_still_drops() {
+    let Some(lab) = lab() else { return };
+    let repo = repository_with(&lab, AUDIT_POLICIES);
+    let mut dp = open(&lab);
+    let mut sync = TableSync::new(sync_options(&lab));
+    sync.sync(&repo, &mut dp).expect("sync");
+    for pod in [&lab.a, &lab.b] {
+        attach(&mut dp, pod).expect("attach");
+    }
+    let mut events = dp.take_events().expect("events");
+    let server = IpAddr::V4(lab.server.ipv4);
+    let name = |rule_id: u32| sync.rule_ids.policy(rule_id).map(|p| p.name.to_string());
+
+    // a's HTTP: only the audit policy denies it: it passes, reported AUDIT (181) naming it.
+    let passed = curl(&lab.a, server);
+    let evs = drain(&mut events);
+    assert!(passed, "an audit-mode deny dropped a's connection: {evs:?}");
+    let a_verdicts: Vec<Event> = from(&evs, lab.a.ipv4)
+        .into_iter()
+        .filter(|e| e.kind == abi::EV_POLICY_VERDICT)
+        .collect();
+    assert_eq!(a_verdicts.len(), 1, "{evs:?}");
+    let v = a_verdicts[0];
+    assert_eq!((v.verdict, v.sub_type, v.match_type), (6, 181, 1), "{v:?}");
+    assert_eq!(name(v.rule_id), Some("a-audit-server".to_owned()));
+    assert!(
+        !from(&evs, lab.a.ipv4)
+            .iter()
+            .any(|e| e.kind == abi::EV_DROP)
+    );
+
+    // a's ping: the enforcing deny drops it, although the audit policy denies it too.
+    assert!(!ping(&lab.a, server), "a's ping passed an enforcing deny");
+    let evs = drain(&mut events);
+    let drop = from(&evs, lab.a.ipv4)
+        .into_iter()
+        .find(|e| e.kind == abi::EV_POLICY_VERDICT)
+        .expect("a verdict for a's ping");
+    assert_eq!((drop.verdict, drop.proto), (2, 1), "{drop:?}");
+    assert_eq!(name(drop.rule_id), Some("a-no-ping".to_owned()));
+    assert!(
+        from(&evs, lab.a.ipv4)
+            .iter()
+            .any(|e| e.kind == abi::EV_DROP && e.sub_type == 181)
+    );
+
+    // b: only an audit allow-only policy selects it; its default deny is audited (133).
+    let passed = curl(&lab.b, server);
+    let evs = drain(&mut events);
+    assert!(passed, "an audit policy's default deny dropped b: {evs:?}");
+    let v = from(&evs, lab.b.ipv4)
+        .into_iter()
+        .find(|e| e.kind == abi::EV_POLICY_VERDICT)
+        .expect("an AUDIT verdict for b");
+    assert_eq!((v.verdict, v.sub_type, v.match_type), (6, 133, 0), "{v:?}");
+    assert_eq!(name(v.rule_id), Some("b-audit-allow-only".to_owned()));
+    let counters: std::collections::HashMap<_, _> =
+        dp.counters().expect("counters").into_iter().collect();
+    assert!(
+        counters["audited"] >= 2 && counters["denied"] >= 1,
+        "{counters:?}"
+    );
+}
+
 const INGRESS: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

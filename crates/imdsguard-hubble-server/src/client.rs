@@ -242,6 +242,37 @@ impl ClientOptions {
         Ok(())
     }
 
+    /// Sends `req` and hands each flow of the answer to `each` (other responses, node status
+    /// and lost-event notices, are counted as the printer would show them, not passed on), for
+    /// callers that judge flows rather than print them (`policy whatif`). Returns the lost
+    /// events the server reported, so a caller can say its view is incomplete.
+    pub async fn for_each_flow(
+        &self,
+        req: GetFlowsRequest,
+        mut each: impl FnMut(&imdsguard_flow::flow::Flow),
+    ) -> Result<u64, ClientError> {
+        use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
+        let mut client = ObserverClient::new(self.connect().await?);
+        let mut stream = client
+            .get_flows(req)
+            .await
+            .map_err(|s| ClientError::GetFlows(s.message().to_owned()))?
+            .into_inner();
+        let mut lost = 0;
+        while let Some(resp) = stream
+            .message()
+            .await
+            .map_err(|s| ClientError::Stream(s.message().to_owned()))?
+        {
+            match &resp.response_types {
+                Some(ResponseTypes::Flow(f)) => each(f),
+                Some(ResponseTypes::LostEvents(l)) => lost += l.num_events_lost,
+                _ => {}
+            }
+        }
+        Ok(lost)
+    }
+
     /// `ServerStatus` and `GetNodes`, as `hubble status` and `hubble list nodes` ask them. A
     /// server that does not implement GetNodes (Cilium's agent) gives no nodes.
     pub async fn status_and_nodes(
@@ -267,5 +298,59 @@ impl ClientOptions {
             }
         };
         Ok((status, nodes))
+    }
+
+    /// `imdsguard status --server` in `output` format (`text`/`table`, `wide`: the nodes'
+    /// version, address and TLS, or `json`: the responses as protojson), and whether every node
+    /// is connected.
+    pub async fn status_report(&self, output: &str) -> Result<(String, bool), ClientError> {
+        let wide = match output {
+            "text" | "table" | "json" => false,
+            "wide" => true,
+            other => {
+                return Err(ClientError::Config(format!(
+                    "unknown output format {other:?}: text, wide or json"
+                )));
+            }
+        };
+        let (status, nodes) = self.status_and_nodes().await?;
+        let nodes = nodes.map(|n| n.nodes).unwrap_or_default();
+        let connected = imdsguard_hubble_proto::relay::NodeState::NodeConnected as i32;
+        let all_connected = nodes.iter().all(|n| n.state == connected);
+        let out = if output == "json" {
+            let doc = serde_json::json!({ "status": status, "nodes": nodes });
+            serde_json::to_string_pretty(&doc)
+                .map_err(|e| ClientError::Config(format!("encoding the answer: {e}")))?
+                + "\n"
+        } else {
+            let mut out = crate::report::server_status(&status);
+            if !nodes.is_empty() {
+                out.push('\n');
+                out.push_str(&crate::report::nodes_table(&nodes, wide));
+            }
+            out
+        };
+        Ok((out, all_connected))
+    }
+
+    /// The hubble CLI's way to choose TLS: `--tls` or a `tls://` address turns it on; TLS
+    /// settings without either are refused rather than ignored.
+    pub fn from_flags(
+        server: String,
+        tls: bool,
+        settings: ClientTls,
+    ) -> Result<ClientOptions, ClientError> {
+        let wanted = tls || server.starts_with("tls://");
+        if !wanted && settings != ClientTls::default() {
+            return Err(ClientError::Config(
+                "the --tls-* flags need --tls (or a tls:// server address)".into(),
+            ));
+        }
+        let client = ClientOptions::new(server);
+        Ok(if wanted {
+            client.with_tls(settings)
+        } else {
+            client
+        })
     }
 }

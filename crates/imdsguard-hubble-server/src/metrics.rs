@@ -350,4 +350,36 @@ mod tests {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
     }
+
+    /// Audit mode: a would-be drop that passed is counted as Hubble's policy handler counts it,
+    /// the verdict's name in lower case (`action="audit"`), and never as a drop.
+    #[test]
+    fn audit_verdicts_are_counted_as_action_audit() {
+        let m = FlowMetrics::default();
+        let audited = Flow {
+            verdict: flow::Verdict::Audit as i32,
+            drop_reason_desc: flow::DropReason::PolicyDeny as i32,
+            event_type: Some(flow::CiliumEventType {
+                r#type: 5,
+                sub_type: 0,
+            }),
+            traffic_direction: flow::TrafficDirection::Egress as i32,
+            policy_match_type: 1,
+            source: Some(flow::Endpoint {
+                identity: 14226,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        m.observe(&audited);
+        m.observe(&audited);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"hubble_policy_verdicts_total{direction="egress",match="l3-only",action="audit"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("hubble_drop_total{"), "{text}");
+    }
 }

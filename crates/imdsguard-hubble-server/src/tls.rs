@@ -29,6 +29,11 @@ use tokio_stream::wrappers::ReceiverStream;
 /// stalled client must not hold a socket forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at most. The port is reachable from pods: a flood of connections that
+/// never finish their handshake must not take every descriptor, so beyond this new connections
+/// are closed at once (Relay retries) while the ones in progress finish or time out.
+const MAX_HANDSHAKES: usize = 256;
+
 /// Why TLS files could not be used. Every text names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -287,6 +292,7 @@ impl ServerTls {
         listener: TcpListener,
     ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
         let (tx, rx) = mpsc::channel(64);
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -302,10 +308,16 @@ impl ServerTls {
                         continue;
                     }
                 };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "hubble: too many TLS handshakes in progress; closed");
+                    continue;
+                };
                 let acceptor = TlsAcceptor::from(self.config());
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if let Some(stream) = handshake(acceptor, tcp, peer).await {
+                    let stream = handshake(acceptor, tcp, peer).await;
+                    drop(permit);
+                    if let Some(stream) = stream {
                         let _ = tx.send(Ok(stream)).await;
                     }
                 });

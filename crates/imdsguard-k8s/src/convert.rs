@@ -122,7 +122,8 @@ pub fn namespace_labels(ns: &Namespace) -> Option<(String, Vec<(String, String)>
 
 /// A policy object as the policy decoder reads files: the name of the "file" is
 /// `kind/namespace/name`, and the text carries only what the decoder judges (apiVersion, kind,
-/// name, namespace, labels, spec, specs), so a status update does not count as a change.
+/// name, namespace, labels, the audit-mode annotation, spec, specs), so a status update (or
+/// kubectl's last-applied annotation) does not count as a change.
 pub fn policy_source(kind: &str, api_version: &str, obj: &DynamicObject) -> Option<Source> {
     let name = obj.metadata.name.clone()?;
     let mut meta = serde_json::Map::new();
@@ -139,6 +140,11 @@ pub fn policy_source(kind: &str, api_version: &str, obj: &DynamicObject) -> Opti
             "labels".into(),
             serde_json::to_value(labels).unwrap_or_default(),
         );
+    }
+    // Only the annotation the decoder reads: it puts the policy in audit mode.
+    let audit = imdsguard_policy::api::AUDIT_ANNOTATION;
+    if let Some(v) = obj.metadata.annotations.as_ref().and_then(|a| a.get(audit)) {
+        meta.insert("annotations".into(), serde_json::json!({ audit: v }));
     }
     let mut doc = serde_json::Map::new();
     doc.insert("apiVersion".into(), api_version.into());
@@ -242,16 +248,28 @@ mod tests {
         let obj: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
             "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "7", "uid": "u",
-                         "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"endpointSelector": {}},
+                         "managedFields": [{"manager": "kubectl"}],
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                         "policy.imdsguard.io/audit-mode": "true"}},
+            "spec": {"endpointSelector": {}, "egress": [{"toEntities": ["world"]}]},
             "status": {"nodes": {}}
         }))
         .unwrap();
         let s = policy_source("CiliumNetworkPolicy", "cilium.io/v2", &obj).unwrap();
         assert_eq!(&*s.name, "CiliumNetworkPolicy/ns/p");
         assert!(s.text.contains("endpointSelector"));
-        for absent in ["resourceVersion", "managedFields", "status", "\"uid\""] {
+        for absent in [
+            "resourceVersion",
+            "managedFields",
+            "status",
+            "\"uid\"",
+            "last-applied",
+        ] {
             assert!(!s.text.contains(absent), "{absent} in {}", s.text);
         }
+        // The audit annotation reaches the decoder: the policy is in audit mode.
+        let d = imdsguard_policy::decode_sources(&[s], &Default::default());
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert!(d.policies[0].audit);
     }
 }

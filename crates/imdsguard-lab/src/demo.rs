@@ -238,12 +238,31 @@ fn observe(binary: &Path, addr: &str, since: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The lab's endpoints file with `namespace` labelled for audit mode; `None` when the file does
+/// not list it the way `imdsguard lab up` writes it (`"ns": {}`).
+fn audit_namespace(endpoints: &str, namespace: &str) -> Option<String> {
+    let quoted = serde_json::to_string(namespace).ok()?;
+    let label = serde_json::to_string(imdsguard_policy::api::NAMESPACE_AUDIT_LABEL).ok()?;
+    let plain = format!("\n  {quoted}: {{}}\n");
+    endpoints
+        .contains(&plain)
+        .then(|| endpoints.replacen(&plain, &format!("\n  {quoted}: {{{label}: \"true\"}}\n"), 1))
+}
+
+/// Replaces the endpoints file in one rename, so the agent never reads half of it.
+fn write_endpoints(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(io("writing the endpoints file"))?;
+    std::fs::rename(&tmp, path).map_err(io("replacing the endpoints file"))
+}
+
 fn now_rfc3339() -> String {
     imdsguard_hubble_proto::wkt::Timestamp::now().to_string()
 }
 
-/// Tells the story. Ok(true) when it came out as the seed says: the webapp's calls denied, the
-/// fluent-bit requests forwarded through the proxy, its token granted, and no denial after the fix.
+/// Tells the story. Ok(true) when it came out as the seed says: in audit mode the webapp's calls
+/// pass as AUDIT and whatif names them; enforced, the webapp's calls denied, the fluent-bit
+/// requests forwarded through the proxy, its token granted, and no denial after the fix.
 pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     let started = Instant::now();
     let check = || -> Result<()> {
@@ -341,7 +360,21 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     out.show(&observe(&opts.binary, &addr, &t0)?, &[WEBAPP]);
 
     check()?;
-    out.heading("2. The seed's CiliumCIDRGroup and both CiliumClusterwideNetworkPolicies");
+    out.heading(
+        "2. Roll out in audit mode: the seed's policies, go-webapp's namespace labelled policy.imdsguard.io/audit-mode=true",
+    );
+    // The namespace's label puts its pods in audit mode (Cilium's per-endpoint
+    // PolicyAuditMode): the deny reports what it would drop, as AUDIT, and drops nothing.
+    let endpoints = state.endpoints_file();
+    let plain = std::fs::read_to_string(&endpoints).map_err(io("reading the endpoints file"))?;
+    let lines = stage.agent_lines();
+    let audited = audit_namespace(&plain, "go-webapp").ok_or_else(|| DemoError::Io {
+        what: format!("{}: no namespace go-webapp to label", endpoints.display()),
+        source: std::io::Error::other("the lab's topology has no go-webapp namespace"),
+    })?;
+    write_endpoints(&endpoints, &audited)?;
+    stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
+    (out.line)("  labelled namespace go-webapp: policy.imdsguard.io/audit-mode=true");
     let lines = stage.agent_lines();
     for f in [
         "cidrgroup.yaml",
@@ -354,6 +387,40 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
         (out.line)(&format!("  applied {}", from.display()));
     }
     stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
+    let ta = now_rfc3339();
+    let audited_calls = sidecar_calls(&state)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let audit_flows = observe(&opts.binary, &addr, &ta)?;
+    out.show(&audit_flows, &[WEBAPP]);
+    let audited = audit_flows
+        .lines()
+        .filter(|l| l.contains(WEBAPP) && l.contains("AUDIT"))
+        .count();
+    (out.line)(&format!(
+        "  webapp sidecar calls: HTTP {audited_calls:?}: they still reach IMDS, reported as AUDIT"
+    ));
+
+    check()?;
+    out.heading(
+        "3. What would enforcing break? `imdsguard policy whatif` on the agent's recent flows",
+    );
+    let whatif = Command::new(&opts.binary)
+        .args(["policy", "whatif", "--server", &addr, "--group-by", "pod"])
+        .arg(dir.join("policies"))
+        .output()
+        .map_err(io("running policy whatif"))?;
+    let report = String::from_utf8_lossy(&whatif.stdout);
+    for line in report.lines() {
+        (out.line)(&format!("  {line}"));
+    }
+    let breaks = report.contains(WEBAPP) && report.contains("→ DENIED");
+
+    check()?;
+    out.heading("4. Enforce: the label goes; the seed's CiliumCIDRGroup and both CiliumClusterwideNetworkPolicies");
+    let lines = stage.agent_lines();
+    write_endpoints(&endpoints, &plain)?;
+    stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
+    (out.line)("  removed the label from namespace go-webapp: its pods enforce");
     let t1 = now_rfc3339();
     let denied = sidecar_calls(&state)?;
     let token = token_call(&state, "GET", TOKEN)?;
@@ -375,7 +442,7 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     );
 
     check()?;
-    out.heading("3. The fix from the seed: the sidecar no longer calls IMDS (CLOUD_PLATFORM=none)");
+    out.heading("5. The fix from the seed: the sidecar no longer calls IMDS (CLOUD_PLATFORM=none)");
     let t2 = now_rfc3339();
     let token_after = token_call(&state, "GET", TOKEN)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -400,6 +467,9 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
         before.iter().filter(|c| **c != 0).count()
     ));
     (out.line)(&format!(
+        "  in audit mode: {audited} webapp flows AUDIT, and whatif named what enforcing would deny"
+    ));
+    (out.line)(&format!(
         "  with the seed's policies: {dropped} webapp packets denied by azure-imds-deny (denylist), {forwarded} fluent-bit requests forwarded through the L7 proxy"
     ));
     (out.line)(&format!(
@@ -418,5 +488,52 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
             bpf = dir.join("bpf").display(),
         ));
     }
-    Ok(dropped > 0 && forwarded > 0 && token == 200 && denied_after == 0)
+    Ok(audited > 0
+        && audited_calls.iter().all(|c| *c != 0)
+        && breaks
+        && dropped > 0
+        && forwarded > 0
+        && token == 200
+        && denied_after == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rollout_step_labels_one_namespace_of_the_lab_endpoints_file() {
+        let lab = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/azure-imds/lab.yaml"
+        );
+        let topology = crate::topology::load(std::path::Path::new(lab)).expect("lab.yaml");
+        let plain = crate::topology::endpoints_file(&topology, &[]);
+        let audited = audit_namespace(&plain, "go-webapp").expect("go-webapp is listed");
+        assert!(audit_namespace(&plain, "nowhere").is_none());
+        // The agent reads it as the namespace's label, and the other namespaces keep theirs.
+        let read = |text: &str| {
+            imdsguard_policy::endpoints_file::parse_endpoints(&imdsguard_manifest::Source::new(
+                "endpoints.yaml",
+                text,
+            ))
+            .expect("endpoints file")
+            .namespaces
+        };
+        let before = read(&plain);
+        let after = read(&audited);
+        assert_eq!(before.len(), after.len());
+        for ((n, b), (m, a)) in before.iter().zip(&after) {
+            assert_eq!(n, m);
+            if n == "go-webapp" {
+                let want = (
+                    imdsguard_policy::api::NAMESPACE_AUDIT_LABEL.to_owned(),
+                    "true".to_owned(),
+                );
+                assert_eq!(a, &[want]);
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+    }
 }

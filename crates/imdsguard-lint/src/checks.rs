@@ -192,6 +192,14 @@ pub const UNKNOWN_NAMESPACE: Check = Check {
     fix: "Correct the namespace name, or create the namespace.",
 };
 
+pub const AUDIT_MOOT: Check = Check {
+    code: "IG1801",
+    name: "audit-moot",
+    severity: Severity::Warning,
+    summary: "A policy in audit mode (policy.imdsguard.io/audit-mode) selects no pod, or its deny only covers flows an enforcing policy already denies: its audit reports nothing about what enforcing it would change.",
+    fix: "Point the policy's endpointSelector at the pods you mean to roll it out to, or drop the deny (or the annotation) where an enforcing policy already denies the same flows.",
+};
+
 /// Every check, in code order.
 pub const CHECKS: &[Check] = &[
     INVALID_POLICY,
@@ -209,6 +217,7 @@ pub const CHECKS: &[Check] = &[
     IMDS_HOST_NETWORK,
     IMDS_TOKEN_OPEN,
     UNKNOWN_NAMESPACE,
+    AUDIT_MOOT,
 ];
 
 /// A check by its code (`IG1001`) or its name (`l7-visibility-only`).

@@ -11,6 +11,7 @@
 //! witness pods, which cannot see pods that other policies' selectors single out; host policies
 //! are not evaluated (the engine does not enforce them).
 
+mod audit;
 pub mod checks;
 mod defaultdeny;
 mod groups;
@@ -114,6 +115,7 @@ pub fn lint(sources: &[Source], cluster: Option<&Cluster>) -> Report {
     findings.extend(groups::check(&m));
     findings.extend(imds::check(&m));
     findings.extend(namespaces::check(&m));
+    findings.extend(audit::check(&m));
     findings.sort_by(|a, b| {
         (&a.file, a.line, a.column, a.code, &a.message)
             .cmp(&(&b.file, b.line, b.column, b.code, &b.message))

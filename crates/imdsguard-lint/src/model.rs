@@ -93,6 +93,33 @@ impl<'a> Model<'a> {
         &self.decoded.policies
     }
 
+    /// A repository with the same pods (the cluster's and the witnesses) and CIDR groups, and
+    /// only the policies `keep` accepts: to ask what the others decide without one of them.
+    pub fn repo_with(&self, keep: impl Fn(&Policy) -> bool) -> Repository {
+        let mut repo = Repository::new(EngineOptions::default());
+        if let Some(c) = self.cluster {
+            for (ns, labels) in &c.namespaces {
+                repo.set_namespace_labels(ns, labels.clone());
+            }
+        }
+        for (spec, _) in self.repo.endpoints() {
+            repo.upsert_endpoint(spec.clone());
+        }
+        let decoded = Decoded {
+            policies: self
+                .policies()
+                .iter()
+                .filter(|p| keep(p))
+                .cloned()
+                .collect(),
+            groups: self.decoded.groups.clone(),
+            ..Default::default()
+        };
+        repo.load(&decoded);
+        repo.resolve();
+        repo
+    }
+
     /// Every rule with an endpoint selector.
     pub fn endpoint_rules(&self) -> impl Iterator<Item = (RuleAt, &Policy, &Selector)> {
         self.policies().iter().enumerate().flat_map(|(pi, p)| {

@@ -49,7 +49,17 @@ pub struct Policy {
     pub file: Arc<str>,
     pub pos: Pos,
     pub rules: Vec<Rule>,
+    /// `policy.imdsguard.io/audit-mode: "true"`: the policy never drops; what it would deny passes
+    /// and is reported as AUDIT (an imdsguard extension; Cilium's audit mode is per agent or
+    /// endpoint).
+    pub audit: bool,
 }
+
+/// The annotation that puts one policy in audit mode.
+pub const AUDIT_ANNOTATION: &str = "policy.imdsguard.io/audit-mode";
+
+/// The Namespace label that puts every pod of the namespace in audit mode.
+pub const NAMESPACE_AUDIT_LABEL: &str = "policy.imdsguard.io/audit-mode";
 
 impl Policy {
     /// Every prefix the policy names (CIDRs and their exceptions): each becomes an ipcache entry.

@@ -17,7 +17,7 @@ pub struct EndpointEntry {
     /// The host side of the pod's veth (agent endpoints files; ignored by `policy test`).
     pub interface: Option<String>,
     /// Cilium's per-endpoint PolicyAuditMode: denials pass and are reported as AUDIT (agent
-    /// endpoints files; `policy test` uses the scenario's `auditMode`).
+    /// endpoints files and `policy test` scenarios, next to the scenario-wide `auditMode`).
     pub policy_audit_mode: bool,
 }
 

@@ -12,6 +12,7 @@
 //! nothing; only HTTP is judged at L7 (Kafka, DNS and generic rules redirect but allow).
 
 pub mod api;
+pub mod audit;
 pub mod decode;
 pub mod endpoints_file;
 pub mod identity;
@@ -32,5 +33,7 @@ pub use decode::{DecodeOptions, Decoded, PolicyError, Warning, decode_source, de
 pub use identity::Identity;
 pub use l7::HttpRequest;
 pub use mapstate::MatchType;
-pub use repository::{EndpointSpec, Enforcement, EngineOptions, NamedPort, Repository};
+pub use repository::{
+    AuditDirection, AuditView, EndpointSpec, Enforcement, EngineOptions, NamedPort, Repository,
+};
 pub use verdict::{DropReason, FlowQuery, FlowVerdict, Peer, Verdict};

@@ -104,6 +104,9 @@ pub fn repository(decoded: &Decoded, endpoints: &EndpointsFile, opts: EngineOpti
     }
     for ep in &endpoints.endpoints {
         repo.upsert_endpoint(ep.spec.clone());
+        if ep.policy_audit_mode {
+            repo.set_endpoint_audit(&ep.spec.key(), true);
+        }
     }
     repo.load(decoded);
     repo.resolve();
@@ -215,7 +218,24 @@ impl fmt::Display for TraceText<'_> {
             .drop_reason
             .map(|r| format!(" ({})", r.text()))
             .unwrap_or_default();
-        writeln!(f, "Verdict: {}{reason}", v.verdict.as_str())?;
+        match (v.verdict, v.deciding()) {
+            // The flow passes; say what would have dropped it (an audit-mode policy, or the
+            // endpoint's audit mode).
+            (Verdict::Audited, Some(d)) => {
+                let by: Vec<String> = d.denied_by.iter().map(|p| p.to_string()).collect();
+                let by = if by.is_empty() {
+                    "default deny".to_owned()
+                } else {
+                    by.join(", ")
+                };
+                let reason = d
+                    .drop_reason
+                    .map(|r| format!(" ({})", r.text()))
+                    .unwrap_or_default();
+                writeln!(f, "AUDIT: would be DENIED by {by}{reason}")?;
+            }
+            _ => writeln!(f, "Verdict: {}{reason}", v.verdict.as_str())?,
+        }
         writeln!(f, "Match type: {}", v.match_type.as_str())?;
         writeln!(f, "Proxy: {}", if v.proxy { "yes" } else { "no" })?;
         match v.http_allowed {
@@ -357,6 +377,44 @@ spec: {endpointSelector: {matchLabels: {app: web}}, egressDeny: [{toCIDR: [169.2
         .to_string();
         assert!(text.contains("\n  egress_denied_by: CiliumNetworkPolicy default/no-metadata\n"));
         assert!(text.contains("To:   169.254.169.254:80/TCP "), "{text}");
+    }
+
+    #[test]
+    fn trace_says_what_an_audit_policy_would_deny() {
+        let audited = POLICY.replace(
+            "namespace: default}",
+            "namespace: default, annotations: {policy.imdsguard.io/audit-mode: \"true\"}}",
+        );
+        let d = decode_source(
+            &Source::new("p.yaml", audited.as_str()),
+            &DecodeOptions::default(),
+        );
+        assert!(d.policies.iter().all(|p| p.audit), "{:?}", d.errors);
+        let eps = endpoints();
+        let repo = repository(&d, &eps, EngineOptions::default());
+        let request = TraceRequest {
+            from: "web".into(),
+            to: "169.254.169.254".into(),
+            dport: 80,
+            protocol: "tcp".into(),
+            ..Default::default()
+        };
+        let verdict = repo
+            .evaluate(&request.query(&eps.endpoints).expect("a query"))
+            .expect("a verdict");
+        assert_eq!(verdict.verdict, Verdict::Audited);
+        let text = TraceText {
+            request: &request,
+            repo: &repo,
+            verdict: &verdict,
+        }
+        .to_string();
+        assert!(
+            text.contains(
+                "\nAUDIT: would be DENIED by CiliumNetworkPolicy default/no-metadata (Policy denied by denylist)\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! [`EndpointPolicy`] per endpoint identity (docs/policy-semantics.md §4, §5.5). Changes mark only
 //! the identities they can affect, and [`Repository::resolve`] recomputes just those.
 
+pub use crate::audit::{AuditDirection, AuditView};
+
 use crate::api::*;
 use crate::decode::Decoded;
 use crate::identity::{Identity, IdentityRegistry, PodLabels, pod_identity_labels};
@@ -106,7 +108,8 @@ pub struct L7Filter {
 }
 
 impl L7Filter {
-    fn applies(&self, peer: Identity, proto: u8, port: u16) -> bool {
+    /// Whether the filter covers this peer and port.
+    pub fn applies(&self, peer: Identity, proto: u8, port: u16) -> bool {
         self.peers.as_ref().is_none_or(|p| p.contains(&peer))
             && self.ports.iter().any(|(p, start, len)| {
                 *p == 0 || (*p == proto && Key::new(0, *p, port, *len).port == *start)
@@ -160,6 +163,10 @@ pub struct EndpointPolicy {
     /// Set when the policy could not be computed (conflicting L7 parsers); the tables then hold the
     /// previous policy, or deny everything if there was none.
     pub error: Option<String>,
+    /// The FULL view (every selecting rule, audit-mode policies included), present only when an
+    /// audit-mode policy selects the identity; `ingress`/`egress` above are then the ENFORCED view
+    /// (non-audit policies only). docs/policy-semantics.md §8.1.
+    pub audit_view: Option<Box<AuditView>>,
 }
 
 impl EndpointPolicy {
@@ -168,6 +175,14 @@ impl EndpointPolicy {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
         }
+    }
+
+    /// The full view of one direction, when an audit-mode policy selects the identity.
+    pub fn audit_direction(&self, dir: Direction) -> Option<&AuditDirection> {
+        self.audit_view.as_deref().map(|a| match dir {
+            Direction::Ingress => &a.ingress,
+            Direction::Egress => &a.egress,
+        })
     }
 }
 
@@ -186,11 +201,13 @@ struct CompiledItem {
 }
 
 #[derive(Debug, Clone)]
-struct CompiledRule {
+pub(crate) struct CompiledRule {
     subject: Option<crate::selector::Selector>,
-    rule: Rule,
+    pub(crate) rule: Rule,
     items: Vec<CompiledItem>,
-    origin: Arc<Origin>,
+    pub(crate) origin: Arc<Origin>,
+    /// The policy is in audit mode: the rule counts only in the full view.
+    pub(crate) audit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +242,8 @@ pub struct Repository {
     /// Policies whose peers changed; their subjects are marked at the next resolve.
     dirty_policies: FxHashSet<PolicyRef>,
     ipcache_dirty: bool,
+    /// Endpoints (`namespace/name`) in per-endpoint audit mode (Cilium's PolicyAuditMode).
+    pub(crate) audit_endpoints: FxHashSet<String>,
 }
 
 impl Repository {
@@ -250,6 +269,7 @@ impl Repository {
             selector_users: FxHashMap::default(),
             subjects: SubjectIndex::default(),
             ipcache_dirty: false,
+            audit_endpoints: FxHashSet::default(),
         }
     }
 
@@ -398,6 +418,7 @@ impl Repository {
                 rule: rule.clone(),
                 items,
                 origin,
+                audit: policy.audit,
             });
         }
         CompiledPolicy { policy, rules }
@@ -504,7 +525,9 @@ impl Repository {
     }
 
     pub fn remove_endpoint(&mut self, namespace: &str, name: &str) -> bool {
-        match self.endpoints.remove(&format!("{namespace}/{name}")) {
+        let key = format!("{namespace}/{name}");
+        self.audit_endpoints.remove(&key);
+        match self.endpoints.remove(&key) {
             Some(ep) => {
                 for ip in &ep.spec.ips {
                     self.by_ip.remove(ip);
@@ -639,6 +662,9 @@ impl Repository {
                 let policy = self.resolve_identity(*id, *sig, ports);
                 stats.identities += 1;
                 stats.entries += policy.ingress.map.len() + policy.egress.map.len();
+                if let Some(a) = &policy.audit_view {
+                    stats.entries += a.ingress.table.map.len() + a.egress.table.map.len();
+                }
                 computed.push(((*id, *sig), Arc::new(policy)));
             }
         }
@@ -657,13 +683,15 @@ impl Repository {
         let empty = LabelSet::default();
         let labels = self.registry.labels(id).map(|l| &**l).unwrap_or(&empty);
         let init = labels.has_reserved("init");
-        let rules: Vec<&CompiledRule> = self
+        let all: Vec<&CompiledRule> = self
             .subjects
             .candidates(labels)
             .into_iter()
             .filter_map(|(_, (c, i))| c.rules.get(*i))
             .filter(|r| r.subject.as_ref().is_some_and(|s| s.matches(labels)))
             .collect();
+        // The enforced view: audit-mode policies never drop, so they are left out here.
+        let rules: Vec<&CompiledRule> = all.iter().filter(|r| !r.audit).copied().collect();
         let mut error = None;
         let mut dirs = [Direction::Ingress, Direction::Egress].map(|dir| {
             match self.resolve_direction(id, dir, &rules, init, own_ports) {
@@ -683,15 +711,20 @@ impl Repository {
             }
         });
         let [ingress, egress] = std::mem::take(&mut dirs);
+        // The full view costs a second resolution, so only identities an audit policy selects pay.
+        let audit_view = (rules.len() != all.len()).then(|| {
+            Box::new(self.resolve_audit_view(id, &all, init, own_ports, [&ingress, &egress]))
+        });
         EndpointPolicy {
             identity: id,
             ingress,
             egress,
             error,
+            audit_view,
         }
     }
 
-    fn resolve_direction(
+    pub(crate) fn resolve_direction(
         &self,
         subject: Identity,
         dir: Direction,

@@ -5,7 +5,7 @@ use crate::api::{Direction, PolicyRef, Protocol};
 use crate::identity::Identity;
 use crate::l7::HttpRequest;
 use crate::mapstate::{MatchType, Origin};
-use crate::repository::{EndpointPolicy, Repository};
+use crate::repository::{AuditDirection, EndpointPolicy, Repository};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -105,6 +105,9 @@ pub struct DirectionVerdict {
     /// The proxy's answer when the flow is redirected and an HTTP request was given.
     pub http_allowed: Option<bool>,
     pub http_allowed_by: Vec<PolicyRef>,
+    /// The proxy forwards the request, but the full view's HTTP rules (audit-mode policies) would
+    /// refuse it: the L7 flow is reported as AUDIT.
+    pub http_audited: bool,
 }
 
 /// The verdict for a whole flow.
@@ -172,15 +175,21 @@ impl Repository {
                 None => Ok(None),
             }
         };
-        let egress = lookup(&src_ep)?.map(|p| self.direction_verdict(p, Direction::Egress, dst, q));
-        let ingress =
-            lookup(&dst_ep)?.map(|p| self.direction_verdict(p, Direction::Ingress, src, q));
-        let denied = |d: &Option<DirectionVerdict>| {
-            d.as_ref().is_some_and(|d| d.verdict != Verdict::Allowed)
-        };
-        let deciding = if denied(&egress) {
+        let audit = |ep: &Option<String>| ep.as_deref().is_some_and(|k| self.endpoint_audit(k));
+        let egress = lookup(&src_ep)?
+            .map(|p| self.direction_verdict(p, Direction::Egress, dst, q, audit(&src_ep)));
+        let ingress = lookup(&dst_ep)?
+            .map(|p| self.direction_verdict(p, Direction::Ingress, src, q, audit(&dst_ep)));
+        let is =
+            |d: &Option<DirectionVerdict>, v: Verdict| d.as_ref().is_some_and(|d| d.verdict == v);
+        // A drop on either side wins over an audit on the other: the packet does not pass.
+        let deciding = if is(&egress, Verdict::Denied) {
             Direction::Egress
-        } else if denied(&ingress) {
+        } else if is(&ingress, Verdict::Denied) {
+            Direction::Ingress
+        } else if is(&egress, Verdict::Audited) {
+            Direction::Egress
+        } else if is(&ingress, Verdict::Audited) {
             Direction::Ingress
         } else if egress.as_ref().is_some_and(|e| e.enforced)
             || ingress.as_ref().is_none_or(|i| !i.enforced)
@@ -232,6 +241,25 @@ impl Repository {
         dir: Direction,
         peer: Identity,
         q: &FlowQuery,
+        endpoint_audit: bool,
+    ) -> DirectionVerdict {
+        let mut v = self.enforced_verdict(policy, dir, peer, q, endpoint_audit);
+        if v.verdict == Verdict::Allowed
+            && let Some(a) = policy.audit_direction(dir)
+        {
+            audit_overlay(&mut v, a, peer, q);
+        }
+        v
+    }
+
+    /// The verdict of the enforced view (every policy but audit-mode ones).
+    fn enforced_verdict(
+        &self,
+        policy: &EndpointPolicy,
+        dir: Direction,
+        peer: Identity,
+        q: &FlowQuery,
+        endpoint_audit: bool,
     ) -> DirectionVerdict {
         let table = policy.direction(dir);
         let mut v = DirectionVerdict {
@@ -247,6 +275,7 @@ impl Repository {
             notes: Vec::new(),
             http_allowed: None,
             http_allowed_by: Vec::new(),
+            http_audited: false,
         };
         if let Some(e) = &policy.error {
             v.notes.push(format!("policy could not be computed: {e}"));
@@ -295,7 +324,7 @@ impl Repository {
         };
         if let Some(r) = reason {
             v.drop_reason = Some(r);
-            v.verdict = if self.options().audit_mode {
+            v.verdict = if endpoint_audit {
                 Verdict::Audited
             } else {
                 Verdict::Denied
@@ -323,6 +352,74 @@ impl Repository {
             }
         }
         v
+    }
+}
+
+/// Judges a flow the enforced view lets through against the full view: what it would drop
+/// becomes AUDIT, named after the audit-mode policy; a redirect it adds sends the flow to the proxy.
+fn audit_overlay(v: &mut DirectionVerdict, a: &AuditDirection, peer: Identity, q: &FlowQuery) {
+    let full = &a.table;
+    if !full.enforced {
+        return;
+    }
+    let hit = full.map.lookup(peer, q.protocol, q.port);
+    let (reason, match_type, by) = match hit {
+        None => (
+            DropReason::PolicyDenied,
+            MatchType::None,
+            a.default_deny_by.clone(),
+        ),
+        Some(h) if h.entry.deny => (
+            DropReason::PolicyDeny,
+            h.key.match_type(),
+            policy_refs(h.entry.origins()),
+        ),
+        Some(h) if h.entry.auth_required => (
+            DropReason::AuthRequired,
+            h.key.match_type(),
+            policy_refs(h.entry.origins()),
+        ),
+        Some(h) => {
+            // The flow passes either way; it goes to the proxy when the full view redirects, so
+            // the audit policy's HTTP rules are judged (in audit) there.
+            if h.entry.proxy_rank > 0 && !v.proxy {
+                v.proxy = true;
+                v.notes
+                    .push("redirected to the L7 proxy by an audit-mode policy's HTTP rules".into());
+            }
+            if v.proxy
+                && q.protocol == Protocol::Tcp
+                && let Some(req) = &q.http
+            {
+                let enforced_ok = *v.http_allowed.get_or_insert(true);
+                let (full_ok, _) = full.http_allows(peer, q.port, req);
+                if enforced_ok && !full_ok {
+                    v.http_audited = true;
+                    v.notes.push(
+                        "HTTP: AUDIT, an audit-mode policy's HTTP rules would refuse this request (403)"
+                            .into(),
+                    );
+                }
+            }
+            return;
+        }
+    };
+    if !v.enforced {
+        v.notes.clear();
+        v.enforced = true;
+    }
+    v.verdict = Verdict::Audited;
+    v.drop_reason = Some(reason);
+    v.match_type = match_type;
+    v.denied_by = by;
+    if let Some(h) = hit {
+        for o in h.entry.origins() {
+            if let Origin::Rule { log: Some(l), .. } = &**o
+                && !v.policy_log.iter().any(|x| x.as_str() == &**l)
+            {
+                v.policy_log.push(l.to_string());
+            }
+        }
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Exchange<'a> {
     /// The rules that allowed the request (empty when denied); turned into the flow's policies
     /// only when a flow is built, after the request has gone on.
     pub allowed_by: &'a [Arc<Origin>],
+    /// Audit-mode policies whose HTTP rules would refuse the forwarded request: its
+    /// `http-request` flow is then AUDIT, naming them (docs/proxy.md).
+    pub audited_by: &'a [Arc<Origin>],
 }
 
 impl Exchange<'_> {
@@ -118,13 +121,18 @@ impl Exchange<'_> {
         }
     }
 
-    /// `http-request FORWARDED|DROPPED (HTTP/1.1 GET http://…)`.
+    /// `http-request FORWARDED|DROPPED (HTTP/1.1 GET http://…)`; `http-request AUDIT` when
+    /// forwarded although an audit-mode policy would refuse it (Hubble has no L7 audit of its
+    /// own: the verdict is the L3/L4 one, with the audit policies as `egress_denied_by`).
     pub fn request_flow(&self, forwarded: bool) -> Flow {
         let http = self.http(0);
         let summary = format!("{} {} {}", http.protocol, http.method, http.url);
-        self.flow(
+        let audited = forwarded && !self.audited_by.is_empty();
+        let mut f = self.flow(
             false,
-            if forwarded {
+            if audited {
+                Verdict::Audit
+            } else if forwarded {
                 Verdict::Forwarded
             } else {
                 Verdict::Dropped
@@ -135,7 +143,15 @@ impl Exchange<'_> {
                 record: Some(layer7::Record::Http(http)),
             },
             summary,
-        )
+        );
+        if audited {
+            f.egress_denied_by = self
+                .audited_by
+                .iter()
+                .filter_map(|o| policy_of(o))
+                .collect();
+        }
+        f
     }
 
     /// `http-response FORWARDED (HTTP/1.1 200 3ms (GET http://…))`.
@@ -191,6 +207,7 @@ impl Unjudged<'_> {
             request: &placeholder,
             node_name: self.node_name,
             allowed_by: &[],
+            audited_by: &[],
         })
     }
 
@@ -256,6 +273,7 @@ mod tests {
             request: &req,
             node_name: "n",
             allowed_by: &[],
+            audited_by: &[],
         };
         let line = compact(&x.request_flow(true), &PrintOptions::default());
         assert!(
@@ -278,6 +296,42 @@ mod tests {
             line.contains("http-request DROPPED (HTTP/1.1 GET "),
             "{line}"
         );
+    }
+
+    #[test]
+    fn an_audited_request_is_forwarded_with_verdict_audit_naming_the_policy() {
+        let Parse::Done(req) = parse_request(
+            b"GET /metadata/instance HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+            "169.254.169.254:80",
+            &Limits::default(),
+        ) else {
+            panic!("request")
+        };
+        let origin = Arc::new(Origin::Rule {
+            policy: imdsguard_policy::PolicyRef {
+                kind: imdsguard_policy::PolicyKind::CiliumNetworkPolicy,
+                namespace: "default".into(),
+                name: "imds-paths".into(),
+            },
+            rule: 0,
+            log: None,
+        });
+        let (s, d) = (Endpoint::default(), Endpoint::default());
+        let x = Exchange {
+            client: "10.244.1.17:40132".parse().expect("addr"),
+            server: "169.254.169.254:80".parse().expect("addr"),
+            source: &s,
+            destination: &d,
+            request: &req,
+            node_name: "n",
+            allowed_by: &[],
+            audited_by: std::slice::from_ref(&origin),
+        };
+        let f = x.request_flow(true);
+        assert_eq!(f.verdict, Verdict::Audit as i32);
+        assert_eq!(f.egress_denied_by[0].name, "imds-paths");
+        // A refused request stays DROPPED whatever audits it.
+        assert_eq!(x.request_flow(false).verdict, Verdict::Dropped as i32);
     }
 
     #[test]

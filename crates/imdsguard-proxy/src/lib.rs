@@ -5,6 +5,7 @@
 //!
 //! - `http1`: a strict request/response head parser that refuses anything the upstream could read
 //!   differently (pure).
+//! - `judge`: the HTTP decision for one request, with audit-mode policies (pure).
 //! - `flows`: the access log as Hubble `http-request` / `http-response` flows (pure).
 //! - `server` (Linux): the transparent listener, per-connection judging and forwarding, and the
 //!   timeouts.
@@ -14,6 +15,7 @@
 
 pub mod flows;
 pub mod http1;
+pub mod judge;
 #[cfg(target_os = "linux")]
 pub mod routing;
 #[cfg(target_os = "linux")]

@@ -5,6 +5,7 @@ use crate::flows::{Exchange, Unjudged};
 use crate::http1::{
     Body, ChunkedFramer, Limits, Parse, Refusal, Request, parse_request, parse_response,
 };
+use crate::judge::judge_http;
 use crate::slots::{Caps, Limit, Slots};
 use imdsguard_hubble_proto::flow::{Endpoint, Flow};
 use imdsguard_policy::Identity;
@@ -677,10 +678,12 @@ async fn exchanges(
         buf.drain(..req.head_len);
         let head_done = Instant::now();
         let body_by = Wait::Until(head_done + cfg.body_timeout);
-        let (allowed, origins) =
-            c.policy
-                .egress
-                .http_allows(Identity(destination.identity), local.port(), &req.http);
+        let decision = judge_http(
+            &c.policy,
+            Identity(destination.identity),
+            local.port(),
+            &req.http,
+        );
         let exchange = Exchange {
             client: peer,
             server: local,
@@ -688,9 +691,10 @@ async fn exchanges(
             destination: &destination,
             request: &req,
             node_name: &cfg.node_name,
-            allowed_by: &origins,
+            allowed_by: &decision.allowed_by,
+            audited_by: &decision.audited_by,
         };
-        if !allowed {
+        if !decision.allowed {
             ctx.sink.flow(exchange.request_flow(false));
             // Read the body away so the connection stays usable; a large one ends it.
             let small = match req.body {

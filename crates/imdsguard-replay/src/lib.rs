@@ -15,7 +15,9 @@
 
 mod flowquery;
 mod input;
+mod run;
 mod text;
+pub mod whatif;
 
 use flowquery::{Observed, Query, Skip};
 use imdsguard_flow::flow::Flow;
@@ -26,6 +28,7 @@ use imdsguard_policy::{
 use rustc_hash::FxHashMap;
 use std::fmt;
 
+pub use run::{FileOptions, ReplayError, replay_file};
 pub use text::{Inputs, TextOptions};
 
 /// What happened to a flow, or would happen.

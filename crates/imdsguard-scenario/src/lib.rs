@@ -423,6 +423,10 @@ pub fn run(scenario: &Scenario, policy_sources: &[Source]) -> Report {
     repo.load(&decoded);
     for ep in &scenario.endpoints {
         repo.upsert_endpoint(ep.spec.clone());
+        // Cilium's per-endpoint PolicyAuditMode, as the agent reads it from an endpoints file.
+        if ep.policy_audit_mode {
+            repo.set_endpoint_audit(&ep.spec.key(), true);
+        }
     }
     repo.resolve();
     let handle_key = |h: &str| {
@@ -494,10 +498,15 @@ fn compare(case: &Case, v: &FlowVerdict) -> Outcome {
         e.verdict.map(|x| x.as_str().into()),
         v.verdict.as_str().into(),
     );
+    // An audited flow is checked against the reason it would have been dropped for.
+    let drop_reason = match v.verdict {
+        Verdict::Audited => d.and_then(|d| d.drop_reason),
+        _ => v.drop_reason,
+    };
     check(
         "dropReason",
         e.drop_reason.map(|x| x.as_str().into()),
-        v.drop_reason.map(|x| x.as_str()).unwrap_or("none").into(),
+        drop_reason.map(|x| x.as_str()).unwrap_or("none").into(),
     );
     check(
         "matchType",

@@ -885,7 +885,8 @@
     const title = c.kind === 'workload' ? `${c.namespace}/${c.workload}` : c.workload;
     const conn = Object.entries(c.connections).map(([d, k]) => `${d} ${k}`).join(', ') || 'no policy verdicts seen';
     const card = el('section', { class: 'caller', data: { id: c.id, class: c.class }, 'aria-label': title },
-      el('h2', {}, title, c.workload_kind ? el('span', { class: 'muted', text: ` ${c.workload_kind}` }) : null),
+      el('h2', {}, title, c.workload_kind ? el('span', { class: 'muted', text: ` ${c.workload_kind}` }) : null,
+        c.audit ? el('span', { class: 'badge cls-audit audit-mode', title: 'Audit mode: what a policy would deny passes and is reported as AUDIT', text: 'AUDIT' }) : null),
       el('dl', { class: 'facts' },
         fact('Called', c.endpoints.map((e) => `${SERVICE_LABELS[e.service] || 'IMDS'} ${e.address}:${e.port}`).join(', ')),
         fact('Verdicts', ...badges(c.verdicts)),
@@ -898,7 +899,7 @@
     );
     card.append(el('h3', { text: 'Decided by' }));
     const decided = c.policies.map((p) =>
-      el('li', {}, el('span', { class: 'badge cls-' + { allowed: 'allowed', denied: 'denied', audited: 'audit' }[p.decision], text: p.decision }),
+      el('li', {}, el('span', { class: 'badge cls-' + { allowed: 'allowed', denied: 'denied', audited: 'audit' }[p.decision], text: p.decision === 'audited' ? 'AUDIT' : p.decision }),
         `${p.name} (${p.kind}${p.namespace ? `, namespace ${p.namespace}` : ''}) ×${p.count}`));
     if (c.default_denied) decided.push(el('li', {}, el('span', { class: 'badge cls-denied', text: 'denied' }), `no policy allows it (default deny) ×${c.default_denied}`));
     card.append(decided.length ? el('ul', {}, ...decided) : el('p', { class: 'muted', text: 'No policy named in the flows seen (no policy selects this workload, or only trace events were seen).' }));

@@ -137,6 +137,10 @@ pub struct CallerView {
     pub verdicts: VerdictCounts,
     /// See [`VerdictCounts::class`].
     pub class: &'static str,
+    /// The caller is (partly) in audit mode: some of its flows were AUDIT (a policy in audit
+    /// mode, or the pod's namespace or endpoint in audit mode, let through what it would deny).
+    /// The UI shows an AUDIT badge on it.
+    pub audit: bool,
     /// `allowed`, `denied`, `audited`: policy-verdict events (one per connection attempt).
     pub connections: BTreeMap<Decision, u64>,
     pub requests: Vec<RequestView>,
@@ -331,6 +335,8 @@ impl ImdsReport {
                     .collect(),
                 verdicts: c.verdicts,
                 class: c.verdicts.class(),
+                audit: c.verdicts.get(Verdict::Audit) > 0
+                    || c.connections.contains_key(&Decision::Audited),
                 connections: c.connections.clone(),
                 requests: c
                     .requests
@@ -520,6 +526,9 @@ mod tests {
         );
         assert_eq!(c.policies.len(), 1);
         assert_eq!(c.policies[0].decision, Decision::Audited);
+        // The AUDIT badge's key, in the JSON API too.
+        assert!(c.audit);
+        assert_eq!(serde_json::to_value(c).unwrap()["audit"], true);
         assert_eq!(c.endpoints[0].address, "fd00:ec2::254");
 
         report.expire(now + Duration::from_secs(10), Duration::from_secs(5));

@@ -5,8 +5,9 @@ use crate::sources;
 use imdsguard_k8s::events::PolicyProblem;
 use imdsguard_k8s::{Cluster, ClusterObjects, WatchStatus};
 use imdsguard_manifest::Source;
-use imdsguard_policy::Repository;
+use imdsguard_policy::api::NAMESPACE_AUDIT_LABEL;
 use imdsguard_policy::store::PolicyStore;
+use imdsguard_policy::{EndpointSpec, Repository};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -60,6 +61,34 @@ impl ClusterInputs {
             found: HashMap::new(),
         }
     }
+}
+
+/// Whether a namespace's labels put its pods in audit mode: the label
+/// `policy.imdsguard.io/audit-mode` set to `"true"` (Kubernetes label values are strings; any
+/// other value, `"True"` included, leaves the namespace enforcing, so a typo never turns
+/// enforcement off).
+pub(crate) fn namespace_in_audit(labels: &[(String, String)]) -> bool {
+    labels
+        .iter()
+        .any(|(k, v)| k == NAMESPACE_AUDIT_LABEL && v == "true")
+}
+
+/// The endpoints (`namespace/name`) whose namespace is labelled for audit mode: Cilium's
+/// per-endpoint PolicyAuditMode, driven by the Namespace object.
+pub(crate) fn namespace_audit<'a>(
+    namespaces: impl IntoIterator<Item = (&'a String, &'a Vec<(String, String)>)>,
+    endpoints: &[EndpointSpec],
+) -> HashSet<String> {
+    let audited: HashSet<&str> = namespaces
+        .into_iter()
+        .filter(|(_, labels)| namespace_in_audit(labels))
+        .map(|(ns, _)| ns.as_str())
+        .collect();
+    endpoints
+        .iter()
+        .filter(|e| audited.contains(e.namespace.as_str()))
+        .map(EndpointSpec::key)
+        .collect()
 }
 
 impl Inputs for ClusterInputs {
@@ -213,7 +242,10 @@ impl Inputs for ClusterInputs {
     }
 
     fn audit_endpoints(&self) -> HashSet<String> {
-        HashSet::new()
+        self.applied
+            .as_ref()
+            .map(|o| namespace_audit(&o.namespaces, &o.endpoints))
+            .unwrap_or_default()
     }
 
     fn errors(&self) -> Vec<String> {
@@ -226,5 +258,63 @@ impl Inputs for ClusterInputs {
 
     fn paths(&self) -> Vec<PathBuf> {
         self.policy_dir.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str) -> EndpointSpec {
+        EndpointSpec {
+            name: name.into(),
+            namespace: ns.into(),
+            ..Default::default()
+        }
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> Vec<(String, String)> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_labelled_namespace_puts_its_pods_in_audit_mode() {
+        let namespaces: BTreeMap<String, Vec<(String, String)>> = [
+            (
+                "apps".to_owned(),
+                labels(&[(NAMESPACE_AUDIT_LABEL, "true")]),
+            ),
+            ("logging".to_owned(), labels(&[("team", "obs")])),
+            // Only "true" counts: a typo never switches enforcement off.
+            (
+                "typo".to_owned(),
+                labels(&[(NAMESPACE_AUDIT_LABEL, "True")]),
+            ),
+            (
+                "off".to_owned(),
+                labels(&[(NAMESPACE_AUDIT_LABEL, "false")]),
+            ),
+        ]
+        .into();
+        let pods = [
+            pod("apps", "web-1"),
+            pod("apps", "web-2"),
+            pod("logging", "fluent-bit"),
+            pod("typo", "x"),
+            pod("off", "y"),
+            // A pod whose namespace is not known (yet) stays enforcing.
+            pod("unknown", "z"),
+        ];
+        assert_eq!(
+            namespace_audit(&namespaces, &pods),
+            HashSet::from(["apps/web-1".to_owned(), "apps/web-2".to_owned()])
+        );
+        assert!(namespace_in_audit(&labels(&[(
+            NAMESPACE_AUDIT_LABEL,
+            "true"
+        )])));
+        assert!(!namespace_in_audit(&[]));
     }
 }

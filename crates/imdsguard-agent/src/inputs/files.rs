@@ -219,13 +219,32 @@ impl Inputs for FileInputs {
         std::mem::take(&mut self.rejected)
     }
 
+    /// Endpoints flagged `policyAuditMode`, and every endpoint of a namespace labelled
+    /// `policy.imdsguard.io/audit-mode: "true"` in the file's `namespaces:` section, as the
+    /// Namespace object's label does in a cluster.
     fn audit_endpoints(&self) -> HashSet<String> {
-        self.eps
+        let Some(state) = &self.eps else {
+            return HashSet::new();
+        };
+        let specs: Vec<EndpointSpec> = state
+            .file
+            .endpoints
             .iter()
-            .flat_map(|s| &s.file.endpoints)
-            .filter(|e| e.policy_audit_mode)
-            .map(|e| e.spec.key())
-            .collect()
+            .map(|e| e.spec.clone())
+            .collect();
+        let mut out = super::cluster::namespace_audit(
+            state.file.namespaces.iter().map(|(n, l)| (n, l)),
+            &specs,
+        );
+        out.extend(
+            state
+                .file
+                .endpoints
+                .iter()
+                .filter(|e| e.policy_audit_mode)
+                .map(|e| e.spec.key()),
+        );
+        out
     }
 
     fn errors(&self) -> Vec<String> {
@@ -295,6 +314,28 @@ mod tests {
         // The same bytes again change nothing.
         assert!(!inputs.refresh(&mut repo, true));
         assert!(inputs.errors().is_empty());
+    }
+
+    #[test]
+    fn a_namespace_label_in_the_file_puts_its_pods_in_audit_mode() {
+        let dir = Dir::new();
+        let path = dir.0.join("endpoints.yaml");
+        std::fs::write(
+            &path,
+            "namespaces:\n  apps: {policy.imdsguard.io/audit-mode: \"true\"}\n  logging: {team: obs}\nendpoints:\n  - {name: web, namespace: apps, ip: 10.0.0.2}\n  - {name: api, namespace: apps, ip: 10.0.0.4}\n  - {name: fluent-bit, namespace: logging, ip: 10.0.0.3, policyAuditMode: true}\n  - {name: other, namespace: logging, ip: 10.0.0.5}\n",
+        )
+        .expect("write");
+        let mut inputs = FileInputs::new(None, path, false);
+        let mut repo = Repository::new(EngineOptions::default());
+        assert!(inputs.refresh(&mut repo, true));
+        assert_eq!(
+            inputs.audit_endpoints(),
+            HashSet::from([
+                "apps/web".to_owned(),
+                "apps/api".to_owned(),
+                "logging/fluent-bit".to_owned()
+            ])
+        );
     }
 
     #[test]

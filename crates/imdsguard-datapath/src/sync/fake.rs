@@ -100,13 +100,15 @@ impl MapWriter for FakeMaps {
     fn set_ipcache(&mut self, net: IpNet, identity: u32, flags: u32) -> Result<(), DatapathError> {
         let value = IpcacheValue { identity, flags };
         self.writes.push(Write::SetIpcache(net, value));
-        self.ipcache.insert(net, value);
+        // Keyed as the kernel's map keys it: a mapped prefix and its IPv4 form collide.
+        self.ipcache
+            .insert(crate::abi::canonical_prefix(&net), value);
         Ok(())
     }
 
     fn remove_ipcache(&mut self, net: IpNet) -> Result<(), DatapathError> {
         self.writes.push(Write::RemoveIpcache(net));
-        self.ipcache.remove(&net);
+        self.ipcache.remove(&crate::abi::canonical_prefix(&net));
         Ok(())
     }
 

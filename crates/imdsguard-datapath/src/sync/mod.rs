@@ -12,7 +12,7 @@ mod writer;
 
 pub use writer::{Generations, MapWriter};
 
-use crate::abi::IPC_PROTECTED;
+use crate::abi::{IPC_PROTECTED, canonical_prefix};
 use crate::loader::DatapathError;
 use crate::tables::{RuleIds, endpoint_tables};
 use imdsguard_policy::Repository;
@@ -181,9 +181,9 @@ impl TableSync {
                 want.insert(IpNet::from(*ip), (identity.0, 0));
             }
         }
-        for net in &self.opts.protected {
+        for net in self.opts.protected.iter().map(canonical_prefix) {
             let entry = want
-                .entry(*net)
+                .entry(net)
                 .or_insert_with(|| (repo.identity_of_ip(net.network()).0, 0));
             entry.1 |= IPC_PROTECTED;
         }

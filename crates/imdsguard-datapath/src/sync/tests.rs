@@ -2,7 +2,10 @@
 
 use super::fake::{FakeMaps, Write};
 use super::{SyncOptions, SyncStats, TableSync};
-use crate::abi::{EP_READY, IPC_PROTECTED};
+use crate::abi::{
+    AUDIT_VIEW_GENERATION, EP_AUDIT_EGRESS_ENFORCED, EP_AUDIT_VIEW, EP_READY, IPC_PROTECTED,
+    POL_DENY,
+};
 use imdsguard_manifest::Source;
 use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
 use ipnet::IpNet;
@@ -167,6 +170,31 @@ fn a_policy_change_writes_the_new_generation_before_the_flip_and_leaves_no_stale
 }
 
 #[test]
+fn a_mapped_metadata_prefix_keeps_the_identity_of_its_ipv4_form() {
+    // a's policy names 169.254.169.254/32: its CIDR identity must reach the datapath, although
+    // the protected set also holds ::ffff:169.254.169.254/128, the same key in the maps.
+    let repo = repository();
+    let cidr = repo.identity_of_ip(ip("169.254.169.254"));
+    assert!(cidr.0 >= 1 << 24, "a CIDR identity: {cidr:?}");
+    let mut agent = Agent::on(FakeMaps::new());
+    agent.sync(&repo);
+    let entry = agent.maps.ipcache[&net("169.254.169.254/32")];
+    assert_eq!(entry.identity, cidr.0);
+    assert_ne!(entry.flags & IPC_PROTECTED, 0);
+    // Whatever order the writes come in, none may use a key the map would fold onto another.
+    let folded: Vec<IpNet> = agent
+        .maps
+        .take_writes()
+        .into_iter()
+        .filter_map(|w| match w {
+            Write::SetIpcache(n, _) if crate::abi::canonical_prefix(&n) != n => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert!(folded.is_empty(), "{folded:?}");
+}
+
+#[test]
 fn removing_an_endpoint_removes_its_addresses_rows_and_ipcache_entries() {
     let mut repo = repository();
     let mut agent = Agent::synced(&repo);
@@ -212,7 +240,7 @@ fn an_endpoint_without_policy_is_pending_with_metadata_protected_until_its_polic
     let protected = imdsguard_metadata::protected_prefixes();
     assert!(protected.len() >= 14, "{protected:?}");
     for p in protected {
-        let entry = maps.ipcache[&p];
+        let entry = maps.ipcache[&crate::abi::canonical_prefix(&p)];
         assert_ne!(entry.flags & IPC_PROTECTED, 0, "{p}");
     }
     assert_eq!(maps.ipcache[&net("10.0.0.4/32")].flags & IPC_PROTECTED, 0);
@@ -355,4 +383,201 @@ fn a_second_sync_without_change_writes_nothing() {
             .count(),
         1
     );
+}
+
+/// An audit-mode policy for the pods labelled `app: <app>`.
+fn audit_policy(name: &str, app: &str, sections: &str) -> String {
+    format!(
+        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+         metadata: {{name: {name}, namespace: default, \
+         annotations: {{policy.imdsguard.io/audit-mode: \"true\"}}}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: {app}}}}}\n{sections}"
+    )
+}
+
+/// a's full view: an audited deny of one server.
+fn a_audit() -> String {
+    audit_policy(
+        "a-audit",
+        "a",
+        "  enableDefaultDeny: {egress: false}\n  egressDeny: [{toCIDR: [192.0.2.30/32]}]\n",
+    )
+}
+
+fn audit_rows(
+    agent: &Agent,
+    ep_id: u32,
+) -> Vec<(u32, crate::abi::PolicyKey, crate::abi::PolicyValue)> {
+    agent
+        .maps
+        .policy_rows(ep_id)
+        .into_iter()
+        .filter(|(_, k, _)| k.generation & AUDIT_VIEW_GENERATION != 0)
+        .collect()
+}
+
+#[test]
+fn audit_rows_are_written_only_for_endpoints_an_audit_policy_selects() {
+    let mut repo = repository();
+    let mut agent = Agent::synced(&repo);
+    let (a, b) = (agent.id("a"), agent.id("b"));
+    // No audit policy: one view, no flag.
+    assert!(audit_rows(&agent, a).is_empty());
+    assert_eq!(
+        agent.maps.endpoints[&ip("10.0.0.2")].flags & EP_AUDIT_VIEW,
+        0
+    );
+
+    load(&mut repo, &a_audit());
+    repo.resolve();
+    let stats = agent.sync(&repo);
+    assert_eq!(stats.policies_applied, 1, "only a changes: {stats:?}");
+    let info = agent.maps.endpoints[&ip("10.0.0.2")];
+    assert_eq!(info.flags & EP_AUDIT_VIEW, EP_AUDIT_VIEW);
+    assert_eq!(
+        info.flags & EP_AUDIT_EGRESS_ENFORCED,
+        EP_AUDIT_EGRESS_ENFORCED
+    );
+    let rows = audit_rows(&agent, a);
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter()
+            .all(|(_, k, _)| k.generation == info.generation | AUDIT_VIEW_GENERATION),
+        "{rows:?}"
+    );
+    // The audited deny names the audit policy; the enforced deny stays in the full view too.
+    let names: Vec<String> = rows
+        .iter()
+        .filter(|(_, _, v)| v.flags & POL_DENY != 0)
+        .filter_map(|(_, _, v)| {
+            agent
+                .ts
+                .rule_ids
+                .policy(v.rule_id)
+                .map(|p| p.name.to_string())
+        })
+        .collect();
+    assert!(names.contains(&"a-audit".to_owned()), "{names:?}");
+    assert!(names.contains(&"a".to_owned()), "{names:?}");
+    // The enforced view holds no row of the audit policy.
+    let enforced_names: Vec<String> = agent
+        .maps
+        .policy_rows(a)
+        .into_iter()
+        .filter(|(_, k, _)| k.generation & AUDIT_VIEW_GENERATION == 0)
+        .filter_map(|(_, _, v)| {
+            agent
+                .ts
+                .rule_ids
+                .policy(v.rule_id)
+                .map(|p| p.name.to_string())
+        })
+        .collect();
+    assert!(!enforced_names.contains(&"a-audit".to_owned()));
+    // b is not selected: still one view.
+    assert!(audit_rows(&agent, b).is_empty());
+    assert_eq!(
+        agent.maps.endpoints[&ip("10.0.0.3")].flags & EP_AUDIT_VIEW,
+        0
+    );
+}
+
+#[test]
+fn audit_rows_go_with_the_audit_policy_and_with_the_endpoint() {
+    let mut repo = unresolved();
+    load(&mut repo, &a_audit());
+    repo.resolve();
+    let mut agent = Agent::synced(&repo);
+    let a = agent.id("a");
+    assert!(!audit_rows(&agent, a).is_empty());
+
+    // The audit policy goes: the next generation has one view, and the full view's rows are gone.
+    let audit_ref = repo
+        .policies()
+        .find(|p| &*p.id.name == "a-audit")
+        .map(|p| p.id.clone())
+        .expect("the audit policy");
+    assert!(repo.delete_policy(&audit_ref));
+    repo.resolve();
+    agent.sync(&repo);
+    assert!(
+        audit_rows(&agent, a).is_empty(),
+        "{:?}",
+        audit_rows(&agent, a)
+    );
+    assert_eq!(
+        agent.maps.endpoints[&ip("10.0.0.2")].flags & EP_AUDIT_VIEW,
+        0
+    );
+    assert!(!agent.maps.policy_rows(a).is_empty());
+
+    // Back, then the endpoint goes: both views' rows go with it.
+    load(&mut repo, &a_audit());
+    repo.resolve();
+    agent.sync(&repo);
+    assert!(!audit_rows(&agent, a).is_empty());
+    repo.remove_endpoint("default", "a");
+    repo.resolve();
+    agent.sync(&repo);
+    assert!(agent.maps.policy_rows(a).is_empty());
+}
+
+#[test]
+fn one_generation_flip_switches_both_views_and_a_restart_keeps_them() {
+    let mut repo = unresolved();
+    load(&mut repo, &a_audit());
+    repo.resolve();
+    let mut agent = Agent::synced(&repo);
+    let a = agent.id("a");
+    let old = agent.generation("10.0.0.2");
+    let old_rows = agent.maps.policy_rows(a);
+    agent.maps.take_writes();
+
+    // The audit policy changes: both views of a are rewritten under one new generation.
+    load(
+        &mut repo,
+        &audit_policy(
+            "a-audit",
+            "a",
+            "  enableDefaultDeny: {egress: false}\n  egressDeny: [{toCIDR: [192.0.2.31/32]}]\n",
+        ),
+    );
+    repo.resolve();
+    agent.sync(&repo);
+    let new = agent.generation("10.0.0.2");
+    assert!(new > old && new & AUDIT_VIEW_GENERATION == 0);
+    let rows = agent.maps.policy_rows(a);
+    assert!(
+        rows.iter()
+            .all(|(_, k, _)| k.generation & !AUDIT_VIEW_GENERATION == new),
+        "{rows:?}"
+    );
+    let writes = agent.maps.take_writes();
+    let last_audit_row = writes
+        .iter()
+        .rposition(|w| matches!(w, Write::PutPolicy(_, k, _) if k.generation == new | AUDIT_VIEW_GENERATION))
+        .expect("new audit rows");
+    let first_flip = writes
+        .iter()
+        .position(|w| matches!(w, Write::PutEndpoint(_, e) if e.generation == new))
+        .expect("a flip");
+    let first_delete = writes
+        .iter()
+        .position(|w| matches!(w, Write::DeletePolicy(..)))
+        .expect("deletes");
+    assert!(
+        last_audit_row < first_flip && first_flip < first_delete,
+        "{writes:?}"
+    );
+    for (len, key, _) in &old_rows {
+        assert!(writes.contains(&Write::DeletePolicy(*len, *key)), "{key:?}");
+    }
+
+    // A restarted agent keeps the live generation's rows of both views, and starts its
+    // generations above the highest (without the audit bit).
+    let before = agent.maps.policy_rows(a).len();
+    let mut next = agent.restart();
+    next.sync(&repo);
+    assert_eq!(next.maps.policy_rows(a).len(), before);
+    assert!(!audit_rows(&next, a).is_empty());
 }

@@ -5,7 +5,7 @@
 //! provided methods over the row operations, so the fake runs the same protocol as the kernel's
 //! maps.
 
-use crate::abi::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
+use crate::abi::{AUDIT_VIEW_GENERATION, EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
 use crate::loader::DatapathError;
 use crate::tables::EndpointTables;
 use ipnet::IpNet;
@@ -48,7 +48,12 @@ impl Generations {
             .endpoints()
             .into_iter()
             .map(|(_, e)| e.generation)
-            .chain(tables.policy_keys().into_iter().map(|(_, k)| k.generation))
+            .chain(
+                tables
+                    .policy_keys()
+                    .into_iter()
+                    .map(|(_, k)| view_generation(&k)),
+            )
             .max()
             .unwrap_or(0);
         Generations {
@@ -59,8 +64,12 @@ impl Generations {
 
     fn take_next(&mut self) -> u32 {
         let generation = self.next;
-        // 2^32 policy changes would be needed to wrap; start again at 1 rather than panic.
-        self.next = generation.checked_add(1).unwrap_or(1);
+        // 2^31 policy changes would be needed to reach the audit view's bit; start again at 1
+        // rather than panic or collide with the full view's rows.
+        self.next = generation
+            .checked_add(1)
+            .filter(|g| g & AUDIT_VIEW_GENERATION == 0)
+            .unwrap_or(1);
         generation
     }
 }
@@ -180,7 +189,7 @@ pub trait MapWriter {
         let stale_rows: Vec<(u32, PolicyKey)> = self
             .policy_keys()
             .into_iter()
-            .filter(|(_, k)| live.get(&k.ep_id) != Some(&k.generation))
+            .filter(|(_, k)| live.get(&k.ep_id) != Some(&view_generation(k)))
             .collect();
         remove_rows(self, &stale_rows);
         Ok(stale_eps.len() + stale_rows.len())
@@ -218,7 +227,12 @@ fn remove_stale_rows(tables: &mut (impl MapWriter + ?Sized), ep_id: u32, live: u
     let stale: Vec<(u32, PolicyKey)> = tables
         .policy_keys()
         .into_iter()
-        .filter(|(_, k)| k.ep_id == ep_id && k.generation != live)
+        .filter(|(_, k)| k.ep_id == ep_id && view_generation(k) != live)
         .collect();
     remove_rows(tables, &stale);
+}
+
+/// The generation a row belongs to, for either view: the full view's rows carry the audit bit.
+fn view_generation(k: &PolicyKey) -> u32 {
+    k.generation & !AUDIT_VIEW_GENERATION
 }

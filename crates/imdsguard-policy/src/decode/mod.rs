@@ -15,7 +15,7 @@ mod selectors;
 
 pub use peers::{cidr_key, cidr_label_key};
 
-use crate::api::{CidrGroup, Policy, PolicyKind, PolicyRef};
+use crate::api::{AUDIT_ANNOTATION, CidrGroup, Policy, PolicyKind, PolicyRef};
 use imdsguard_manifest::{Field, FieldError, Object, Pos, Source};
 use std::fmt;
 use std::sync::Arc;
@@ -241,6 +241,19 @@ impl Cx<'_> {
             namespace: namespace.as_str().into(),
             name: name.into(),
         };
+        let audit = match meta
+            .get("annotations")
+            .map(|a| a.free_map())
+            .transpose()?
+            .and_then(|a| a.get(AUDIT_ANNOTATION))
+        {
+            None => false,
+            Some(v) => match v.str()? {
+                "true" => true,
+                "false" => false,
+                _ => return Err(v.error("must be \"true\" or \"false\"")),
+            },
+        };
         let mut rules = Vec::new();
         if let Some(spec) = map.get("spec") {
             rules.push(self.rule(&spec, 0, &id)?);
@@ -261,6 +274,7 @@ impl Cx<'_> {
             file: self.obj.file.clone(),
             pos: self.obj.node.pos,
             rules,
+            audit,
         })))
     }
 }

@@ -87,22 +87,13 @@ impl TlsArgs {
     /// How to reach `server`: TLS with `--tls` or a `tls://` address; the TLS flags alone
     /// (without either) are refused rather than ignored.
     pub fn client(&self, server: String) -> Result<ClientOptions> {
-        let wanted = self.tls || server.starts_with("tls://");
         let settings = ClientTls {
             ca_cert_files: self.tls_ca_cert_files.clone(),
             client_cert_file: self.tls_client_cert_file.clone(),
             client_key_file: self.tls_client_key_file.clone(),
             server_name: self.tls_server_name.clone(),
         };
-        if !wanted && settings != ClientTls::default() {
-            bail!("the --tls-* flags need --tls (or a tls:// server address)");
-        }
-        let client = ClientOptions::new(server);
-        Ok(if wanted {
-            client.with_tls(settings)
-        } else {
-            client
-        })
+        Ok(ClientOptions::from_flags(server, self.tls, settings)?)
     }
 }
 

@@ -1,7 +1,9 @@
-//! `imdsguard policy check|trace|test|lint`: the flags, and the calls into the libraries that
+//! `imdsguard policy check|trace|test|lint|whatif`: the flags, and the calls into the libraries that
 //! decide (`imdsguard_policy`, `imdsguard_lint`, `imdsguard_scenario`) and word the reports
 //! (`imdsguard_policy::report`, `imdsguard_lint::report`).
 
+use super::observe::TlsArgs;
+use super::replay::By;
 use crate::sources;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -10,6 +12,7 @@ use imdsguard_manifest::Source;
 use imdsguard_policy::endpoints_file::EndpointsFile;
 use imdsguard_policy::report::{CheckText, TraceRequest, TraceText, check_json};
 use imdsguard_policy::{DecodeOptions, Decoded, EngineOptions, decode_sources};
+use imdsguard_replay::whatif;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -25,6 +28,14 @@ pub enum PolicyCommand {
     Test(TestArgs),
     /// Find policies that do not do what they look like they do (see docs/policy-lint.md).
     Lint(LintArgs),
+    /// What enforcing candidate policies would break: the agent's (or Relay's) recent flows,
+    /// judged under them (see docs/rollout.md).
+    ///
+    /// Candidates are judged as ENFORCED: an audit annotation (policy.imdsguard.io/audit-mode)
+    /// in them is ignored, so the answer is what enforcing them would break; flows the agent let
+    /// through as AUDIT count as passed. Exit status: 0; 1 with --fail-on-break when a flow that
+    /// passed would be denied; 2 on errors.
+    Whatif(WhatifArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,12 +134,39 @@ pub struct LintArgs {
     ignore: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct WhatifArgs {
+    /// Candidate policy and CIDR group files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The agent's Hubble API, or Relay (host:port, tls://host:port, unix:///path).
+    #[arg(long, default_value = "localhost:4244")]
+    server: String,
+    /// Judge the server's last N flows (default: every flow its ring holds, as `observe --all`).
+    #[arg(long)]
+    last: Option<u64>,
+    /// Exit 1 when something that passed would be denied (for CI).
+    #[arg(long)]
+    fail_on_break: bool,
+    /// Group flows by workload (Deployment, DaemonSet …) or by pod.
+    #[arg(long, value_enum, default_value_t = By::Workload)]
+    group_by: By,
+    /// Also list the flows whose verdict stays the same, and when and how each was seen.
+    #[arg(long)]
+    details: bool,
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
 pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     match cmd {
         PolicyCommand::Check(a) => check(a),
         PolicyCommand::Trace(a) => trace(a),
         PolicyCommand::Test(a) => test(a),
         PolicyCommand::Lint(a) => lint(a),
+        PolicyCommand::Whatif(a) => whatif(a),
     }
 }
 
@@ -222,6 +260,22 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     );
     print!("{out}");
     Ok(exit(totals.failed == 0))
+}
+
+fn whatif(a: WhatifArgs) -> Result<ExitCode> {
+    let candidates = sources::load(&a.paths)?;
+    let client = a.tls.client(a.server.clone())?;
+    let (group_by, details) = (a.group_by.into(), a.details);
+    let json = a.output == Output::Json;
+    let opts = whatif::Options {
+        last: a.last,
+        group_by,
+        details,
+        json,
+    };
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+    let breaks = super::block_on(whatif::run(&client, &candidates, opts, &mut out, &mut err))??;
+    Ok(exit(!(a.fail_on_break && breaks)))
 }
 
 /// The namespaces and pods of a live cluster, listed once.

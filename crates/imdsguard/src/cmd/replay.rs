@@ -1,21 +1,14 @@
 //! `imdsguard replay`: recorded flows judged again under candidate policies (see docs/replay.md).
 
-use super::policy::{load_endpoints, load_policies, repository};
-use anyhow::{Context, Result};
+use super::policy::{Output, load_endpoints, load_policies, repository};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use imdsguard_flow::jsonline::FlowReader;
 use imdsguard_policy::endpoints_file::EndpointsFile;
 use imdsguard_policy::{DecodeOptions, EngineOptions};
-use imdsguard_replay::{GroupBy, Inputs, Replay, TextOptions};
-use std::io::{IsTerminal, Write};
+use imdsguard_replay::{FileOptions, GroupBy, replay_file};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    Text,
-    Json,
-}
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum By {
@@ -48,6 +41,15 @@ pub struct ReplayArgs {
     output: Output,
 }
 
+impl From<By> for GroupBy {
+    fn from(b: By) -> GroupBy {
+        match b {
+            By::Pod => GroupBy::Pod,
+            By::Workload => GroupBy::Workload,
+        }
+    }
+}
+
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let decoded = load_policies(&args.policies, &DecodeOptions::default())?;
     let endpoints = match &args.endpoints {
@@ -62,29 +64,16 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             ..Default::default()
         },
     );
-    let group_by = match args.group_by {
-        By::Pod => GroupBy::Pod,
-        By::Workload => GroupBy::Workload,
-    };
-    let mut replay = Replay::new(repo, group_by);
-    let mut reader = FlowReader::open(&args.flows)
-        .with_context(|| format!("opening {} (the --flows file)", args.flows))?;
-    let stderr = std::io::stderr();
-    replay.read(&mut reader, stderr.is_terminal(), &mut stderr.lock())?;
-    let report = replay.report();
-    let inputs = Inputs {
+    let opts = FileOptions {
         flows: &args.flows,
         policies: decoded.policies.len(),
         cidr_groups: decoded.groups.len(),
+        group_by: args.group_by.into(),
+        details: args.details,
+        json: args.output == Output::Json,
+        progress: std::io::stderr().is_terminal(),
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match args.output {
-        Output::Json => report.write_json(&mut out, &inputs)?,
-        Output::Text => {
-            let details = args.details;
-            report.write_text(&mut out, &inputs, TextOptions { details, group_by })?
-        }
-    }
-    out.flush()?;
+    replay_file(repo, opts, &mut out, &mut std::io::stderr())?;
     Ok(ExitCode::SUCCESS)
 }

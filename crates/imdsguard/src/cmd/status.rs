@@ -4,9 +4,8 @@
 //! `hubble status` and `hubble list nodes` print them.
 
 use super::observe::TlsArgs;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use imdsguard_hubble_server::report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,27 +60,9 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
 
 /// `--server`: ServerStatus and GetNodes.
 fn hubble(args: &StatusArgs, server: String) -> Result<ExitCode> {
-    let wide = match args.output.as_str() {
-        "text" | "table" => false,
-        "wide" => true,
-        "json" => false,
-        other => bail!("unknown output format {other:?}: text, wide or json"),
-    };
     let client = args.tls.client(server)?;
-    let (status, nodes) = super::block_on(client.status_and_nodes())??;
-    let nodes = nodes.map(|n| n.nodes).unwrap_or_default();
-    let connected = imdsguard_hubble_proto::relay::NodeState::NodeConnected as i32;
-    let all_connected = nodes.iter().all(|n| n.state == connected);
-    if args.output == "json" {
-        let out = serde_json::json!({ "status": status, "nodes": nodes });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        print!("{}", report::server_status(&status));
-        if !nodes.is_empty() {
-            println!();
-            print!("{}", report::nodes_table(&nodes, wide));
-        }
-    }
+    let (out, all_connected) = super::block_on(client.status_report(&args.output))??;
+    print!("{out}");
     Ok(if all_connected {
         ExitCode::SUCCESS
     } else {
