@@ -238,22 +238,28 @@ fn observe(binary: &Path, addr: &str, since: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The lab's endpoints file with `namespace` labelled for audit mode; `None` when the file does
-/// not list it the way `imdsguard lab up` writes it (`"ns": {}`).
-fn audit_namespace(endpoints: &str, namespace: &str) -> Option<String> {
-    let quoted = serde_json::to_string(namespace).ok()?;
-    let label = serde_json::to_string(imdsguard_policy::api::NAMESPACE_AUDIT_LABEL).ok()?;
-    let plain = format!("\n  {quoted}: {{}}\n");
-    endpoints
-        .contains(&plain)
-        .then(|| endpoints.replacen(&plain, &format!("\n  {quoted}: {{{label}: \"true\"}}\n"), 1))
+/// A policy manifest with the audit-mode annotation added, as a user would roll a deny out:
+/// into its `annotations:`, or a new one under `metadata:`; `None` when it has no `metadata:`.
+fn audit_policy(manifest: &str) -> Option<String> {
+    let key = imdsguard_policy::api::AUDIT_ANNOTATION;
+    let entry = format!("    {key}: \"true\"\n");
+    if let Some(at) = manifest.find("\n  annotations:\n") {
+        let at = at + "\n  annotations:\n".len();
+        return Some(format!("{}{entry}{}", &manifest[..at], &manifest[at..]));
+    }
+    let at = manifest.find("\nmetadata:\n")? + "\nmetadata:\n".len();
+    Some(format!(
+        "{}  annotations:\n{entry}{}",
+        &manifest[..at],
+        &manifest[at..]
+    ))
 }
 
-/// Replaces the endpoints file in one rename, so the agent never reads half of it.
-fn write_endpoints(path: &Path, text: &str) -> Result<()> {
+/// Replaces a policy file in one rename, so the agent never reads half of it.
+fn write_policy(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text).map_err(io("writing the endpoints file"))?;
-    std::fs::rename(&tmp, path).map_err(io("replacing the endpoints file"))
+    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("replacing {}", path.display())))
 }
 
 fn now_rfc3339() -> String {
@@ -361,31 +367,32 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
 
     check()?;
     out.heading(
-        "2. Roll out in audit mode: the seed's policies, go-webapp's namespace labelled policy.imdsguard.io/audit-mode=true",
+        "2. Roll out in audit mode: the seed's policies, the deny annotated policy.imdsguard.io/audit-mode: \"true\"",
     );
-    // The namespace's label puts its pods in audit mode (Cilium's per-endpoint
-    // PolicyAuditMode): the deny reports what it would drop, as AUDIT, and drops nothing.
-    let endpoints = state.endpoints_file();
-    let plain = std::fs::read_to_string(&endpoints).map_err(io("reading the endpoints file"))?;
+    // The annotated deny reports what it would drop, as AUDIT, and drops nothing; every other
+    // policy keeps enforcing.
     let lines = stage.agent_lines();
-    let audited = audit_namespace(&plain, "go-webapp").ok_or_else(|| DemoError::Io {
-        what: format!("{}: no namespace go-webapp to label", endpoints.display()),
-        source: std::io::Error::other("the lab's topology has no go-webapp namespace"),
+    let deny = opts.policies.join("azure-imds-deny.yaml");
+    let plain_deny =
+        std::fs::read_to_string(&deny).map_err(io(format!("reading {}", deny.display())))?;
+    let audited_deny = audit_policy(&plain_deny).ok_or_else(|| DemoError::Io {
+        what: format!("{}: no metadata to annotate", deny.display()),
+        source: std::io::Error::other("not a Kubernetes object"),
     })?;
-    write_endpoints(&endpoints, &audited)?;
-    stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
-    (out.line)("  labelled namespace go-webapp: policy.imdsguard.io/audit-mode=true");
-    let lines = stage.agent_lines();
-    for f in [
-        "cidrgroup.yaml",
-        "azure-imds-deny.yaml",
-        "azure-imds-allow.yaml",
-    ] {
+    for f in ["cidrgroup.yaml", "azure-imds-allow.yaml"] {
         let from = opts.policies.join(f);
         std::fs::copy(&from, dir.join("policies").join(f))
             .map_err(io(format!("copying {}", from.display())))?;
         (out.line)(&format!("  applied {}", from.display()));
     }
+    write_policy(
+        &dir.join("policies").join("azure-imds-deny.yaml"),
+        &audited_deny,
+    )?;
+    (out.line)(&format!(
+        "  applied {} with policy.imdsguard.io/audit-mode: \"true\"",
+        deny.display()
+    ));
     stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
     let ta = now_rfc3339();
     let audited_calls = sidecar_calls(&state)?;
@@ -416,11 +423,14 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     let breaks = report.contains(WEBAPP) && report.contains("→ DENIED");
 
     check()?;
-    out.heading("4. Enforce: the label goes; the seed's CiliumCIDRGroup and both CiliumClusterwideNetworkPolicies");
+    out.heading("4. Enforce: the annotation goes; the seed's CiliumCIDRGroup and both CiliumClusterwideNetworkPolicies");
     let lines = stage.agent_lines();
-    write_endpoints(&endpoints, &plain)?;
+    write_policy(
+        &dir.join("policies").join("azure-imds-deny.yaml"),
+        &plain_deny,
+    )?;
     stage.wait_log(lines, "enforced ", Duration::from_secs(10))?;
-    (out.line)("  removed the label from namespace go-webapp: its pods enforce");
+    (out.line)("  removed the annotation from azure-imds-deny: it enforces");
     let t1 = now_rfc3339();
     let denied = sidecar_calls(&state)?;
     let token = token_call(&state, "GET", TOKEN)?;
@@ -502,38 +512,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rollout_step_labels_one_namespace_of_the_lab_endpoints_file() {
-        let lab = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/azure-imds/lab.yaml"
-        );
-        let topology = crate::topology::load(std::path::Path::new(lab)).expect("lab.yaml");
-        let plain = crate::topology::endpoints_file(&topology, &[]);
-        let audited = audit_namespace(&plain, "go-webapp").expect("go-webapp is listed");
-        assert!(audit_namespace(&plain, "nowhere").is_none());
-        // The agent reads it as the namespace's label, and the other namespaces keep theirs.
-        let read = |text: &str| {
-            imdsguard_policy::endpoints_file::parse_endpoints(&imdsguard_manifest::Source::new(
-                "endpoints.yaml",
-                text,
-            ))
-            .expect("endpoints file")
-            .namespaces
+    fn the_rollout_step_annotates_the_seeds_deny_for_audit() {
+        let decode = |text: &str| {
+            let d = imdsguard_policy::decode_source(
+                &imdsguard_manifest::Source::new("deny.yaml", text),
+                &imdsguard_policy::DecodeOptions::default(),
+            );
+            assert!(d.errors.is_empty(), "{:?}", d.errors);
+            d.policies.into_iter().map(|p| p.audit).collect::<Vec<_>>()
         };
-        let before = read(&plain);
-        let after = read(&audited);
-        assert_eq!(before.len(), after.len());
-        for ((n, b), (m, a)) in before.iter().zip(&after) {
-            assert_eq!(n, m);
-            if n == "go-webapp" {
-                let want = (
-                    imdsguard_policy::api::NAMESPACE_AUDIT_LABEL.to_owned(),
-                    "true".to_owned(),
-                );
-                assert_eq!(a, &[want]);
-            } else {
-                assert_eq!(a, b);
-            }
-        }
+        let seed = include_str!("../../../examples/azure-imds/azure-imds-deny.yaml");
+        assert_eq!(decode(seed), [false]);
+        let audited = audit_policy(seed).expect("the seed's deny has metadata");
+        assert_eq!(decode(&audited), [true]);
+        // A policy without annotations gets them.
+        let bare = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: d\nspec:\n  endpointSelector: {}\n  egressDeny: [{toCIDR: [169.254.169.254/32]}]\n";
+        assert_eq!(decode(&audit_policy(bare).expect("metadata")), [true]);
+        assert!(audit_policy("kind: x\n").is_none());
     }
 }

@@ -61,6 +61,15 @@ pub const AUDIT_ANNOTATION: &str = "policy.imdsguard.io/audit-mode";
 /// The Namespace label that puts every pod of the namespace in audit mode.
 pub const NAMESPACE_AUDIT_LABEL: &str = "policy.imdsguard.io/audit-mode";
 
+/// Whether a namespace's labels put its pods in audit mode: [`NAMESPACE_AUDIT_LABEL`] set to
+/// `"true"` (label values are strings; any other value, `"True"` included, leaves the namespace
+/// enforcing, so a typo never turns enforcement off).
+pub fn namespace_in_audit(labels: &[(String, String)]) -> bool {
+    labels
+        .iter()
+        .any(|(k, v)| k == NAMESPACE_AUDIT_LABEL && v == "true")
+}
+
 impl Policy {
     /// Every prefix the policy names (CIDRs and their exceptions): each becomes an ipcache entry.
     pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {

@@ -104,7 +104,12 @@ pub fn repository(decoded: &Decoded, endpoints: &EndpointsFile, opts: EngineOpti
     }
     for ep in &endpoints.endpoints {
         repo.upsert_endpoint(ep.spec.clone());
-        if ep.policy_audit_mode {
+        // Per endpoint, or by its namespace's label, as the agent reads them.
+        let namespace_audit = endpoints
+            .namespaces
+            .iter()
+            .any(|(ns, labels)| *ns == ep.spec.namespace && crate::api::namespace_in_audit(labels));
+        if ep.policy_audit_mode || namespace_audit {
             repo.set_endpoint_audit(&ep.spec.key(), true);
         }
     }

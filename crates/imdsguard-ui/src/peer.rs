@@ -217,14 +217,45 @@ pub struct Sides {
     pub port: u32,
 }
 
-impl Sides {
-    pub fn of(f: &Flow) -> Sides {
+/// A flow's two ends as it writes them (source, destination), before any turning.
+pub struct Ends<'a> {
+    pub src: Peer,
+    pub dst: Peer,
+    pub sip: &'a str,
+    pub dip: &'a str,
+    pub protocol: &'static str,
+    pub sport: u32,
+    pub dport: u32,
+}
+
+impl<'a> Ends<'a> {
+    pub fn of(f: &'a Flow) -> Ends<'a> {
         let (sip, dip) =
             f.ip.as_ref()
                 .map_or(("", ""), |ip| (ip.source.as_str(), ip.destination.as_str()));
         let (protocol, sport, dport) = l4(f);
-        let src = Peer::of(f.source.as_ref(), sip, sport, &f.source_names);
-        let dst = Peer::of(f.destination.as_ref(), dip, dport, &f.destination_names);
+        Ends {
+            src: Peer::of(f.source.as_ref(), sip, sport, &f.source_names),
+            dst: Peer::of(f.destination.as_ref(), dip, dport, &f.destination_names),
+            sip,
+            dip,
+            protocol,
+            sport,
+            dport,
+        }
+    }
+}
+
+impl Sides {
+    pub fn of(f: &Flow) -> Sides {
+        let Ends {
+            src,
+            dst,
+            protocol,
+            sport,
+            dport,
+            ..
+        } = Ends::of(f);
         let reply = f.is_reply.as_ref().is_some_and(|r| r.value);
         let turn = match (src.metadata.is_some(), dst.metadata.is_some()) {
             (true, false) => true,

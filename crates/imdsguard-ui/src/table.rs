@@ -5,7 +5,7 @@
 //! ASCII case, in a pod, namespace or workload name, an IP address, a DNS name, an HTTP URL or a
 //! DNS query of the flow, and optionally only flows to or from a metadata endpoint.
 
-use crate::peer::{Peer, Sides, l4};
+use crate::peer::{Ends, Peer, Sides};
 use imdsguard_flow::filter::{FilterError, FlowFilters};
 use imdsguard_flow::filterflags::{FilterBuilder, flag_takes_value};
 use imdsguard_flow::flow::{Endpoint, Flow, L7FlowType, Verdict, layer7};
@@ -84,12 +84,15 @@ fn l7_info(f: &Flow) -> String {
 
 impl FlowRow {
     pub fn of(f: &Flow) -> FlowRow {
-        let (sip, dip) =
-            f.ip.as_ref()
-                .map_or(("", ""), |ip| (ip.source.as_str(), ip.destination.as_str()));
-        let (protocol, sport, dport) = l4(f);
-        let src = Peer::of(f.source.as_ref(), sip, sport, &f.source_names);
-        let dst = Peer::of(f.destination.as_ref(), dip, dport, &f.destination_names);
+        let Ends {
+            src,
+            dst,
+            sip,
+            dip,
+            protocol,
+            dport,
+            ..
+        } = Ends::of(f);
         let port = match (protocol, dport) {
             ("", _) => String::new(),
             (p, 0) => p.to_owned(),

@@ -5,7 +5,7 @@ use crate::sources;
 use imdsguard_k8s::events::PolicyProblem;
 use imdsguard_k8s::{Cluster, ClusterObjects, WatchStatus};
 use imdsguard_manifest::Source;
-use imdsguard_policy::api::NAMESPACE_AUDIT_LABEL;
+use imdsguard_policy::api::namespace_in_audit;
 use imdsguard_policy::store::PolicyStore;
 use imdsguard_policy::{EndpointSpec, Repository};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -61,16 +61,6 @@ impl ClusterInputs {
             found: HashMap::new(),
         }
     }
-}
-
-/// Whether a namespace's labels put its pods in audit mode: the label
-/// `policy.imdsguard.io/audit-mode` set to `"true"` (Kubernetes label values are strings; any
-/// other value, `"True"` included, leaves the namespace enforcing, so a typo never turns
-/// enforcement off).
-pub(crate) fn namespace_in_audit(labels: &[(String, String)]) -> bool {
-    labels
-        .iter()
-        .any(|(k, v)| k == NAMESPACE_AUDIT_LABEL && v == "true")
 }
 
 /// The endpoints (`namespace/name`) whose namespace is labelled for audit mode: Cilium's
@@ -264,6 +254,7 @@ impl Inputs for ClusterInputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imdsguard_policy::api::NAMESPACE_AUDIT_LABEL;
 
     fn pod(ns: &str, name: &str) -> EndpointSpec {
         EndpointSpec {
