@@ -54,6 +54,28 @@ impl DocumentError {
     }
 }
 
+impl EndpointEntry {
+    /// Whether the endpoint is in audit mode: its own `policyAuditMode`, or its namespace
+    /// labelled for audit among `namespaces` (as the Namespace object's label does in a cluster).
+    pub fn in_audit(&self, namespaces: &[(String, Vec<(String, String)>)]) -> bool {
+        self.policy_audit_mode
+            || namespaces.iter().any(|(ns, labels)| {
+                *ns == self.spec.namespace && crate::api::namespace_in_audit(labels)
+            })
+    }
+}
+
+impl EndpointsFile {
+    /// The endpoints (`namespace/name`) in audit mode.
+    pub fn audited(&self) -> std::collections::HashSet<String> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.in_audit(&self.namespaces))
+            .map(|e| e.spec.key())
+            .collect()
+    }
+}
+
 type R<T> = Result<T, FieldError>;
 
 /// The first non-empty YAML document of a file that holds one (scenarios, endpoints files, lab

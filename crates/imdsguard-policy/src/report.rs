@@ -104,12 +104,7 @@ pub fn repository(decoded: &Decoded, endpoints: &EndpointsFile, opts: EngineOpti
     }
     for ep in &endpoints.endpoints {
         repo.upsert_endpoint(ep.spec.clone());
-        // Per endpoint, or by its namespace's label, as the agent reads them.
-        let namespace_audit = endpoints
-            .namespaces
-            .iter()
-            .any(|(ns, labels)| *ns == ep.spec.namespace && crate::api::namespace_in_audit(labels));
-        if ep.policy_audit_mode || namespace_audit {
+        if ep.in_audit(&endpoints.namespaces) {
             repo.set_endpoint_audit(&ep.spec.key(), true);
         }
     }

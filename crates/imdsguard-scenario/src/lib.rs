@@ -424,11 +424,7 @@ pub fn run(scenario: &Scenario, policy_sources: &[Source]) -> Report {
     for ep in &scenario.endpoints {
         repo.upsert_endpoint(ep.spec.clone());
         // Cilium's per-endpoint PolicyAuditMode, as the agent reads it from an endpoints file.
-        // Per endpoint, or by its namespace's label, as the agent reads them.
-        let namespace_audit = scenario.namespaces.iter().any(|(ns, labels)| {
-            *ns == ep.spec.namespace && imdsguard_policy::api::namespace_in_audit(labels)
-        });
-        if ep.policy_audit_mode || namespace_audit {
+        if ep.in_audit(&scenario.namespaces) {
             repo.set_endpoint_audit(&ep.spec.key(), true);
         }
     }

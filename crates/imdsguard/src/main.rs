@@ -2,7 +2,6 @@
 
 mod cmd;
 mod interrupt;
-mod sources;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

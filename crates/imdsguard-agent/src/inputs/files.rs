@@ -223,28 +223,10 @@ impl Inputs for FileInputs {
     /// `policy.imdsguard.io/audit-mode: "true"` in the file's `namespaces:` section, as the
     /// Namespace object's label does in a cluster.
     fn audit_endpoints(&self) -> HashSet<String> {
-        let Some(state) = &self.eps else {
-            return HashSet::new();
-        };
-        let specs: Vec<EndpointSpec> = state
-            .file
-            .endpoints
-            .iter()
-            .map(|e| e.spec.clone())
-            .collect();
-        let mut out = super::cluster::namespace_audit(
-            state.file.namespaces.iter().map(|(n, l)| (n, l)),
-            &specs,
-        );
-        out.extend(
-            state
-                .file
-                .endpoints
-                .iter()
-                .filter(|e| e.policy_audit_mode)
-                .map(|e| e.spec.key()),
-        );
-        out
+        self.eps
+            .as_ref()
+            .map(|state| state.file.audited())
+            .unwrap_or_default()
     }
 
     fn errors(&self) -> Vec<String> {

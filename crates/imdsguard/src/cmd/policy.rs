@@ -4,9 +4,9 @@
 
 use super::observe::TlsArgs;
 use super::replay::By;
-use crate::sources;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use imdsguard_agent::sources;
 use imdsguard_lint::Severity;
 use imdsguard_manifest::Source;
 use imdsguard_policy::endpoints_file::EndpointsFile;
