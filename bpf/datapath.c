@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* imdsguard's pod datapath. Two programs on each pod's host-side veth:
  *   from_pod  at TCX ingress: the pod's egress;
- *   to_pod    at TCX egress:  the pod's ingress.
+ *   to_pod    at TCX egress:  the pod's ingress;
+ * and, at the host's cgroup v2 root, connect()/sendmsg() hooks (hooks.h) that
+ * record the process behind sockets to metadata addresses and judge
+ * hostNetwork pods. reject.h answers denials when asked to.
  * They look up the endpoint, the remote identity (ipcache), connection
  * tracking and the policy tables that user space resolves, and report
  * policy-verdict, drop and trace events on a ring buffer that user space polls
@@ -110,6 +113,26 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
+/* The process behind a socket that connected or sent to a protected address,
+ * written by the cgroup hooks and read at TC through skb->sk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_proc);
+} sock_procs SEC(".maps");
+
+/* hostNetwork pods: cgroup v2 id (the pod's cgroup, or a container's) ->
+ * endpoint, with EP_HOST_NETWORK. The hooks look up the calling task's cgroup
+ * and its ancestors. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct endpoint_info);
+} cgroup_endpoints SEC(".maps");
+
 /* The proxy's listeners (0: IPv4, 1: IPv6), for proxy_time_wait. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -151,6 +174,7 @@ struct verdict {
 	__u8 verdict;
 	__u8 reason;
 	__u8 is_reply;
+	__u8 rejected; /* the deny is answered (PROC_REJECTED) */
 };
 
 static __always_inline __u32 config_word(int flags)
@@ -353,19 +377,74 @@ static __always_inline int policy_lookup(struct verdict *v, const struct pkt *p,
 	return 1;
 }
 
-static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, struct verdict *v,
-				 __u8 kind, __u8 sub_type)
+/* The socket and process behind a packet the pod sends, for its event: the
+ * socket travels with the packet to the host veth (skb->sk), and the cgroup
+ * hooks left the process in its storage. Read before anything orphans the
+ * skb (to_proxy's bpf_sk_assign), and only for events: no per-packet cost.
+ * Never bpf_get_current_*: in TC "current" is whatever task the softirq
+ * interrupted. */
+static __always_inline void attribute(struct __sk_buff *skb, struct event *e)
 {
-	struct event *e;
+	struct bpf_sock *sk = skb->sk;
+	struct sock_proc *sp;
 
-	load_endpoint(v, p);
-	resolve_remote(v, p);
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e->sock_cookie = 0;
+	e->cgroup_id = 0;
+	e->pid = 0;
+	e->uid = 0;
+	__builtin_memset(e->comm, 0, sizeof(e->comm));
+	e->proc_flags = 0;
+	e->pad2 = 0;
+	if (!sk)
+		return;
+	e->sock_cookie = bpf_get_socket_cookie(skb);
+	e->cgroup_id = bpf_skb_cgroup_id(skb);
+	e->proc_flags = PROC_HAS_SOCK;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return;
+	sp = bpf_sk_storage_get(&sock_procs, sk, 0, 0);
+	if (!sp)
+		return;
+	e->pid = sp->tgid;
+	e->uid = sp->uid;
+	__builtin_memcpy(e->comm, sp->comm, sizeof(e->comm));
+	e->proc_flags |= PROC_HAS_TASK;
+}
+
+/* Reserves an event and fills in the packet's socket and process (egress:
+ * the pod's own socket; ingress packets carry the remote's). NULL when the
+ * ring buffer is full. */
+static __always_inline struct event *ev_begin(struct __sk_buff *skb, struct verdict *v)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
 		count(CNT_RB_FULL);
-		return;
+		return NULL;
 	}
+	if (v->dir == DIR_EGRESS) {
+		attribute(skb, e);
+	} else {
+		e->sock_cookie = 0;
+		e->cgroup_id = 0;
+		e->pid = 0;
+		e->uid = 0;
+		__builtin_memset(e->comm, 0, sizeof(e->comm));
+		e->proc_flags = 0;
+		e->pad2 = 0;
+	}
+	if (v->rejected)
+		e->proc_flags |= PROC_REJECTED;
+	return e;
+}
+
+/* Fills in the rest of an event from ev_begin and submits it. */
+static __always_inline void ev_finish(struct event *e, const struct pkt *p, struct verdict *v,
+				      __u8 kind, __u8 sub_type)
+{
+	load_endpoint(v, p);
+	resolve_remote(v, p);
 	e->ts_ns = bpf_ktime_get_ns();
 	/* Addresses and identities follow the packet (from_pod packets come from
 	 * the pod); is_reply tells user space which side opened the connection. */
@@ -409,6 +488,15 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, str
 	bpf_ringbuf_submit(e, rb_submit_flags);
 }
 
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, struct verdict *v,
+				 __u8 kind, __u8 sub_type)
+{
+	struct event *e = ev_begin(skb, v);
+
+	if (e)
+		ev_finish(e, p, v, kind, sub_type);
+}
+
 /* One drop (and denied-verdict) notification per flow and reason per
  * interval; the counters still count every packet. (Frames that are not IP
  * all share one flow: the reason tells them apart.) */
@@ -444,6 +532,8 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, stru
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
 
+#include "reject.h"
+
 /* Hands the packet to the agent's transparent proxy on 127.0.0.1 (or ::1):
  * the connection's own socket once it exists, else the listener. No listener
  * means a drop, never a pass. */
@@ -452,6 +542,7 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
+	struct event *e = NULL;
 	__u32 size;
 	long ret = -1;
 	__u8 reason = DROP_SOCKET_LOOKUP;
@@ -479,6 +570,9 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 		t.ipv6.dport = p->dport;
 		size = sizeof(t.ipv6);
 	}
+	/* The trace event's socket is read now: bpf_sk_assign orphans the skb. */
+	if (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
+		e = ev_begin(skb, v);
 	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		if (sk->state == BPF_TCP_TIME_WAIT && (p->tcp_flags & TCP_SYN)) {
@@ -537,13 +631,15 @@ done:
 		reason = DROP_SOCKET_ASSIGN;
 	if (ret == 0) {
 		skb->mark = proxy_mark;
-		if (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
+		if (e) {
 			v->verdict = VERDICT_FORWARDED;
-			emit(skb, p, v, EV_TRACE, TRACE_TO_PROXY);
+			ev_finish(e, p, v, EV_TRACE, TRACE_TO_PROXY);
 		}
 		return TCX_PASS;
 	}
 fail:
+	if (e)
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 	count(CNT_PROXY_DOWN);
 	v->verdict = VERDICT_DROPPED;
 	return drop(skb, p, v, reason, 0);
@@ -656,7 +752,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		if (v->dir == DIR_EGRESS && (v->remote_flags & IPC_PROTECTED)) {
 			count(CNT_NOT_READY);
 			v->verdict = VERDICT_DROPPED;
-			return drop(skb, p, v, DROP_POLICY, 1);
+			return deny(skb, p, v, DROP_POLICY);
 		}
 		return TCX_NEXT;
 	}
@@ -666,7 +762,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		count(CNT_NOT_READY);
 		if (v->dir == DIR_EGRESS && (v->remote_flags & IPC_PROTECTED)) {
 			v->verdict = VERDICT_DROPPED;
-			return drop(skb, p, v, DROP_POLICY, 1);
+			return deny(skb, p, v, DROP_POLICY);
 		}
 		return TCX_NEXT;
 	}
@@ -695,7 +791,7 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, struct ve
 		goto track;
 	if (v->verdict == VERDICT_DROPPED) {
 		if (!(v->ep.flags & EP_AUDIT))
-			return drop(skb, p, v, v->reason, 1);
+			return deny(skb, p, v, v->reason);
 		v->verdict = VERDICT_AUDIT;
 	}
 	if (v->verdict == VERDICT_AUDIT) {
@@ -828,6 +924,8 @@ int noop(struct __sk_buff *skb)
 {
 	return TCX_NEXT;
 }
+
+#include "hooks.h"
 
 /* Socket lookup in the agent's network namespace: a redirected SYN that met
  * the proxy's TIME_WAIT (see to_proxy) asks for a listener on its original

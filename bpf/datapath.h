@@ -24,6 +24,9 @@ struct addr {
 #define EP_AUDIT_VIEW (1u << 4)
 #define EP_AUDIT_EGRESS_ENFORCED (1u << 5)  /* the full view's default deny */
 #define EP_AUDIT_INGRESS_ENFORCED (1u << 6)
+/* A hostNetwork pod (cgroup_endpoints): judged at connect()/sendmsg() by the
+ * cgroup hooks, as its packets cross no pod interface. */
+#define EP_HOST_NETWORK (1u << 7)
 /* The full view's row (identity AUDIT_DEFAULT_DENY_IDENTITY, protocol and port
  * 0, prefix 104) whose rule id names the audit policy a full-view miss (133) is
  * reported against. No identity is ever this. */
@@ -151,6 +154,9 @@ struct ct_value {
  * packet from the side that opened it (as Cilium enforces policy on every
  * non-reply packet), so a new deny also cuts existing connections. */
 #define CFG_PROXY_ROUTE_SHADOWED (1u << 0) /* a routing rule catches redirects first */
+/* --deny-response reject: a deny is answered (ECONNREFUSED at the hooks, a
+ * TCP RST or ICMP unreachable at TC) instead of dropped silently. */
+#define CFG_DENY_REJECT (1u << 1)
 
 struct config {
 	__u32 policy_epoch;
@@ -173,6 +179,9 @@ enum counter {
 	CNT_UNSUPPORTED_L3,
 	CNT_FRAG_DROPPED,
 	CNT_INVALID_PACKET,
+	CNT_REJECTED,       /* denials answered with a RST or ICMP unreachable */
+	CNT_HOOK_DENIED,    /* connect()/sendmsg() refused by a cgroup hook */
+	CNT_HOOK_NOT_READY, /* ... of a hostNetwork pod without its policy: allowed */
 	CNT_MAX,
 };
 
@@ -230,9 +239,44 @@ struct event {
 	__u8 match_type;
 	__u8 is_reply;
 	__u8 pad;
+	/* The sending socket and process (zero when unknown; see proc_flags). */
+	__u64 sock_cookie; /* bpf_get_socket_cookie */
+	__u64 cgroup_id;   /* cgroup v2 id (the directory's inode) of the socket's cgroup */
+	__u32 pid;         /* tgid, host pid namespace */
+	__u32 uid;
+	char comm[16];
+	__u32 proc_flags;
+	__u32 pad2;
 };
 
-_Static_assert(sizeof(struct event) == 80, "event size is part of the ABI");
+#define PROC_HAS_SOCK (1u << 0)  /* sock_cookie and cgroup_id are valid */
+#define PROC_HAS_TASK (1u << 1)  /* pid, uid and comm are valid */
+#define PROC_FROM_HOOK (1u << 2) /* judged at connect()/sendmsg(): no packet, ifindex 0 */
+#define PROC_REJECTED (1u << 3)  /* the deny was answered (ECONNREFUSED, RST, ICMP) */
+
+/* sock_procs: per-socket storage, written by the cgroup hooks when a socket
+ * connects or sends to a protected address (the last one wins), read at TC
+ * through skb->sk. Freed with the socket. */
+#define SOCK_ALLOW_REPORTED (1u << 0) /* the hook's ALLOWED verdict was emitted */
+#define SOCK_HOST_NETWORK (1u << 1)   /* the socket belongs to a hostNetwork pod */
+
+/* 64 bytes: with the kernel's 128-byte storage element it fills a
+ * kmalloc-192 object. No cookie: the socket's own is always at hand. */
+struct sock_proc {
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	__u64 ts_ns;
+	__u32 tgid;
+	__u32 pid;
+	__u32 uid;
+	__u32 gid;
+	__u32 ep_id;
+	__u32 flags;
+	char comm[16];
+};
+
+_Static_assert(sizeof(struct event) == 128, "event size is part of the ABI");
+_Static_assert(sizeof(struct sock_proc) == 64, "sock_proc size");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
 _Static_assert(sizeof(struct ct_value) == 32, "ct_value size");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 fn main() {
     let root = PathBuf::from(env("CARGO_MANIFEST_DIR")).join("../../bpf");
-    for f in ["datapath.c", "datapath.h", "parse.h"] {
+    for f in ["datapath.c", "datapath.h", "parse.h", "reject.h", "hooks.h"] {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
     if env("CARGO_CFG_TARGET_OS") != "linux" {

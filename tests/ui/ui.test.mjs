@@ -2,8 +2,11 @@
 //
 //   node tests/ui/ui.test.mjs <mode> <base URL> <artifact dir>
 //
-// mode `seed`: the agent replays tests/flows/seed.jsonl in a loop; checks the table, filters,
-//   keyboard use, pause, the map, the IMDS view and a narrow window, and saves screenshots.
+// mode `seed`: the agent replays tests/flows/seed.jsonl in a loop, the webapp pods' flows
+//   carrying imdsguard's process information (their sidecar, one with a hostile process name);
+//   checks the table, filters, keyboard use, pause, the map, the IMDS view (with who in the pod
+//   called), a flow's container and process in its details, and a narrow window, and saves
+//   screenshots.
 // mode `load`: the agent replays a large file at full speed in a loop; checks that the table
 //   stays capped and the page keeps answering, and prints the numbers as JSON on the last line.
 // mode `lab`: an agent enforcing the seed's policies on the lab (`imdsguard lab up`); checks
@@ -159,7 +162,55 @@ async function seed(p) {
   assert.match(webapp, /DROPPED/);
   assert.match(webapp, /go-webapp-8568cffcd4-l5s48/);
   await caller('host').waitFor();
+  // Who in the pod called: the sidecar container and its process, per pod. A process name is
+  // whatever the process chose; it shows as text and makes no element.
+  const webappCard = caller('go-webapp/go-webapp');
+  assert.match(webapp, /Containers\s*istio-proxy \(envoy, <img src=x>\)/);
+  const containerRows = webappCard.locator('tr.container-row');
+  assert.equal(await containerRows.count(), 2);
+  const sidecarRow = await containerRows.first().textContent();
+  assert.match(sidecarRow, /go-webapp-847857f68-2qlnd\/istio-proxy/);
+  assert.match(sidecarRow, /envoy \(pid 4242; uid 1337\)/);
+  assert.match(await containerRows.nth(1).textContent(), /<img src=x> \(pid 5151; uid 0\)/);
+  assert.equal(await p.locator('#imds-callers img').count(), 0, 'a process name became markup');
+  // Flows without process information: nothing about containers.
+  assert.equal(await caller('logging/fluent-bit').locator('tr.container-row').count(), 0);
+  assert.doesNotMatch(await caller('logging/fluent-bit').textContent(), /Who in the pod called/);
   await shot(p, 'imds.png');
+
+  // A flow's details name its container, process, uid, socket and cgroup.
+  await p.keyboard.press('1');
+  await p.fill('#f-q', 'envoy');
+  await p.waitForFunction(() => {
+    const s = [...document.querySelectorAll('#flows tbody td.c-src')].map((td) => td.textContent);
+    return s.length > 0 && s.every((t) => t === 'go-webapp/go-webapp-847857f68-2qlnd');
+  });
+  await p.locator('#flows tbody tr').first().click();
+  await p.locator('#detail').waitFor({ state: 'visible' });
+  const fields = await p.locator('#detail-fields').evaluate((dl) => {
+    const out = {};
+    for (const dt of dl.querySelectorAll('dt')) out[dt.textContent] = dt.nextElementSibling.textContent;
+    return out;
+  });
+  assert.equal(fields['Container'], 'istio-proxy');
+  assert.equal(fields['Process'], 'envoy (pid 4242)');
+  assert.equal(fields['UID'], '1337');
+  assert.equal(fields['Socket cookie'], '1099511627783');
+  assert.equal(fields['cgroup ID'], '120');
+  await shot(p, 'flow-detail-process.png');
+  await p.keyboard.press('Escape');
+  await p.fill('#f-q', '<img');
+  await p.waitForFunction(() => {
+    const s = [...document.querySelectorAll('#flows tbody td.c-src')].map((td) => td.textContent);
+    return s.length > 0 && s.every((t) => t === 'go-webapp/go-webapp-8568cffcd4-l5s48');
+  });
+  await p.locator('#flows tbody tr').first().click();
+  await p.locator('#detail').waitFor({ state: 'visible' });
+  assert.match(await p.locator('#detail-fields').textContent(), /Process<img src=x> \(pid 5151\)UID0/);
+  assert.equal(await p.locator('#detail img').count(), 0, 'a process name became markup');
+  await p.keyboard.press('Escape');
+  await p.fill('#f-q', '');
+  await p.evaluate(() => document.activeElement.blur());
 
   // A narrow window: nothing pushes the page sideways.
   await p.setViewportSize({ width: 380, height: 800 });

@@ -48,6 +48,34 @@ pub struct AgentStatus {
     pub watches: Vec<WatchStatus>,
     /// Veths attached with no known pod: metadata addresses are closed to them.
     pub guarded_interfaces: Vec<String>,
+    /// The cgroup hooks, the deny response, hostNetwork pods and the containers named.
+    pub cgroups: CgroupStatus,
+}
+
+/// What the agent attributes and judges by cgroup.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CgroupStatus {
+    /// Where the connect()/sendmsg() hooks are attached; None: no hooks.
+    pub root: Option<String>,
+    /// The hook programs attached there.
+    pub hooks: Vec<String>,
+    /// `drop` or `reject`.
+    pub deny_response: String,
+    /// `ignore` or `enforce`.
+    pub host_network_pods: String,
+    /// The hostNetwork pods judged at connect()/sendmsg() (enforce mode), with their cgroups.
+    pub host_network_registered: Vec<HostNetworkStatus>,
+    /// Containers named by cgroup.
+    pub containers: Vec<crate::containers::ContainerCgroups>,
+    /// Containers or pods whose cgroups could not be found.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostNetworkStatus {
+    /// `namespace/name`.
+    pub endpoint: String,
+    pub cgroups: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -139,6 +167,7 @@ pub fn build(
         policy_errors: inputs.errors(),
         watches: inputs.watches(),
         guarded_interfaces: interfaces.guarded.iter().cloned().collect(),
+        cgroups: CgroupStatus::default(),
     }
 }
 

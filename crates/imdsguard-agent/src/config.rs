@@ -1,6 +1,7 @@
 //! What the agent is told to do, already parsed and checked: the command line's flags become
 //! one of these, and nothing below reads flags or the environment.
 
+use imdsguard_datapath::DenyResponse;
 use imdsguard_hubble_server::exporter::ExportOptions;
 use imdsguard_hubble_server::tls::ServerTlsFiles;
 use std::path::PathBuf;
@@ -89,4 +90,31 @@ pub struct EnforceConfig {
     pub proxy_upstream_mark: Option<u32>,
     /// How often inputs are checked besides inotify (at least 10 ms).
     pub reload_interval: Duration,
+    /// Where the connect()/sendmsg() hooks attach (a cgroup v2 directory, normally the host's
+    /// root); None: no hooks (flows still name containers where the datapath sees a socket).
+    pub cgroup_root: Option<PathBuf>,
+    /// Whether hostNetwork pods are under their policies (judged at connect()/sendmsg()).
+    pub host_network_pods: HostNetworkPods,
+    /// How a denial is answered: silently (`drop`) or at once (`reject`).
+    pub deny_response: DenyResponse,
+}
+
+/// `--host-network-pods`: what becomes of pods that share the node's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostNetworkPods {
+    /// As Cilium: no pod policy applies to them; their flows still name pod and container.
+    #[default]
+    Ignore,
+    /// An imdsguard extension: their pods' policies judge their connects and sends to
+    /// metadata addresses at connect()/sendmsg(), by their cgroups.
+    Enforce,
+}
+
+impl HostNetworkPods {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostNetworkPods::Ignore => "ignore",
+            HostNetworkPods::Enforce => "enforce",
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! The datapath's events become flows on a thread of their own. The ring buffer has no wake-ups
 //! (they would cost per event), so it is read every few milliseconds; a slow policy resolution
-//! in the reconciliation loop never holds flows back.
+//! in the reconciliation loop never holds flows back. Flows that name their socket are recorded
+//! in [`Sockets`], where the proxy's flows of the same connection find it.
 
 use crate::node_view::SharedView;
+use crate::sockets::Sockets;
 use imdsguard_datapath::flows::to_flow;
 use imdsguard_datapath::loader::EventReader;
 use imdsguard_hubble_server::server::Hub;
@@ -13,10 +15,12 @@ use std::time::Duration;
 /// How long the drain sleeps when the ring buffer is empty.
 const IDLE: Duration = Duration::from_millis(10);
 
-/// Drains `events` into `hub` until `stop` is set, naming flows with the current view.
+/// Drains `events` into `hub` until `stop` is set, naming flows with the current view, and
+/// recording their sockets for the proxy's flows.
 pub fn spawn_drain(
     mut events: EventReader,
     view: Arc<SharedView>,
+    sockets: Arc<Sockets>,
     hub: Arc<Hub>,
     node: String,
     stop: Arc<AtomicBool>,
@@ -27,7 +31,11 @@ pub fn spawn_drain(
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let v = view.load();
-                let n = events.drain(|e| hub.ingest(to_flow(&e, &*v, &node, offset)));
+                let n = events.drain(|e| {
+                    let f = to_flow(&e, &*v, &node, offset);
+                    sockets.record(&f);
+                    hub.ingest(f)
+                });
                 if n == 0 {
                     std::thread::sleep(IDLE);
                 }

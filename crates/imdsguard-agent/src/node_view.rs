@@ -5,6 +5,8 @@
 //! calling and under which policy. It is rebuilt whole after every change and swapped in, so a
 //! reader never sees half of one state and half of the next.
 
+use crate::containers::{Containers, Misses};
+use imdsguard_cgroup::CgroupTree;
 use imdsguard_datapath::flows::Directory;
 use imdsguard_datapath::sync::TableSync;
 use imdsguard_hubble_proto::flow;
@@ -14,7 +16,8 @@ use imdsguard_policy::{Identity, Repository};
 use imdsguard_proxy::server::{Authority, Client};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// One pod address.
 #[derive(Clone)]
@@ -27,11 +30,31 @@ struct Pod {
 #[derive(Default)]
 pub struct NodeView {
     pods: HashMap<IpAddr, Pod>,
+    /// Every endpoint by its datapath ID, hostNetwork pods (which have no address) included.
+    by_id: HashMap<u32, flow::Endpoint>,
     identity_labels: HashMap<u32, Vec<String>>,
     policies: HashMap<u32, flow::Policy>,
     interfaces: HashMap<u32, String>,
     ipcache: IpCache,
+    cgroups: Option<Cgroups>,
 }
+
+/// What names the container and process behind a cgroup id.
+struct Cgroups {
+    index: Arc<Containers>,
+    tree: Arc<dyn CgroupTree>,
+    misses: Arc<Misses>,
+    /// `process_of`'s answers, kept [`PROCESS_TTL`]: a flow burst reads cgroup.procs once.
+    procs: Mutex<HashMap<u64, (Instant, Option<Process>)>>,
+}
+
+/// A process: pid and comm.
+type Process = (u32, String);
+
+/// How long a cgroup's only process is remembered.
+const PROCESS_TTL: Duration = Duration::from_secs(2);
+/// The most cgroups whose process is remembered.
+const PROCESS_CACHE_MAX: usize = 4096;
 
 impl NodeView {
     /// The view of `repo` as written by `sync`, with `attached` (interface name → index).
@@ -60,6 +83,9 @@ impl NodeView {
                 },
                 policy: repo.endpoint_policy(&key).cloned(),
             };
+            if pod.endpoint.id != 0 {
+                view.by_id.insert(pod.endpoint.id, pod.endpoint.clone());
+            }
             for ip in &spec.ips {
                 view.pods.insert(*ip, pod.clone());
             }
@@ -79,6 +105,28 @@ impl NodeView {
             })
             .collect();
         view
+    }
+
+    /// Names containers and processes with `index` (cgroup id → pod and container) and `tree`
+    /// (a cgroup's processes); cgroup ids the index does not know are noted in `misses`.
+    pub fn with_cgroups(
+        mut self,
+        index: Arc<Containers>,
+        tree: Arc<dyn CgroupTree>,
+        misses: Arc<Misses>,
+    ) -> NodeView {
+        self.cgroups = Some(Cgroups {
+            index,
+            tree,
+            misses,
+            procs: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// The container index the view names containers with.
+    pub fn containers(&self) -> Option<&Containers> {
+        self.cgroups.as_ref().map(|c| &*c.index)
     }
 
     /// An identity's labels; reserved identities have theirs even when no pod holds them.
@@ -105,6 +153,40 @@ impl Directory for NodeView {
     }
     fn interface_name(&self, ifindex: u32) -> Option<String> {
         self.interfaces.get(&ifindex).cloned()
+    }
+    fn container(&self, cgroup_id: u64) -> Option<String> {
+        let c = self.cgroups.as_ref()?;
+        match c.index.owner(cgroup_id) {
+            Some(owner) => owner.container.clone(),
+            None => {
+                // Perhaps a container that started after the last walk: the loop walks again.
+                c.misses.note(cgroup_id);
+                None
+            }
+        }
+    }
+    fn endpoint_by_id(&self, ep_id: u32) -> Option<flow::Endpoint> {
+        self.by_id.get(&ep_id).cloned()
+    }
+    fn process_of(&self, cgroup_id: u64) -> Option<(u32, String)> {
+        let c = self.cgroups.as_ref()?;
+        let dir = c.index.dir(cgroup_id)?;
+        let mut cache = c.procs.lock().ok()?;
+        if let Some((at, known)) = cache.get(&cgroup_id)
+            && at.elapsed() < PROCESS_TTL
+        {
+            return known.clone();
+        }
+        // With more than one process the cgroup cannot say which one owns the socket.
+        let found = match c.tree.procs(dir).ok().as_deref() {
+            Some([pid]) => c.tree.comm(*pid).ok().map(|comm| (*pid, comm)),
+            _ => None,
+        };
+        if cache.len() >= PROCESS_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(cgroup_id, (Instant::now(), found.clone()));
+        found
     }
 }
 
@@ -225,6 +307,73 @@ mod tests {
             shared.client(ip("10.0.0.2")).is_none(),
             "no policy yet: the proxy has nothing to judge with"
         );
+    }
+
+    #[test]
+    fn containers_and_processes_are_named_by_cgroup_id() {
+        use crate::containers::{CgroupSource, PodCgroups};
+        use imdsguard_cgroup::FakeTree;
+        use std::path::Path;
+        let mut tree = FakeTree::new();
+        tree.dir("/cg/web/app", 11)
+            .dir("/cg/web/istio-proxy", 12)
+            .process(Path::new("/cg/web/app"), 100, "curl")
+            .process(Path::new("/cg/web/istio-proxy"), 200, "pilot-agent")
+            .process(Path::new("/cg/web/istio-proxy"), 201, "envoy");
+        let pods = [PodCgroups {
+            endpoint: "shop/web-1".into(),
+            host_network: false,
+            source: CgroupSource::Dirs(vec![
+                ("app".into(), "/cg/web/app".into()),
+                ("istio-proxy".into(), "/cg/web/istio-proxy".into()),
+            ]),
+        }];
+        let index = Arc::new(Containers::resolve(&tree, None, &pods));
+        let misses = Arc::new(Misses::default());
+        let tree: Arc<dyn CgroupTree> = Arc::new(tree);
+        let mut repo = node();
+        repo.resolve();
+        let v = NodeView::build(
+            &repo,
+            &TableSync::new(SyncOptions::default()),
+            &HashMap::new(),
+        )
+        .with_cgroups(index, tree, misses.clone());
+        assert_eq!(v.container(11).as_deref(), Some("app"));
+        assert_eq!(v.container(12).as_deref(), Some("istio-proxy"));
+        assert_eq!(v.container(77), None);
+        assert_eq!(
+            misses.take(),
+            std::collections::HashSet::from([77]),
+            "an unknown cgroup asks for a walk"
+        );
+        assert_eq!(v.process_of(11), Some((100, "curl".to_owned())));
+        assert_eq!(v.process_of(12), None, "two processes: cannot tell which");
+        assert_eq!(v.process_of(77), None);
+        assert_eq!(v.containers().map(Containers::len), Some(2));
+    }
+
+    #[test]
+    fn endpoints_are_found_by_id_even_without_an_address() {
+        let mut repo = node();
+        repo.upsert_endpoint(EndpointSpec {
+            name: "agent".into(),
+            namespace: "mon".into(),
+            service_account: "default".into(),
+            ..Default::default()
+        });
+        repo.resolve();
+        let mut sync = TableSync::new(SyncOptions::default());
+        let mut maps = imdsguard_datapath::sync::fake::FakeMaps::default();
+        sync.sync(&repo, &mut maps).expect("sync");
+        let v = NodeView::build(&repo, &sync, &HashMap::new());
+        let id = sync.endpoint_id("mon/agent").expect("an endpoint ID");
+        let ep = v.endpoint_by_id(id).expect("the hostNetwork pod by its ID");
+        assert_eq!(
+            (ep.namespace.as_str(), ep.pod_name.as_str()),
+            ("mon", "agent")
+        );
+        assert!(v.endpoint_by_id(9999).is_none());
     }
 
     #[test]

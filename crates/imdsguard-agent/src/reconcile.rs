@@ -5,18 +5,23 @@
 //! the last good state stays in force.
 
 use crate::api::{self as status, AgentApi};
+use crate::containers::{CgroupIndex, Containers};
 use crate::inputs::watch::{newest_change, watch};
 use crate::inputs::{Inputs, Interfaces};
 use crate::node_view::{NodeView, SharedView};
 use crate::proxy::ProxyListeners;
-use crate::{AgentError, EnforceConfig};
+use crate::sockets::Sockets;
+use crate::{AgentError, EnforceConfig, HostNetworkPods};
+use imdsguard_cgroup::host::Host;
+use imdsguard_datapath::DenyResponse;
 use imdsguard_datapath::loader::{Datapath, Options as DatapathOptions, ifindex};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
 use imdsguard_hubble_server::server::Hub;
 use imdsguard_policy::{EngineOptions, Repository};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +32,7 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub node: String,
     pub view: Arc<SharedView>,
+    pub sockets: Arc<Sockets>,
     pub api: Arc<AgentApi>,
     pub stop: Arc<AtomicBool>,
 }
@@ -43,18 +49,24 @@ pub fn run(
         hub,
         node,
         view,
+        sockets,
         api,
         stop,
     } = shared;
     let interval = cfg.reload_interval.max(Duration::from_millis(10));
     let mut dp = Datapath::open(&DatapathOptions {
         bpf_root: cfg.bpf_root.clone(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        deny_response: cfg.deny_response,
         ..Default::default()
     })
     .map_err(AgentError::datapath(format!(
         "loading the datapath (pins under {}; needs root, or CAP_BPF and CAP_NET_ADMIN)",
         cfg.bpf_root.display()
     )))?;
+    log_cgroup_hooks(&cfg, &dp);
+    let mut cgroups = CgroupIndex::new(Arc::new(Host), walk_root(&cfg));
+    let enforce_host_network = cfg.host_network_pods == HostNetworkPods::Enforce;
     dp.set_proxy_listeners(
         listeners.v4.as_ref().map(|f| f.as_fd()),
         listeners.v6.as_ref().map(|f| f.as_fd()),
@@ -68,6 +80,7 @@ pub fn run(
     let drain = crate::events::spawn_drain(
         events,
         view.clone(),
+        sockets,
         hub.clone(),
         node.clone(),
         stop.clone(),
@@ -104,13 +117,23 @@ pub fn run(
             }
         }
         let ready = inputs.ready();
+        // Pods changed, or flows named cgroups no known container has (one started since).
+        let mut rewalked = false;
+        let mut host_network_changed = false;
+        if ready && (changed || !synced) {
+            host_network_changed = cgroups.refresh(&inputs.pod_cgroups());
+            rewalked = true;
+        } else if ready && let Some(c) = cgroups.rescan_if_asked(|| inputs.pod_cgroups()) {
+            host_network_changed = c;
+            rewalked = true;
+        }
         if !ready && !waiting_logged {
             info!(
                 "waiting for the first complete view of the cluster; the pinned state stays in force"
             );
             waiting_logged = true;
         }
-        if ready && (changed || !synced) {
+        if ready && (changed || !synced || (host_network_changed && enforce_host_network)) {
             let started = Instant::now();
             repo.resolve();
             let resolved = started.elapsed();
@@ -118,6 +141,13 @@ pub fn run(
             let audited = inputs.audit_endpoints();
             repo.set_audit_endpoints(audited.iter().cloned());
             sync.set_audit_endpoints(audited);
+            // Only in enforce mode are hostNetwork pods endpoints to judge; as Cilium, ignore
+            // leaves them out (their flows still name pod and container).
+            sync.set_cgroup_endpoints(cgroup_endpoints(
+                cfg.host_network_pods,
+                &cgroups.current(),
+                &repo,
+            ));
             match sync.sync(&repo, &mut dp) {
                 Ok(stats) => {
                     revision += 1;
@@ -153,7 +183,7 @@ pub fn run(
         if ready && (changed || !synced || due || inputs.links_changed()) {
             publish = true;
             let found = inputs.interfaces(&repo, due);
-            if found != interfaces || changed || !synced {
+            if found != interfaces || changed || !synced || rewalked {
                 interfaces = found;
                 attach_interfaces(&mut dp, &interfaces, &mut attached);
                 write_interfaces(&mut dp, &repo, &sync, &interfaces, &attached);
@@ -165,15 +195,26 @@ pub fn run(
                         );
                     }
                 }
-                view.replace(NodeView::build(&repo, &sync, &attached));
+                view.replace(NodeView::build(&repo, &sync, &attached).with_cgroups(
+                    cgroups.current(),
+                    cgroups.tree(),
+                    cgroups.misses(),
+                ));
             }
             synced = true;
+        } else if rewalked && synced {
+            publish = true;
+            view.replace(NodeView::build(&repo, &sync, &attached).with_cgroups(
+                cgroups.current(),
+                cgroups.tree(),
+                cgroups.misses(),
+            ));
         }
         if publish {
             if let (Some(m), Ok(c)) = (hub.metrics(), dp.counters()) {
                 m.set_datapath_counters(&c);
             }
-            api.publish(status::build(
+            let mut st = status::build(
                 &*inputs,
                 cfg.policy_audit_mode,
                 &node,
@@ -182,7 +223,9 @@ pub fn run(
                 &interfaces,
                 &attached,
                 revision,
-            ));
+            );
+            st.cgroups = cgroup_status(&cfg, &dp, &cgroups.current(), &repo);
+            api.publish(st);
         }
         api.answer(&repo, ready);
         inputs.wait(Duration::from_millis(20));
@@ -191,6 +234,98 @@ pub fn run(
         error!("datapath: the event thread panicked");
     }
     Ok(())
+}
+
+/// Where Kubernetes pods' cgroups are looked for: the hooks' root, else the host's cgroup v2
+/// mount (flows name containers even without the hooks).
+fn walk_root(cfg: &EnforceConfig) -> Option<PathBuf> {
+    cfg.cgroup_root
+        .clone()
+        .or_else(|| imdsguard_cgroup::host::host_root().ok())
+}
+
+fn log_cgroup_hooks(cfg: &EnforceConfig, dp: &Datapath) {
+    match &cfg.cgroup_root {
+        Some(root) => {
+            let hooks: Vec<String> = dp.cgroup_hooks().into_iter().map(|(p, _)| p).collect();
+            info!(
+                cgroup_root = %root.display(),
+                deny_response = %cfg.deny_response,
+                host_network_pods = cfg.host_network_pods.as_str(),
+                "cgroup hooks: {} attached at {}; denials are {}; hostNetwork pods: {}",
+                hooks.join(", "),
+                root.display(),
+                if cfg.deny_response == DenyResponse::Reject {
+                    "rejected (ECONNREFUSED, TCP RST, ICMP unreachable)"
+                } else {
+                    "dropped"
+                },
+                cfg.host_network_pods.as_str()
+            );
+        }
+        None => {
+            let why = match imdsguard_cgroup::host::host_root() {
+                Ok(_) => "--cgroup-root \"\" turned them off".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            info!(
+                deny_response = %cfg.deny_response,
+                "cgroup hooks: off ({why}); flows name processes only where a socket met them, and denials are {}",
+                if cfg.deny_response == DenyResponse::Reject {
+                    "rejected at the pod interface (TCP RST, ICMP unreachable)"
+                } else {
+                    "dropped"
+                }
+            );
+        }
+    }
+}
+
+/// What the cgroup hooks judge: with `enforce`, the cgroups of the hostNetwork pods that are
+/// endpoints of the repository; with `ignore` nothing, as Cilium leaves such pods out of policy
+/// (their flows still name pod and container).
+fn cgroup_endpoints(
+    mode: HostNetworkPods,
+    index: &Containers,
+    repo: &Repository,
+) -> HashMap<u64, String> {
+    if mode != HostNetworkPods::Enforce {
+        return HashMap::new();
+    }
+    let known: HashSet<String> = repo.endpoints().map(|(s, _)| s.key()).collect();
+    index
+        .host_network_cgroups()
+        .into_iter()
+        .filter(|(_, key)| known.contains(key))
+        .collect()
+}
+
+fn cgroup_status(
+    cfg: &EnforceConfig,
+    dp: &Datapath,
+    index: &Containers,
+    repo: &Repository,
+) -> status::CgroupStatus {
+    let registered = if cfg.host_network_pods == HostNetworkPods::Enforce {
+        let known: HashSet<String> = repo.endpoints().map(|(s, _)| s.key()).collect();
+        index
+            .host_network_pods()
+            .into_iter()
+            .filter(|(k, _)| known.contains(k))
+            .map(|(endpoint, cgroups)| status::HostNetworkStatus { endpoint, cgroups })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    status::CgroupStatus {
+        root: cfg.cgroup_root.as_ref().map(|r| r.display().to_string()),
+        hooks: dp.cgroup_hooks().into_iter().map(|(p, _)| p).collect(),
+        deny_response: cfg.deny_response.to_string(),
+        host_network_pods: cfg.host_network_pods.as_str().to_owned(),
+        host_network_registered: registered,
+        containers: index.containers(),
+        problems: index.problems().to_vec(),
+    }
 }
 
 /// Checks that redirected packets still reach the proxy: our routing rule is in place and no
@@ -350,4 +485,73 @@ fn write_interfaces(
         }
     }
     dp.retain_interfaces(&keep);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::{CgroupSource, PodCgroups};
+    use imdsguard_cgroup::FakeTree;
+    use imdsguard_datapath::abi::EP_HOST_NETWORK;
+    use imdsguard_datapath::sync::fake::FakeMaps;
+    use imdsguard_policy::EndpointSpec;
+
+    #[test]
+    fn host_network_pods_are_registered_with_the_hooks_only_when_enforced() {
+        let mut tree = FakeTree::new();
+        tree.dir("/cg/agent/agent", 21)
+            .dir("/cg/agent/agent/sub", 22)
+            .dir("/cg/web/app", 31);
+        let pods = [
+            PodCgroups {
+                endpoint: "mon/agent".into(),
+                host_network: true,
+                source: CgroupSource::Dirs(vec![("agent".into(), "/cg/agent/agent".into())]),
+            },
+            PodCgroups {
+                endpoint: "shop/web".into(),
+                host_network: false,
+                source: CgroupSource::Dirs(vec![("app".into(), "/cg/web/app".into())]),
+            },
+        ];
+        let index = Containers::resolve(&tree, None, &pods);
+        for mode in [HostNetworkPods::Ignore, HostNetworkPods::Enforce] {
+            let mut repo = Repository::new(EngineOptions::default());
+            repo.upsert_endpoint(EndpointSpec {
+                name: "web".into(),
+                namespace: "shop".into(),
+                ips: vec!["10.0.0.2".parse().expect("an address")],
+                ..Default::default()
+            });
+            // The inputs make a hostNetwork pod an endpoint only in enforce mode.
+            if mode == HostNetworkPods::Enforce {
+                repo.upsert_endpoint(EndpointSpec {
+                    name: "agent".into(),
+                    namespace: "mon".into(),
+                    ..Default::default()
+                });
+            }
+            repo.resolve();
+            let mut sync = TableSync::new(SyncOptions::default());
+            sync.set_cgroup_endpoints(cgroup_endpoints(mode, &index, &repo));
+            let mut maps = FakeMaps::new();
+            sync.sync(&repo, &mut maps).expect("sync");
+            let registered: Vec<u64> = maps.cgroup_endpoints.keys().copied().collect();
+            match mode {
+                HostNetworkPods::Ignore => assert!(registered.is_empty(), "{registered:?}"),
+                HostNetworkPods::Enforce => {
+                    assert_eq!(registered, [21, 22], "the container's cgroups only");
+                    let ep = sync.endpoint_id("mon/agent").expect("an endpoint ID");
+                    assert!(
+                        maps.cgroup_endpoints
+                            .values()
+                            .all(|i| i.ep_id == ep && i.flags & EP_HOST_NETWORK != 0)
+                    );
+                }
+            }
+        }
+        // A hostNetwork pod the repository does not have (ignored) is never registered.
+        let empty = Repository::new(EngineOptions::default());
+        assert!(cgroup_endpoints(HostNetworkPods::Enforce, &index, &empty).is_empty());
+    }
 }

@@ -278,11 +278,10 @@ async fn start_enforcing(
         InputSource::Files {
             policies,
             endpoints,
-        } => Box::new(FileInputs::new(
-            policies.clone(),
-            endpoints.clone(),
-            cfg.guard_unknown_veths,
-        )),
+        } => Box::new(
+            FileInputs::new(policies.clone(), endpoints.clone(), cfg.guard_unknown_veths)
+                .host_network_pods(cfg.host_network_pods),
+        ),
         InputSource::Cluster { policies } => {
             let Some(client) = client else {
                 return Err(AgentError::Config(
@@ -292,12 +291,15 @@ async fn start_enforcing(
             let cluster = Cluster::start_with(client, node);
             info!("kubernetes: watching pods of node {node}, namespaces and Cilium policies");
             let problems = report_policy_problems(cluster.clone(), node.to_owned());
-            Box::new(ClusterInputs::new(
-                cluster,
-                policies.clone(),
-                Some(problems),
-                cfg.guard_unknown_veths,
-            ))
+            Box::new(
+                ClusterInputs::new(
+                    cluster,
+                    policies.clone(),
+                    Some(problems),
+                    cfg.guard_unknown_veths,
+                )
+                .host_network_pods(cfg.host_network_pods),
+            )
         }
     };
     let api = AgentApi::new();
@@ -311,18 +313,21 @@ async fn start_enforcing(
         });
     }
     let view = Arc::new(SharedView::default());
+    let sockets = Arc::new(crate::sockets::Sockets::default());
     let listeners = crate::proxy::start(
         cfg.proxy_port,
         cfg.proxy_upstream_mark,
         node,
         hub,
         view.clone(),
+        sockets.clone(),
         servers,
     )?;
     let shared = Shared {
         hub: hub.clone(),
         node: node.to_owned(),
         view,
+        sockets,
         api,
         stop: stop.clone(),
     };

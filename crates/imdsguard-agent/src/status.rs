@@ -4,7 +4,8 @@
 
 use crate::api::request;
 use imdsguard_datapath::abi::{
-    CFG_PROXY_ROUTE_SHADOWED, EP_AUDIT, EP_EGRESS_ENFORCED, EP_INGRESS_ENFORCED, EP_READY,
+    CFG_DENY_REJECT, CFG_PROXY_ROUTE_SHADOWED, EP_AUDIT, EP_EGRESS_ENFORCED, EP_INGRESS_ENFORCED,
+    EP_READY,
 };
 use imdsguard_datapath::loader::{Inspection, inspect};
 use std::fmt::Write as _;
@@ -162,6 +163,82 @@ fn agent_text(agent: &Result<serde_json::Value, String>) -> String {
             labels.join(", ")
         );
     }
+    o + &cgroups_text(&a["cgroups"])
+}
+
+/// The cgroup hooks, hostNetwork pods and the containers the agent names.
+fn cgroups_text(c: &serde_json::Value) -> String {
+    let mut o = String::new();
+    if c.is_null() {
+        return o;
+    }
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let hooks: Vec<String> = c["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(str_of)
+        .collect();
+    let _ = match c["root"].as_str() {
+        Some(root) => writeln!(
+            o,
+            "Cgroup hooks: {} at {root}",
+            if hooks.is_empty() {
+                "none attached".to_owned()
+            } else {
+                hooks.join(", ")
+            }
+        ),
+        None => writeln!(o, "Cgroup hooks: off"),
+    };
+    let _ = writeln!(
+        o,
+        "Deny response: {}",
+        match c["deny_response"].as_str() {
+            Some("reject") => "reject (ECONNREFUSED at connect(), TCP RST / ICMP unreachable)",
+            Some(other) => other,
+            None => "drop",
+        }
+    );
+    let registered = c["host_network_registered"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let _ = match c["host_network_pods"].as_str() {
+        Some("enforce") => writeln!(
+            o,
+            "hostNetwork pods: enforce, {} under policy at connect()/sendmsg()",
+            registered.len()
+        ),
+        _ => writeln!(
+            o,
+            "hostNetwork pods: ignore (left out of policy, as in Cilium)"
+        ),
+    };
+    for r in &registered {
+        let _ = writeln!(
+            o,
+            "  {:<40} {} cgroup(s)",
+            str_of(&r["endpoint"]),
+            r["cgroups"]
+        );
+    }
+    let containers = c["containers"].as_array().cloned().unwrap_or_default();
+    if !containers.is_empty() {
+        let _ = writeln!(o, "Containers:   {} named by cgroup", containers.len());
+        for k in &containers {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:<24} {} cgroup(s)",
+                str_of(&k["endpoint"]),
+                str_of(&k["container"]),
+                k["cgroups"]
+            );
+        }
+    }
+    for p in c["problems"].as_array().into_iter().flatten() {
+        let _ = writeln!(o, "  not found: {}", str_of(p));
+    }
     o
 }
 
@@ -246,6 +323,35 @@ fn text(s: &Inspection) -> String {
         protected.join(", ")
     );
     let _ = writeln!(o, "Proxy routing: {}", proxy_routing(s).0);
+    let _ = writeln!(
+        o,
+        "Deny response: {} (pinned)",
+        if s.config_flags & CFG_DENY_REJECT != 0 {
+            "reject"
+        } else {
+            "drop"
+        }
+    );
+    let _ = writeln!(o, "Cgroup hooks: {} pinned", s.cgroup_hooks.len());
+    for h in &s.cgroup_hooks {
+        let _ = writeln!(
+            o,
+            "  {:<16} link {} on cgroup {} (program {})",
+            h.program, h.link_id, h.cgroup_id, h.program_id
+        );
+    }
+    let _ = writeln!(
+        o,
+        "hostNetwork cgroups: {} judged at connect()/sendmsg()",
+        s.cgroup_endpoints.len()
+    );
+    for (cgroup, e) in &s.cgroup_endpoints {
+        let _ = writeln!(
+            o,
+            "  cgroup {:<12} endpoint {:<8} identity {:<8} revision {}",
+            cgroup, e.ep_id, e.identity, e.generation
+        );
+    }
     let _ = writeln!(o, "Counters:");
     for (name, v) in &s.counters {
         let _ = writeln!(o, "  {name:<14} {v}");
@@ -303,6 +409,20 @@ fn json(s: &Inspection) -> serde_json::Value {
             "detail": proxy_routing(s).0,
             "redirects_fail_closed": proxy_routing(s).1,
         },
+        "deny_response": if s.config_flags & CFG_DENY_REJECT != 0 { "reject" } else { "drop" },
+        "cgroup_hooks": s.cgroup_hooks.iter().map(|h| serde_json::json!({
+            "program": h.program,
+            "link_id": h.link_id,
+            "cgroup_id": h.cgroup_id,
+            "program_id": h.program_id,
+        })).collect::<Vec<_>>(),
+        "cgroup_endpoints": s.cgroup_endpoints.iter().map(|(cg, e)| serde_json::json!({
+            "cgroup_id": cg,
+            "id": e.ep_id,
+            "identity": e.identity,
+            "policy_revision": e.generation,
+            "ready": e.flags & EP_READY != 0,
+        })).collect::<Vec<_>>(),
         "counters": s.counters.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
     })
 }
@@ -348,5 +468,38 @@ mod tests {
         assert_eq!(line("apps/web").as_deref(), Some("audit"));
         assert_eq!(line("logging/fb").as_deref(), Some("enforcing"));
         assert!(text.contains("pending (audit)"), "{text}");
+    }
+
+    #[test]
+    fn cgroup_hooks_host_network_pods_and_containers_are_shown() {
+        let agent = json!({
+            "mode": "files", "node": "n1", "ready": true, "revision": 1, "endpoints": [],
+            "cgroups": {
+                "root": "/sys/fs/cgroup/unified",
+                "hooks": ["sock_connect4", "sock_connect6"],
+                "deny_response": "reject",
+                "host_network_pods": "enforce",
+                "host_network_registered": [{"endpoint": "mon/agent", "cgroups": 2}],
+                "containers": [{"endpoint": "shop/web", "container": "istio-proxy", "cgroups": 1}],
+                "problems": ["shop/web container app: cgroup /x: not found"],
+            },
+        });
+        let text = agent_text(&Ok(agent));
+        for want in [
+            "Cgroup hooks: sock_connect4, sock_connect6 at /sys/fs/cgroup/unified\n",
+            "Deny response: reject (ECONNREFUSED",
+            "hostNetwork pods: enforce, 1 under policy",
+            "  mon/agent",
+            "istio-proxy",
+            "not found: shop/web container app",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        let off = agent_text(&Ok(
+            json!({"cgroups": {"root": null, "deny_response": "drop",
+            "host_network_pods": "ignore"}}),
+        ));
+        assert!(off.contains("Cgroup hooks: off\n"), "{off}");
+        assert!(off.contains("hostNetwork pods: ignore"), "{off}");
     }
 }

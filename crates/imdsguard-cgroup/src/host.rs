@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 /// statfs(2)'s f_type for cgroup v2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// Directories deeper than this below the root are not walked: Kubernetes nests about six levels
-/// (kubepods, QoS, pod, container, and a container's own few).
-const MAX_DEPTH: usize = 12;
+use crate::tree::{CgroupTree, MAX_DEPTH};
 
 fn is_cgroup2(path: &Path) -> io::Result<bool> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
@@ -38,6 +36,23 @@ pub fn default_root() -> io::Result<PathBuf> {
         io::ErrorKind::NotFound,
         "no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified (give --cgroup-root)",
     ))
+}
+
+/// The root of the host's cgroup v2 tree: [`default_root`], if it is the hierarchy's root
+/// (inode 1). In a container with a private cgroup namespace the mount shows only the
+/// container's own subtree, and hooks attached there would see only the container's sockets.
+pub fn host_root() -> io::Result<PathBuf> {
+    let root = default_root()?;
+    match cgroup_id(&root)? {
+        1 => Ok(root),
+        id => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is a cgroup namespace's subtree (cgroup id {id}), not the host's cgroup v2 root: mount the host's /sys/fs/cgroup there (a hostPath volume) or give --cgroup-root",
+                root.display()
+            ),
+        )),
+    }
 }
 
 /// Checks that `root` is a cgroup v2 mount.
@@ -93,6 +108,53 @@ pub fn walk(root: &Path) -> io::Result<Vec<(u64, String)>> {
     Ok(out)
 }
 
+/// The host's cgroup v2 hierarchy, read through the filesystem and /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host;
+
+impl CgroupTree for Host {
+    fn id(&self, dir: &Path) -> io::Result<u64> {
+        cgroup_id(dir)
+    }
+
+    fn subtree(&self, dir: &Path, limit: usize) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut out = vec![(cgroup_id(dir)?, dir.to_path_buf())];
+        let mut stack = vec![(dir.to_path_buf(), 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    out.push((meta.ino(), e.path()));
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn procs(&self, dir: &Path) -> io::Result<Vec<u32>> {
+        Ok(std::fs::read_to_string(dir.join("cgroup.procs"))?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+
+    fn comm(&self, pid: u32) -> io::Result<String> {
+        Ok(std::fs::read_to_string(format!("/proc/{pid}/comm"))?
+            .trim_end_matches('\n')
+            .to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +169,14 @@ mod tests {
             }
         };
         check_root(&root).expect("the default root is cgroup v2");
+        // The host's root has id 1; a cgroup namespace's view is refused, saying so.
+        match host_root() {
+            Ok(r) => assert_eq!(cgroup_id(&r).expect("id"), 1),
+            Err(e) => assert!(
+                e.to_string().contains("not the host's cgroup v2 root"),
+                "{e}"
+            ),
+        }
         let own = process_cgroup(std::process::id())
             .expect("/proc/self/cgroup")
             .expect("a v2 cgroup");
@@ -119,6 +189,16 @@ mod tests {
             all.len()
         );
         assert_eq!(all[0].1, "/");
+        // The same through the trait, with absolute paths, and this process among its cgroup's.
+        let sub = Host.subtree(&dir, 10).expect("subtree");
+        assert_eq!(sub[0], (id, dir.clone()));
+        assert!(
+            Host.procs(&dir)
+                .expect("procs")
+                .contains(&std::process::id())
+        );
+        let comm = Host.comm(std::process::id()).expect("comm");
+        assert!(!comm.is_empty() && !comm.ends_with('\n'), "{comm:?}");
     }
 
     #[test]

@@ -7,15 +7,19 @@
 //!   cgroupfs drivers of containerd, CRI-O and Docker (pure; no I/O).
 //! - [`host`] (Linux): where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
 //!   on hybrid hosts), a directory's cgroup id, a process's cgroup, and a walk of the hierarchy.
+//! - [`CgroupTree`]: the reads the agent needs (ids, subtrees, a cgroup's processes, a process's
+//!   name), implemented by [`host::Host`] and by the in-memory [`FakeTree`] for tests.
 //!
 //! Limits: only cgroup v2 is read; a process in a v1-only hierarchy has no v2 cgroup to name. A
 //! container runtime that names its scopes otherwise (Kata, gVisor sandboxes) is not recognised.
 
 mod id;
 mod path;
+pub mod tree;
 
 #[cfg(target_os = "linux")]
 pub mod host;
 
 pub use id::{ContainerId, ContainerIdError, Runtime};
 pub use path::{CgroupPlace, classify};
+pub use tree::{CgroupTree, FakeTree};

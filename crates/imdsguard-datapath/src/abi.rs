@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// `datapath.h` must bump this: a new agent then starts a fresh tree next to the old one.
 /// 3: the audit view (`AUDIT_VIEW_GENERATION` rows, `EP_AUDIT_*` flags); a v2 program would
 /// ignore them and drop nothing an audit policy denies, but also report nothing, so it is replaced.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: the 128-byte event with the socket and process behind it, the `sock_procs` and
+/// `cgroup_endpoints` maps, and the cgroup hooks.
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const EP_READY: u32 = 1 << 0;
 pub const EP_EGRESS_ENFORCED: u32 = 1 << 1;
@@ -19,6 +21,9 @@ pub const EP_AUDIT_VIEW: u32 = 1 << 4;
 /// The full view enforces (default deny) egress / ingress.
 pub const EP_AUDIT_EGRESS_ENFORCED: u32 = 1 << 5;
 pub const EP_AUDIT_INGRESS_ENFORCED: u32 = 1 << 6;
+/// A hostNetwork pod's entry in `cgroup_endpoints`: judged at connect()/sendmsg() by the cgroup
+/// hooks, since its packets never cross a pod interface.
+pub const EP_HOST_NETWORK: u32 = 1 << 7;
 
 /// The remote identity of the full view's "who turns default deny on" row, one per direction
 /// where an audit policy does: (prefix length 104, identity this, protocol 0, port 0) → the rule
@@ -38,6 +43,10 @@ pub const IFACE_HAS_V6: u32 = 1 << 1;
 /// `Config::flags`: a routing rule ahead of the proxy's would take redirected packets elsewhere,
 /// so the datapath drops them instead of redirecting.
 pub const CFG_PROXY_ROUTE_SHADOWED: u32 = 1 << 0;
+/// `Config::flags`: answer a policy deny (`--deny-response reject`): ECONNREFUSED at the cgroup
+/// hooks, a TCP RST or an ICMP unreachable back into the pod at TC. Without it denials are
+/// silent drops.
+pub const CFG_DENY_REJECT: u32 = 1 << 1;
 
 pub const POL_DENY: u8 = 1 << 0;
 pub const POLICY_FIXED_BITS: u32 = 104;
@@ -48,8 +57,18 @@ pub const EV_POLICY_VERDICT: u8 = 1;
 pub const EV_DROP: u8 = 2;
 pub const EV_TRACE: u8 = 3;
 
+/// `Event::proc_flags`: the socket's cookie and cgroup id are known.
+pub const PROC_HAS_SOCK: u32 = 1 << 0;
+/// The process (pid, uid, comm) is known: the socket met a cgroup hook.
+pub const PROC_HAS_TASK: u32 = 1 << 1;
+/// Judged at connect()/sendmsg() by a cgroup hook: there was no packet, `ifindex` is 0 and the
+/// source address may be unspecified.
+pub const PROC_FROM_HOOK: u32 = 1 << 2;
+/// The deny was answered: ECONNREFUSED at the hook, a TCP RST or ICMP unreachable at TC.
+pub const PROC_REJECTED: u32 = 1 << 3;
+
 /// The counters, in the order of `enum counter` in `datapath.h`.
-pub const COUNTER_NAMES: [&str; 14] = [
+pub const COUNTER_NAMES: [&str; 17] = [
     "packets",
     "allowed",
     "denied",
@@ -64,6 +83,12 @@ pub const COUNTER_NAMES: [&str; 14] = [
     "unsupported_l3",
     "fragment_dropped",
     "invalid_packet",
+    // Denials answered with a TCP RST or ICMP unreachable (`--deny-response reject`).
+    "rejected",
+    // connect()/sendmsg() refused by a cgroup hook (hostNetwork pods).
+    "hook_denied",
+    // connect()/sendmsg() of a hostNetwork pod whose policy is not in place yet: allowed.
+    "hook_not_ready",
 ];
 
 /// An address as the maps hold it: IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
@@ -253,10 +278,31 @@ pub struct Event {
     pub verdict: u8,
     pub match_type: u8,
     pub is_reply: bool,
+    /// `bpf_get_socket_cookie` of the sending socket; 0 when unknown.
+    pub sock_cookie: u64,
+    /// The cgroup v2 id (the directory's inode number) of the sending socket's cgroup.
+    pub cgroup_id: u64,
+    /// The thread group id in the host's pid namespace; 0 when unknown.
+    pub pid: u32,
+    pub uid: u32,
+    /// The task's comm, NUL-padded.
+    pub comm: [u8; 16],
+    /// `PROC_*` bits: which of the fields above are known, and how the event came to be.
+    pub proc_flags: u32,
 }
 
 impl Event {
-    pub const SIZE: usize = 80;
+    pub const SIZE: usize = 128;
+
+    /// The process name: `comm` up to its first NUL, lossy UTF-8.
+    pub fn comm(&self) -> String {
+        let end = self
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(self.comm.len());
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
 
     /// Decodes a ring-buffer record; `None` if it is not one whole event.
     pub fn decode(b: &[u8]) -> Option<Event> {
@@ -267,10 +313,15 @@ impl Event {
         saddr.copy_from_slice(&b[8..24]);
         let mut daddr = [0; 16];
         daddr.copy_from_slice(&b[24..40]);
-        let mut ts = [0; 8];
-        ts.copy_from_slice(&b[0..8]);
+        let u64_at = |i: usize| {
+            let mut v = [0; 8];
+            v.copy_from_slice(&b[i..i + 8]);
+            u64::from_ne_bytes(v)
+        };
+        let mut comm = [0; 16];
+        comm.copy_from_slice(&b[104..120]);
         Some(Event {
-            ts_ns: u64::from_ne_bytes(ts),
+            ts_ns: u64_at(0),
             saddr: Addr(saddr),
             daddr: Addr(daddr),
             ep_id: u32_at(40),
@@ -291,6 +342,12 @@ impl Event {
             verdict: b[76],
             match_type: b[77],
             is_reply: b[78] != 0,
+            sock_cookie: u64_at(80),
+            cgroup_id: u64_at(88),
+            pid: u32_at(96),
+            uid: u32_at(100),
+            comm,
+            proc_flags: u32_at(120),
         })
     }
 
@@ -325,6 +382,12 @@ impl Event {
         b[76] = self.verdict;
         b[77] = self.match_type;
         b[78] = u8::from(self.is_reply);
+        b[80..88].copy_from_slice(&self.sock_cookie.to_ne_bytes());
+        b[88..96].copy_from_slice(&self.cgroup_id.to_ne_bytes());
+        b[96..100].copy_from_slice(&self.pid.to_ne_bytes());
+        b[100..104].copy_from_slice(&self.uid.to_ne_bytes());
+        b[104..120].copy_from_slice(&self.comm);
+        b[120..124].copy_from_slice(&self.proc_flags.to_ne_bytes());
         b
     }
 }
@@ -381,8 +444,20 @@ mod tests {
             verdict: 2,
             match_type: 1,
             is_reply: false,
+            sock_cookie: 4101,
+            cgroup_id: 120,
+            pid: 17708,
+            uid: 1337,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            proc_flags: PROC_HAS_SOCK | PROC_HAS_TASK,
         };
         assert_eq!(Event::decode(&e.encode()), Some(e));
-        assert_eq!(Event::decode(&e.encode()[..79]), None);
+        assert_eq!(Event::decode(&e.encode()[..127]), None);
+        assert_eq!(e.comm(), "python3");
+        let full = Event {
+            comm: *b"0123456789abcdef",
+            ..e
+        };
+        assert_eq!(full.comm(), "0123456789abcdef");
     }
 }

@@ -2,12 +2,16 @@
 //! #verdicts-event-types-and-drop-reasons). Pure: what the agent knows
 //! about endpoints, identities and policies comes in through `Directory`.
 
-use crate::abi::{DIR_EGRESS, EV_DROP, EV_POLICY_VERDICT, EV_TRACE, Event};
+use crate::abi::{
+    DIR_EGRESS, EV_DROP, EV_POLICY_VERDICT, EV_TRACE, Event, PROC_FROM_HOOK, PROC_HAS_SOCK,
+    PROC_HAS_TASK,
+};
 use imdsguard_hubble_proto::flow::{
     CiliumEventType, Endpoint, Flow, FlowType, IcmPv4, IcmPv6, Ip, IpVersion, Layer4,
     NetworkInterface, Policy, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Udp, Verdict,
     layer4,
 };
+use imdsguard_hubble_proto::process::{self, ProcessInfo};
 use imdsguard_hubble_proto::wkt::Timestamp;
 use std::net::IpAddr;
 
@@ -25,6 +29,23 @@ pub trait Directory {
     /// The policy behind a table entry's rule ID.
     fn policy(&self, rule_id: u32) -> Option<Policy>;
     fn interface_name(&self, ifindex: u32) -> Option<String>;
+    /// The name of the container whose cgroup (or a descendant of it) has this id.
+    fn container(&self, cgroup_id: u64) -> Option<String> {
+        let _ = cgroup_id;
+        None
+    }
+    /// A local endpoint by its datapath ID, for events judged at connect()/sendmsg() (hostNetwork
+    /// pods), which have no pod address.
+    fn endpoint_by_id(&self, ep_id: u32) -> Option<Endpoint> {
+        let _ = ep_id;
+        None
+    }
+    /// (pid, comm) of the process behind a cgroup when it is the cgroup's only one: for sockets
+    /// opened before the hooks, which carry no process.
+    fn process_of(&self, cgroup_id: u64) -> Option<(u32, String)> {
+        let _ = cgroup_id;
+        None
+    }
 }
 
 /// Converts one event. `wall_offset_ns` turns the event's CLOCK_MONOTONIC time into wall time.
@@ -42,6 +63,19 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
             labels: dir.identity_labels(identity),
             ..Default::default()
         },
+    };
+    // A hook's event has no packet: a hostNetwork pod's socket may have no source address yet,
+    // and once bound it has the node's, which every hostNetwork pod shares. The pod is named by
+    // its endpoint ID.
+    let source = match (e.proc_flags & PROC_FROM_HOOK != 0)
+        .then_some(e.ep_id)
+        .and_then(|id| dir.endpoint_by_id(id))
+    {
+        Some(mut ep) => {
+            ep.identity = e.src_identity;
+            ep
+        }
+        None => side(src_ip, e.src_identity),
     };
     // A reply belongs to the connection, whose direction is the other hook's.
     let egress = (e.dir == DIR_EGRESS) != e.is_reply;
@@ -69,7 +103,7 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
             ..Default::default()
         }),
         l4: layer4(e),
-        source: Some(side(src_ip, e.src_identity)),
+        source: Some(source),
         destination: Some(side(dst_ip, e.dst_identity)),
         r#type: FlowType::L3L4 as i32,
         node_name: node_name.to_owned(),
@@ -138,7 +172,32 @@ pub fn to_flow(e: &Event, dir: &dyn Directory, node_name: &str, wall_offset_ns: 
         }
         _ => {}
     }
+    attribute(&mut f, e, dir);
     f
+}
+
+/// The socket and process behind the flow: Hubble's `socket_cookie` and `cgroup_id`, and
+/// imdsguard's process extension (`imdsguard_hubble_proto::process`) with what is known.
+fn attribute(f: &mut Flow, e: &Event, dir: &dyn Directory) {
+    if e.proc_flags & PROC_HAS_SOCK == 0 {
+        return;
+    }
+    f.socket_cookie = e.sock_cookie;
+    f.cgroup_id = e.cgroup_id;
+    let mut p = ProcessInfo {
+        container: dir.container(e.cgroup_id).unwrap_or_default(),
+        ..Default::default()
+    };
+    if e.proc_flags & PROC_HAS_TASK != 0 {
+        p.process = e.comm();
+        p.pid = e.pid;
+        p.uid = Some(e.uid);
+    } else if let Some((pid, comm)) = dir.process_of(e.cgroup_id) {
+        // A socket from before the hooks: the cgroup's only process sent it.
+        p.process = comm;
+        p.pid = pid;
+    }
+    process::set(f, &p);
 }
 
 /// The datapath's verdict codes (`VERDICT_*` in `bpf/datapath.h`) as Hubble's. They are Hubble's
@@ -410,5 +469,112 @@ mod tests {
             "{}",
             line(&e)
         );
+    }
+
+    /// `Dir`, plus the container, endpoint-by-ID and process answers of a node that knows them.
+    struct Procs;
+
+    impl Directory for Procs {
+        fn endpoint(&self, ip: IpAddr) -> Option<Endpoint> {
+            Dir.endpoint(ip)
+        }
+        fn identity_labels(&self, identity: u32) -> Vec<String> {
+            Dir.identity_labels(identity)
+        }
+        fn policy(&self, rule_id: u32) -> Option<Policy> {
+            Dir.policy(rule_id)
+        }
+        fn interface_name(&self, ifindex: u32) -> Option<String> {
+            Dir.interface_name(ifindex)
+        }
+        fn container(&self, cgroup_id: u64) -> Option<String> {
+            (cgroup_id == 120).then(|| "istio-proxy".to_owned())
+        }
+        fn endpoint_by_id(&self, ep_id: u32) -> Option<Endpoint> {
+            (ep_id == 77).then(|| Endpoint {
+                id: 77,
+                namespace: "kube-system".to_owned(),
+                pod_name: "node-agent-x1".to_owned(),
+                ..Default::default()
+            })
+        }
+        fn process_of(&self, cgroup_id: u64) -> Option<(u32, String)> {
+            (cgroup_id == 120).then(|| (4242, "envoy".to_owned()))
+        }
+    }
+
+    fn attributed(proc_flags: u32) -> Event {
+        Event {
+            sock_cookie: 4101,
+            cgroup_id: 120,
+            pid: 17708,
+            uid: 1337,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            proc_flags,
+            ..event(EV_POLICY_VERDICT, 0, 2)
+        }
+    }
+
+    #[test]
+    fn a_known_process_fills_the_socket_fields_and_the_process_extension() {
+        use crate::abi::{PROC_HAS_SOCK, PROC_HAS_TASK};
+        let f = to_flow(&attributed(PROC_HAS_SOCK | PROC_HAS_TASK), &Procs, "n", 0);
+        assert_eq!((f.socket_cookie, f.cgroup_id), (4101, 120));
+        let p = process::get(&f).expect("process extension");
+        assert_eq!(
+            p,
+            ProcessInfo {
+                container: "istio-proxy".into(),
+                process: "python3".into(),
+                pid: 17708,
+                uid: Some(1337),
+            }
+        );
+        // The compact line stays Hubble's.
+        assert_eq!(
+            compact(&f, &PrintOptions::default()),
+            compact(
+                &to_flow(&event(EV_POLICY_VERDICT, 0, 2), &Dir, "n", 0),
+                &PrintOptions::default()
+            )
+        );
+    }
+
+    #[test]
+    fn a_socket_from_before_the_hooks_takes_the_cgroups_only_process() {
+        use crate::abi::PROC_HAS_SOCK;
+        let f = to_flow(&attributed(PROC_HAS_SOCK), &Procs, "n", 0);
+        let p = process::get(&f).expect("process extension");
+        assert_eq!(
+            (p.container.as_str(), p.process.as_str(), p.pid, p.uid),
+            ("istio-proxy", "envoy", 4242, None)
+        );
+        // Without a directory that knows more: the socket fields, no process.
+        let f = to_flow(&attributed(PROC_HAS_SOCK), &Dir, "n", 0);
+        assert_eq!(f.cgroup_id, 120);
+        assert_eq!(process::get(&f), None);
+        // Nothing known: no fields at all (the process fields are not trusted without the flag).
+        let f = to_flow(&attributed(0), &Procs, "n", 0);
+        assert_eq!((f.socket_cookie, f.cgroup_id, f.extensions), (0, 0, None));
+    }
+
+    #[test]
+    fn a_hook_event_names_its_pod_by_endpoint_id() {
+        use crate::abi::{PROC_FROM_HOOK, PROC_HAS_SOCK, PROC_HAS_TASK};
+        let e = Event {
+            saddr: Addr::from(Ipv4Addr::UNSPECIFIED),
+            ep_id: 77,
+            sport: 0,
+            ifindex: 0,
+            ..attributed(PROC_HAS_SOCK | PROC_HAS_TASK | PROC_FROM_HOOK)
+        };
+        let f = to_flow(&e, &Procs, "n", 0);
+        let src = f.source.as_ref().expect("source");
+        assert_eq!((src.id, src.pod_name.as_str()), (77, "node-agent-x1"));
+        assert_eq!(src.identity, 14226);
+        assert_eq!(f.verdict, Verdict::Dropped as i32);
+        // An ordinary event from the same ID is named by its address, as before.
+        let f = to_flow(&attributed(PROC_HAS_SOCK), &Procs, "n", 0);
+        assert_eq!(f.source.as_ref().map(|s| s.id), Some(1201));
     }
 }

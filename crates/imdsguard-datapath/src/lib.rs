@@ -5,8 +5,12 @@
 //! - `tables`: the engine's resolved policy as table rows (pure).
 //! - `flows`: datapath events as Hubble flows (pure).
 //! - `loader` (Linux only): load, pin under `<bpf-root>/imdsguard/v<layout>/`, attach first in
-//!   the TCX chain, write the tables, read counters and events, and read the pinned state
-//!   without an agent (`inspect`).
+//!   the TCX chain, attach the connect()/sendmsg() hooks at the host's cgroup v2 root (`bpf/hooks.h`:
+//!   the process behind sockets to metadata addresses, and hostNetwork pods judged at the
+//!   syscall), write the tables, read counters and events, and read the pinned state without an
+//!   agent (`inspect`).
+//! - `DenyResponse`: denials dropped silently, or answered (`bpf/reject.h`: ECONNREFUSED at the
+//!   hooks, a TCP RST or ICMP unreachable into the pod at TC).
 //! - `sync` (Linux only): keeps the tables equal to the engine's state, through `MapWriter`: the
 //!   table rows and the protocol that switches an endpoint's policy atomically, implemented by
 //!   `Datapath` and, in memory for tests without root, by `sync::fake::FakeMaps`.
@@ -18,12 +22,18 @@
 //!
 //! Limits: TCX needs Linux 6.6 or later; IPv6 chains of more than six extension headers are
 //! dropped; fragments that arrive before their first fragment are dropped; the proxy redirect is
-//! for TCP on pod egress.
+//! for TCP on pod egress. A hostNetwork pod's HTTP rules (a redirect) have no path to the proxy:
+//! the hooks refuse such connections (DROP_SOCKET_LOOKUP, fail closed). `reject` answers neither
+//! fragments, IPv4 packets with options nor IPv6 packets with extension headers: those are
+//! dropped as in drop mode.
 
 pub mod abi;
+mod deny_response;
 pub mod flows;
 #[cfg(target_os = "linux")]
 pub mod loader;
 #[cfg(target_os = "linux")]
 pub mod sync;
 pub mod tables;
+
+pub use deny_response::{DenyResponse, ParseDenyResponseError};

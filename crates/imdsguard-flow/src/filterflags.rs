@@ -21,8 +21,13 @@
 //!   source side of `left` and destination side of `right`; `all-namespaces` is namespace "".
 //! * Flags of one conflict group cannot be combined in one tracker, and namespaces must agree
 //!   with the namespaces written in pod/service values.
+//!
+//! imdsguard adds `--container` and `--process` ([`FilterFlag::client_side`]), with the same
+//! tracker rules (`--not`, repetition, AND with the other flags of a list). No `FlowFilter` field
+//! holds them, so [`FilterBuilder::build_with_client`] returns them apart, as a
+//! [`ClientFilter`]; [`FilterBuilder::build`] refuses them.
 
-use crate::filter::FilterError;
+use crate::filter::{ClientFilter, FilterError, ProcessFilter};
 use crate::flow::flow_filter::Experimental;
 use crate::flow::{
     DropReason, EventTypeFilter, FlowFilter, HttpHeader, IpVersion, NetworkInterface, TcpFlags,
@@ -41,6 +46,11 @@ pub struct FilterFlag {
     /// Whether `imdsguard observe` offers it. All do but `cel-expression`: CEL filters are
     /// rejected when compiled ([`FilterError::CelNotSupported`]), so the flag could only fail.
     pub observe: bool,
+    /// imdsguard's own flag, applied by the client after the server's filters (`container`,
+    /// `process`); the hubble CLI does not have it.
+    pub client_side: bool,
+    /// The help text of an imdsguard flag; Hubble's flags have none here.
+    pub help: &'static str,
 }
 
 /// A filter flag that takes a value, with no short form.
@@ -50,6 +60,8 @@ const fn value(long: &'static str) -> FilterFlag {
         short: None,
         takes_value: true,
         observe: true,
+        client_side: false,
+        help: "",
     }
 }
 
@@ -75,10 +87,19 @@ impl FilterFlag {
             ..self
         }
     }
+
+    const fn on_client(self, help: &'static str) -> FilterFlag {
+        FilterFlag {
+            client_side: true,
+            help,
+            ..self
+        }
+    }
 }
 
-/// Every filter flag, in Hubble's order (which `--help` keeps). `imdsguard observe` builds its
-/// command line from this table and [`FilterBuilder::add`] takes exactly these names.
+/// Every filter flag, in Hubble's order (which `--help` keeps), then imdsguard's own.
+/// `imdsguard observe` builds its command line from this table and [`FilterBuilder::add`] takes
+/// exactly these names.
 pub const FILTER_FLAGS: &[FilterFlag] = &[
     switch("not"),
     value("uuid"),
@@ -138,6 +159,12 @@ pub const FILTER_FLAGS: &[FilterFlag] = &[
     value("interface"),
     switch("encrypted"),
     switch("unencrypted"),
+    value("container").on_client(
+        "Show only flows of this container (its name in the pod), matched by the client",
+    ),
+    value("process").on_client(
+        "Show only flows of this process (its name, the kernel's comm), matched by the client",
+    ),
 ];
 
 /// Hubble's conflict groups (`newFlowFilter()`), checked in this order.
@@ -256,20 +283,53 @@ impl FilterBuilder {
         tracker.set(flag, value)
     }
 
-    /// `(whitelist, blacklist)`. Fails on a trailing `--not`.
+    /// `(whitelist, blacklist)`. Fails on a trailing `--not`, and on client-side flags, which
+    /// a caller of this cannot apply (see [`FilterBuilder::build_with_client`]).
     pub fn build(self) -> Result<(Vec<FlowFilter>, Vec<FlowFilter>), FilterError> {
+        for t in [&self.whitelist, &self.blacklist].into_iter().flatten() {
+            if let Some(flag) = t.changed.iter().find(|f| is_client_side(f)) {
+                return Err(FilterError::ClientSideFlag { flag });
+            }
+        }
+        let built = self.build_with_client()?;
+        Ok((built.whitelist, built.blacklist))
+    }
+
+    /// The lists for a server and what the client must apply to the flows it sends. Fails on a
+    /// trailing `--not`, and on filters that do not compile where the client needs them.
+    pub fn build_with_client(self) -> Result<BuiltFilters, FilterError> {
         if self.blacklisting {
             return Err(FilterError::TrailingNot);
         }
-        Ok((
-            self.whitelist
-                .map(Tracker::flow_filters)
-                .unwrap_or_default(),
-            self.blacklist
-                .map(Tracker::flow_filters)
-                .unwrap_or_default(),
-        ))
+        let (white, whitelist) = self.whitelist.map(Tracker::split).unwrap_or_default();
+        let (black, blacklist) = self.blacklist.map(Tracker::split).unwrap_or_default();
+        let client = ClientFilter::new(white, black, &blacklist)?;
+        let blacklist = if client.server_applies_blacklist() {
+            blacklist
+        } else {
+            Vec::new()
+        };
+        Ok(BuiltFilters {
+            whitelist,
+            blacklist,
+            client,
+        })
     }
+}
+
+/// Filter flags built: what a `GetFlowsRequest` carries, and what only the client can apply.
+/// A flow passes when the lists let it through (on the server, or with
+/// [`crate::filter::FlowFilters`] for a file) and then `client` keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltFilters {
+    pub whitelist: Vec<FlowFilter>,
+    /// Empty when the blacklist has process criteria: then `client` holds all of it.
+    pub blacklist: Vec<FlowFilter>,
+    pub client: ClientFilter,
+}
+
+fn is_client_side(flag: &str) -> bool {
+    FILTER_FLAGS.iter().any(|f| f.long == flag && f.client_side)
 }
 
 /// One list (whitelist or blacklist): `left OR right`, plus deferred namespaces.
@@ -280,6 +340,8 @@ struct Tracker {
     ns: Vec<String>,
     src_ns: Vec<String>,
     dst_ns: Vec<String>,
+    /// `--container` and `--process`, which no `FlowFilter` holds.
+    process: ProcessFilter,
     /// Flags used so far (for conflicts, and to wipe defaults on first use).
     changed: Vec<&'static str>,
 }
@@ -538,6 +600,17 @@ impl Tracker {
             }),
             "encrypted" => self.apply(|f| f.encrypted.push(true)),
             "unencrypted" => self.apply(|f| f.encrypted.push(false)),
+            "container" | "process" => {
+                if val.is_empty() {
+                    return Err(invalid(flag, val, format!("empty --{flag} value")));
+                }
+                let list = if flag == "container" {
+                    &mut self.process.container
+                } else {
+                    &mut self.process.process
+                };
+                list.push(val.to_owned());
+            }
             _ => {
                 return Err(FilterError::UnknownFlag {
                     flag: flag.to_owned(),
@@ -574,6 +647,12 @@ impl Tracker {
                 message: errors.join("\n"),
             })
         }
+    }
+
+    /// The process criteria and the `FlowFilter`s.
+    fn split(mut self) -> (ProcessFilter, Vec<FlowFilter>) {
+        let process = std::mem::take(&mut self.process);
+        (process, self.flow_filters())
     }
 
     /// Materializes the namespaces and returns `[left, right]` or `[left]`.
@@ -1297,7 +1376,13 @@ mod tests {
         assert_eq!(long_flag_for_short('A'), Some("all-namespaces"));
         assert_eq!(long_flag_for_short('x'), None);
         assert!(filter_flags().all(|f| flag_takes_value(f).is_some()));
-        assert_eq!(filter_flags().count(), 58);
+        assert_eq!(filter_flags().count(), 60);
+        let ours: Vec<&str> = FILTER_FLAGS
+            .iter()
+            .filter(|f| f.client_side)
+            .map(|f| f.long)
+            .collect();
+        assert_eq!(ours, ["container", "process"]);
     }
 
     #[test]
@@ -1316,5 +1401,103 @@ mod tests {
         let shorts: Vec<char> = FILTER_FLAGS.iter().filter_map(|f| f.short).collect();
         assert_eq!(shorts, ['t', '4', '6', 'n', 'A', 'l']);
         assert!(FilterBuilder::new().add("output", "").is_err());
+    }
+
+    fn build_client(args: &[(&str, &str)]) -> BuiltFilters {
+        let mut b = FilterBuilder::new();
+        for (flag, value) in args {
+            b.add(flag, value).expect("flag");
+        }
+        b.build_with_client().expect("builds")
+    }
+
+    fn with_process(container: &str, comm: &str, dst: &str) -> Flow {
+        use imdsguard_hubble_proto::process::{ProcessInfo, set};
+        let mut f = Flow {
+            ip: Some(crate::flow::Ip {
+                destination: dst.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        set(
+            &mut f,
+            &ProcessInfo {
+                container: container.into(),
+                process: comm.into(),
+                ..Default::default()
+            },
+        );
+        f
+    }
+
+    /// Whether the flow passes the lists and then the client.
+    fn passes(b: &BuiltFilters, f: &Flow) -> bool {
+        FlowFilters::new(&b.whitelist, &b.blacklist)
+            .expect("compiles")
+            .matches(f)
+            && b.client.matches(f)
+    }
+
+    #[test]
+    fn process_flags_are_applied_by_the_client() {
+        let sidecar = with_process("istio-proxy", "envoy", "169.254.169.254");
+        let app = with_process("app", "curl", "169.254.169.254");
+        let elsewhere = with_process("istio-proxy", "envoy", "10.0.0.9");
+
+        // Whitelist: the server gets the FlowFilters, the client the process criteria.
+        let b = build_client(&[
+            ("to-ip", "169.254.169.254"),
+            ("container", "istio-proxy"),
+            ("container", "app"),
+            ("process", "envoy"),
+        ]);
+        assert_eq!(
+            json(&b.whitelist),
+            r#"[{"destination_ip":["169.254.169.254"]}]"#
+        );
+        assert!(b.blacklist.is_empty());
+        assert!(passes(&b, &sidecar));
+        assert!(!passes(&b, &app), "process envoy ANDs with the containers");
+        assert!(!passes(&b, &elsewhere));
+
+        // Only process flags: no FlowFilter at all for the server.
+        let b = build_client(&[("process", "curl")]);
+        assert!(b.whitelist.is_empty() && b.blacklist.is_empty());
+        assert!(passes(&b, &app) && !passes(&b, &sidecar));
+
+        // --not applies to the next flag; the blacklist with process criteria stays local.
+        let b = build_client(&[
+            ("verdict", "FORWARDED"),
+            ("not", ""),
+            ("to-ip", "169.254.169.254"),
+            ("not", ""),
+            ("container", "istio-proxy"),
+        ]);
+        assert_eq!(json(&b.whitelist), r#"[{"verdict":["FORWARDED"]}]"#);
+        assert!(b.blacklist.is_empty(), "kept by the client");
+        let fwd = |mut f: Flow| {
+            f.verdict = crate::flow::Verdict::Forwarded as i32;
+            f
+        };
+        assert!(!passes(&b, &fwd(sidecar.clone())));
+        assert!(passes(&b, &fwd(app.clone())));
+        assert!(passes(&b, &fwd(elsewhere.clone())));
+
+        // A blacklist without process criteria still goes to the server.
+        let b = build_client(&[("container", "app"), ("not", ""), ("to-port", "53")]);
+        assert_eq!(json(&b.blacklist), r#"[{"destination_port":["53"]}]"#);
+
+        // The plain builder refuses what it could not apply.
+        let mut plain = FilterBuilder::new();
+        plain.add("container", "app").expect("flag");
+        assert_eq!(
+            plain.build(),
+            Err(FilterError::ClientSideFlag { flag: "container" })
+        );
+        assert!(matches!(
+            FilterBuilder::new().add("process", ""),
+            Err(FilterError::InvalidFlagValue { .. })
+        ));
     }
 }

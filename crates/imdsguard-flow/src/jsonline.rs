@@ -5,12 +5,15 @@
 //! about 150,000 flows/s. This reader decodes a line straight from its bytes into one reused
 //! `GetFlowsResponse`, so steady state allocates nothing.
 //!
-//! The contract is that it never decides differently from the generated decoder. It accepts only
-//! what it knows for certain: the fields Hubble writes, under their proto names, with plain
-//! numbers, known enum names and strings without escapes. Anything else (an escape, a `null`, a
-//! camelCase name, an unknown field, a duplicate, a float where an integer belongs) hands the
-//! whole line to the generated decoder, which then gives the result or the error.
-//! `tests::agrees_with_generated_decoder` and the `flow_json` fuzz target check the contract.
+//! The contract is that it never decides differently from the reference decoder,
+//! [`decode_reference`]: the generated decoder, which also reads `Flow.extensions` in Go
+//! protojson's form (see [`crate::extensions`]). It accepts only what it knows for certain: the
+//! fields Hubble writes, under their proto names, with plain numbers, known enum names and
+//! strings, and our extension in protojson's form with flat values. Anything else (a `null`, a
+//! camelCase name, an unknown field, a duplicate, a float where an integer belongs, an extension
+//! in pbjson's form or of another type) hands the whole line to the reference decoder, which then
+//! gives the result or the error. `tests::agrees_with_generated_decoder` and the `flow_json` fuzz
+//! target check the contract.
 //!
 //! [`FlowReader`] reads whole files (or stdin) with it: the one reader of recorded flows.
 
@@ -22,11 +25,13 @@ use crate::flow::{
     Udp, Verdict, Workload, layer4, layer7,
 };
 use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use imdsguard_hubble_proto::process::{STRUCT_TYPE_URL, encode_sorted_fields};
 use imdsguard_hubble_proto::wkt::Timestamp;
-use pbjson_types::BoolValue;
+use pbjson_types::{Any, BoolValue, value::Kind};
 
 mod reader;
 
+pub use crate::extensions::decode_reference;
 pub use reader::{FlowReader, Line, ReadError};
 
 /// Decodes one JSON line after another into the same response, reusing its allocations.
@@ -42,7 +47,8 @@ impl LineDecoder {
         Self::default()
     }
 
-    /// Decodes `line`. The result is the same as `serde_json::from_str::<GetFlowsResponse>`.
+    /// Decodes `line`. The result is the same as [`decode_reference`]'s: for lines without
+    /// extensions, `serde_json::from_str::<GetFlowsResponse>`'s.
     pub fn decode(&mut self, line: &str) -> Result<&GetFlowsResponse, serde_json::Error> {
         let mut p = Parser {
             s: line,
@@ -52,7 +58,7 @@ impl LineDecoder {
         if p.response(&mut self.resp).is_ok() && p.at_end() {
             self.fast += 1;
         } else {
-            self.resp = serde_json::from_str(line)?;
+            self.resp = decode_reference(line)?;
             self.generic += 1;
         }
         Ok(&self.resp)
@@ -583,6 +589,7 @@ message!(Flow {
     b"socket_cookie" => socket_cookie,
     b"cgroup_id" => cgroup_id,
     b"Summary" => summary,
+    b"extensions" => extensions,
     b"egress_allowed_by" => egress_allowed_by,
     b"ingress_allowed_by" => ingress_allowed_by,
     b"egress_denied_by" => egress_denied_by,
@@ -660,6 +667,97 @@ message!(Dns {
     b"qtypes" => qtypes,
     b"rrtypes" => rrtypes,
 });
+
+/// `Flow.extensions` in protojson's form holding our Struct with flat values (strings, integers
+/// a double holds exactly, booleans, nulls): what imdsguard writes. Its key order is free.
+impl Value for Any {
+    fn decode(&mut self, p: &mut Parser<'_>) -> R {
+        let mut seen = 0u64;
+        // Ours has four fields.
+        let mut fields = Vec::with_capacity(4);
+        p.object(|p, key| match key {
+            b"@type" => {
+                Parser::once(&mut seen, 0)?;
+                if p.str()? == STRUCT_TYPE_URL {
+                    Ok(())
+                } else {
+                    Err(Unsupported)
+                }
+            }
+            b"value" => {
+                Parser::once(&mut seen, 1)?;
+                p.flat_struct(&mut fields)
+            }
+            _ => Err(Unsupported),
+        })?;
+        if seen != 3 {
+            return Err(Unsupported);
+        }
+        // Key order, and of a repeated key the last, as the generated decoder's map keeps it.
+        fields.sort_by(|a: &(&str, _), b| a.0.cmp(b.0));
+        let mut unique: Vec<(&str, &pbjson_types::Value)> = Vec::with_capacity(fields.len());
+        for (k, v) in &fields {
+            match unique.last_mut() {
+                Some(last) if last.0 == *k => *last = (k, v),
+                _ => unique.push((k, v)),
+            }
+        }
+        STRUCT_TYPE_URL.clone_into(&mut self.type_url);
+        self.value = encode_sorted_fields(unique).into();
+        Ok(())
+    }
+    fn reset(&mut self) {
+        *self = Any::default();
+    }
+}
+
+impl<'a> Parser<'a> {
+    /// The fields of a Struct's JSON object, in the line's order.
+    fn flat_struct(&mut self, out: &mut Vec<(&'a str, pbjson_types::Value)>) -> R {
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Ok(());
+        }
+        loop {
+            let key = self.str()?;
+            self.expect(b':')?;
+            let kind = self.flat_value()?;
+            out.push((key, pbjson_types::Value { kind }));
+            if !self.eat(b',') {
+                return self.expect(b'}');
+            }
+        }
+    }
+
+    /// `null` is no kind, as the generated decoder reads it.
+    fn flat_value(&mut self) -> R<Option<Kind>> {
+        self.ws();
+        let rest = &self.b[self.i..];
+        match rest.first() {
+            Some(b'"') => {
+                let mut s = String::new();
+                self.string_into(&mut s)?;
+                Ok(Some(Kind::StringValue(s)))
+            }
+            Some(b't' | b'f') => Ok(Some(Kind::BoolValue(self.bool()?))),
+            Some(b'n') if rest.starts_with(b"null") => {
+                self.i += 4;
+                Ok(None)
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let n = self.signed()?;
+                // The generated decoder refuses integers a double does not hold exactly, and
+                // reads `-0` as a float (negative zero).
+                const EXACT: i64 = 1 << f64::MANTISSA_DIGITS;
+                if n <= -EXACT || n >= EXACT || (n == 0 && rest[0] == b'-') {
+                    return Err(Unsupported);
+                }
+                Ok(Some(Kind::NumberValue(n as f64)))
+            }
+            _ => Err(Unsupported),
+        }
+    }
+}
 
 /// Decodes a oneof member into `slot`, reusing it when it already holds that member.
 fn member<O, T: Value + Default>(
@@ -780,7 +878,7 @@ mod tests {
     use super::*;
 
     fn generic(line: &str) -> Result<GetFlowsResponse, String> {
-        serde_json::from_str(line).map_err(|e| e.to_string())
+        decode_reference(line).map_err(|e| e.to_string())
     }
 
     /// Decodes `line` with the fast path only.
@@ -844,7 +942,8 @@ mod tests {
 
     #[test]
     fn reuse_leaves_nothing_of_the_previous_line() {
-        let lines = corpus();
+        let mut lines = corpus();
+        lines.push(WITH_PROCESS.to_owned());
         let mut d = LineDecoder::new();
         // Every ordered pair: the second decode must not keep fields of the first.
         for a in &lines {
@@ -874,6 +973,42 @@ mod tests {
         }
     }
 
+    const WITH_PROCESS: &str = r#"{"flow":{"uuid":"u","verdict":"FORWARDED","Summary":"s","extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"container":"istio-proxy","pid":4242,"process":"envoy","uid":1337}}},"node_name":"n"}"#;
+
+    #[test]
+    fn reads_our_extension_itself() {
+        use imdsguard_hubble_proto::process::{self, ProcessInfo};
+        let lines = [
+            WITH_PROCESS,
+            r#"{"flow":{"extensions":{"value":{"uid":0,"neg":-5,"s":"a\u0026b","t":true,"n":null},"@type":"type.googleapis.com/google.protobuf.Struct"}}}"#,
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"pid":1,"pid":2}}}}"#,
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{}}}}"#,
+        ];
+        for line in lines {
+            let got = fast(line).unwrap_or_else(|| panic!("fast path refused {line}"));
+            assert_eq!(Ok(got), generic(line), "{line}");
+        }
+        let mut d = LineDecoder::new();
+        let resp = d.decode(WITH_PROCESS).expect("decodes").clone();
+        let Some(ResponseTypes::Flow(f)) = &resp.response_types else {
+            panic!("a flow");
+        };
+        let want = ProcessInfo {
+            container: "istio-proxy".into(),
+            process: "envoy".into(),
+            pid: 4242,
+            uid: Some(1337),
+        };
+        assert_eq!(process::get(f), Some(want));
+        // The next line without extensions has none left over.
+        let plain = r#"{"flow":{"uuid":"u"}}"#;
+        assert_eq!(
+            d.decode(plain).cloned().map_err(|e| e.to_string()),
+            generic(plain)
+        );
+        assert_eq!(d.counts(), (2, 0));
+    }
+
     #[test]
     fn hands_everything_else_to_the_generated_decoder() {
         let lines = [
@@ -891,10 +1026,18 @@ mod tests {
             r#"{"flow":{"Summary":"\u+123"}}"#,                // a sign is no hex digit
             r#"{"flow":{"Summary":"\x"}}"#,                    // no such escape
             r#"{"flow":{"Summary":"\u12"}}"#,                  // too short
-            r#"{"flow":{"extensions":{}}}"#,                   // a field it does not list
-            r#"{"lost_events":{"num_events_lost":"3"}}"#,      // another response type
-            r#"{"flow":{}} x"#,                                // trailing garbage
-            r#"{"flow":{"uuid":"a"#,                           // truncated
+            r#"{"flow":{"extensions":{}}}"#,                   // an Any without a type
+            r#"{"flow":{"extensions":{"typeUrl":"type.googleapis.com/google.protobuf.Struct","value":""}}}"#, // pbjson's form
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/x.Y","value":{}}}}"#, // another type
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"a":[1]}}}}"#, // nested
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"a":1.5}}}}"#, // float
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"a":-0}}}}"#, // negative zero
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"a":9007199254740992}}}}"#, // inexact
+            r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct"}}}"#, // no value
+            r#"{"flow":{"tunnel":{}}}"#, // a field it does not list
+            r#"{"lost_events":{"num_events_lost":"3"}}"#, // another response type
+            r#"{"flow":{}} x"#,          // trailing garbage
+            r#"{"flow":{"uuid":"a"#,     // truncated
         ];
         for line in lines {
             assert!(fast(line).is_none(), "fast path took {line}");

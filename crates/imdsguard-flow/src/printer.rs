@@ -7,6 +7,7 @@
 use crate::flow::{self, Flow, layer4, layer7};
 use crate::names::{self, enum_name};
 use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use imdsguard_hubble_proto::process::{self, ProcessInfo};
 use imdsguard_hubble_proto::wkt::Timestamp;
 use std::fmt::Write as _;
 
@@ -49,6 +50,9 @@ pub struct PrintOptions {
     /// `--numeric`: addresses instead of pod and service names.
     pub numeric: bool,
     pub time_format: TimeFormat,
+    /// `--print-process` (imdsguard's): the container and process from the flow's extensions.
+    /// Off, every format prints what Hubble's does.
+    pub process: bool,
 }
 
 const MONTHS: [&str; 12] = [
@@ -449,10 +453,50 @@ pub fn compact_into(out: &mut String, f: &Flow, opts: &PrintOptions) {
     write_verdict_token(out, f, opts.policy_names);
     out.push_str(" (");
     write_summary(out, f);
-    out.push_str(")\n");
+    out.push(')');
+    if opts.process {
+        write_process(out, f);
+    }
+    out.push('\n');
     if memchr::memchr2(0x1b, b'\r', &out.as_bytes()[start..]).is_some() {
         let line = out.split_off(start);
         out.push_str(&escape_terminal(line));
+    }
+}
+
+/// `--print-process` on a compact line: ` container=NAME process=COMM pid=N` with what is known
+/// (nothing when nothing is). Labelled, because a name alone could be either; a value with a
+/// space, a quote or `=` is quoted.
+fn write_process(out: &mut String, f: &Flow) {
+    let Some(p) = process::get(f) else {
+        return;
+    };
+    let mut pair = |key: &str, value: &str| {
+        if value.is_empty() {
+            return;
+        }
+        out.push(' ');
+        out.push_str(key);
+        out.push('=');
+        if value.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') {
+            out.push_str(&serde_json::Value::from(value).to_string());
+        } else {
+            out.push_str(value);
+        }
+    };
+    pair("container", &p.container);
+    pair("process", &p.process);
+    if p.pid != 0 {
+        pair("pid", &p.pid.to_string());
+    }
+}
+
+/// `process[pid]`, or what of it is known, for the dict and table formats.
+fn process_cell(p: &ProcessInfo) -> String {
+    match (p.process.is_empty(), p.pid) {
+        (_, 0) => p.process.clone(),
+        (true, pid) => format!("[{pid}]"),
+        (false, pid) => format!("{}[{pid}]", p.process),
     }
 }
 
@@ -486,6 +530,11 @@ pub fn dict(f: &Flow, opts: &PrintOptions, first: bool) -> String {
         verdict_token(f, opts.policy_names)
     ));
     out.push_str(&format!("    SUMMARY: {}\n", summary(f)));
+    if opts.process {
+        let p = process::get(f).unwrap_or_default();
+        out.push_str(&format!("  CONTAINER: {}\n", p.container));
+        out.push_str(&format!("    PROCESS: {}\n", process_cell(&p)));
+    }
     escape_terminal(out)
 }
 
@@ -501,7 +550,11 @@ impl Table {
         if opts.node_name {
             header.push("NODE".to_owned());
         }
-        header.extend(["SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].map(str::to_owned));
+        header.extend(["SOURCE", "DESTINATION", "TYPE", "VERDICT"].map(str::to_owned));
+        if opts.process {
+            header.extend(["CONTAINER", "PROCESS"].map(str::to_owned));
+        }
+        header.push("SUMMARY".to_owned());
         Table { rows: vec![header] }
     }
 
@@ -511,13 +564,13 @@ impl Table {
         if opts.node_name {
             row.push(f.node_name.clone());
         }
-        row.extend([
-            src,
-            dst,
-            flow_type(f),
-            verdict_token(f, opts.policy_names),
-            summary(f),
-        ]);
+        row.extend([src, dst, flow_type(f), verdict_token(f, opts.policy_names)]);
+        if opts.process {
+            let p = process::get(f).unwrap_or_default();
+            row.push(p.container.clone());
+            row.push(process_cell(&p));
+        }
+        row.push(summary(f));
         self.rows
             .push(row.into_iter().map(escape_terminal).collect());
     }
@@ -561,6 +614,31 @@ fn html_escape(s: &str) -> String {
         .replace('&', "\\u0026")
 }
 
+/// A flow's JSON before `html_escape`: the generated serializer's, with `extensions` in
+/// protojson's form. Every writer of flow JSON goes through here (`json`, [`FlowJson`]).
+fn flow_text(f: &Flow) -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string(f)?;
+    if let Some(any) = &f.extensions {
+        crate::extensions::rewrite(&mut text, any)?;
+    }
+    Ok(text)
+}
+
+/// A flow that serializes (with serde_json) as `-o json` prints it, for JSON documents that
+/// embed flows, such as the UI's API. The generated `Serialize` of `Flow` would write its
+/// extensions in pbjson's form, which Hubble's tools cannot read.
+pub struct FlowJson<'a>(pub &'a Flow);
+
+impl serde::Serialize for FlowJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let text = flow_text(self.0).map_err(S::Error::custom)?;
+        let raw = serde_json::value::RawValue::from_string(html_escape(&text))
+            .map_err(S::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
 /// One `GetFlowsResponse` as Hubble's `-o json` line (protojson, proto field names, declaration
 /// order: the oneof comes first in this message).
 pub fn json(resp: &GetFlowsResponse) -> Result<String, serde_json::Error> {
@@ -572,7 +650,7 @@ pub fn json(resp: &GetFlowsResponse) -> Result<String, serde_json::Error> {
         sep = ",";
     };
     match &resp.response_types {
-        Some(ResponseTypes::Flow(f)) => field(&mut out, "flow", serde_json::to_string(f)?),
+        Some(ResponseTypes::Flow(f)) => field(&mut out, "flow", flow_text(f)?),
         Some(ResponseTypes::NodeStatus(n)) => {
             field(&mut out, "node_status", serde_json::to_string(n)?)
         }
@@ -837,6 +915,103 @@ mod tests {
             t.render(),
             "TIMESTAMP             SOURCE          DESTINATION    TYPE            VERDICT   SUMMARY\nJan  1 00:20:34.567   1.1.1.1:31793   2.2.2.2:8080   Policy denied   DROPPED   TCP Flags: SYN\n"
         );
+    }
+
+    fn with_process(f: &Flow) -> Flow {
+        let mut f = f.clone();
+        process::set(
+            &mut f,
+            &ProcessInfo {
+                container: "istio-proxy".into(),
+                process: "envoy".into(),
+                pid: 4242,
+                uid: Some(1337),
+            },
+        );
+        f
+    }
+
+    #[test]
+    fn extensions_change_nothing_without_print_process() {
+        let (plain, ext) = (vector(), with_process(&vector()));
+        let opts = PrintOptions::default();
+        assert_eq!(compact(&ext, &opts), compact(&plain, &opts));
+        assert_eq!(dict(&ext, &opts, true), dict(&plain, &opts, true));
+        let (mut a, mut b) = (Table::new(&opts), Table::new(&opts));
+        a.push(&plain, &opts);
+        b.push(&ext, &opts);
+        assert_eq!(a.render(), b.render());
+    }
+
+    #[test]
+    fn print_process() {
+        let opts = PrintOptions {
+            process: true,
+            ..Default::default()
+        };
+        let f = with_process(&vector());
+        assert_eq!(
+            compact(&f, &opts),
+            "Jan  1 00:20:34.567: 1.1.1.1:31793 (health) -> 2.2.2.2:8080 (ID:12345) Policy denied DROPPED (TCP Flags: SYN) container=istio-proxy process=envoy pid=4242\n"
+        );
+        // Nothing known, nothing added; a partial one prints what it has.
+        assert_eq!(
+            compact(&vector(), &opts),
+            compact(&vector(), &PrintOptions::default())
+        );
+        let mut partial = vector();
+        process::set(
+            &mut partial,
+            &ProcessInfo {
+                process: "my tool".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            compact(&partial, &opts).ends_with("(TCP Flags: SYN) process=\"my tool\"\n"),
+            "{}",
+            compact(&partial, &opts)
+        );
+        assert!(dict(&f, &opts, true).ends_with(
+            "    SUMMARY: TCP Flags: SYN\n  CONTAINER: istio-proxy\n    PROCESS: envoy[4242]\n"
+        ));
+        let mut t = Table::new(&opts);
+        t.push(&f, &opts);
+        t.push(&vector(), &opts);
+        assert_eq!(
+            t.render(),
+            concat!(
+                "TIMESTAMP             SOURCE          DESTINATION    TYPE            VERDICT   CONTAINER     PROCESS       SUMMARY\n",
+                "Jan  1 00:20:34.567   1.1.1.1:31793   2.2.2.2:8080   Policy denied   DROPPED   istio-proxy   envoy[4242]   TCP Flags: SYN\n",
+                "Jan  1 00:20:34.567   1.1.1.1:31793   2.2.2.2:8080   Policy denied   DROPPED                               TCP Flags: SYN\n",
+            )
+        );
+    }
+
+    #[test]
+    fn json_writes_the_extension_as_protojson_and_reads_it_back() {
+        let f = with_process(&vector());
+        let resp = GetFlowsResponse {
+            response_types: Some(ResponseTypes::Flow(f.clone())),
+            node_name: "k8s1".into(),
+            time: None,
+        };
+        let line = json(&resp).unwrap();
+        assert!(
+            line.contains(r#","Summary":"TCP Flags: SYN","extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"container":"istio-proxy","pid":4242,"process":"envoy","uid":1337}}},"node_name":"k8s1"}"#),
+            "{line}"
+        );
+        let mut d = crate::jsonline::LineDecoder::new();
+        assert_eq!(d.decode(&line).unwrap(), &resp);
+        assert_eq!(d.counts(), (1, 0), "the fast path reads it");
+        // Embedded in another document, the same text.
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            flow: FlowJson<'a>,
+        }
+        let doc = serde_json::to_string(&Doc { flow: FlowJson(&f) }).unwrap();
+        let without_node = line.strip_suffix(r#","node_name":"k8s1"}"#).unwrap();
+        assert_eq!(doc, format!("{without_node}}}"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! numbers and enum values), so the real `hubble` CLI, Hubble Relay and Hubble UI can talk to us.
 //! Every message also has serde support with protojson's conventions (via pbjson).
 
+pub mod process;
 pub mod wkt;
 
 #[allow(clippy::all, clippy::pedantic, deprecated, missing_docs, rustdoc::all)]

@@ -216,7 +216,7 @@ impl ClientOptions {
     }
 
     /// Sends `req` and prints each response to `out` as it arrives (flushed, for followers),
-    /// then what the printer keeps for the end.
+    /// then what the printer keeps for the end. The printer applies the client-side filters.
     pub async fn print_flows(
         &self,
         req: GetFlowsRequest,
@@ -236,6 +236,10 @@ impl ClientOptions {
         {
             printer.print(out, &resp)?;
             out.flush().map_err(ObserveError::from)?;
+            // `--first` counted by the client: dropping the stream cancels the call.
+            if printer.done() {
+                break;
+            }
         }
         printer.finish(out)?;
         out.flush().map_err(ObserveError::from)?;

@@ -192,4 +192,43 @@ mod tests {
             "{current}"
         );
     }
+
+    #[test]
+    fn processes_are_written_as_the_hubble_cli_reads_them() {
+        use imdsguard_flow::jsonline::LineDecoder;
+        use imdsguard_hubble_proto::process::{self, ProcessInfo};
+        let dir = std::env::temp_dir().join(format!("imdsguard-export-p-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.json");
+        let mut e = FlowExporter::new(ExportOptions {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            max_backups: 1,
+            allow: vec![],
+            deny: vec![],
+        })
+        .unwrap();
+        let mut r = resp(Verdict::Dropped, 1);
+        let Some(ResponseTypes::Flow(f)) = &mut r.response_types else {
+            unreachable!()
+        };
+        let p = ProcessInfo {
+            container: "istio-proxy".into(),
+            process: "envoy".into(),
+            pid: 4242,
+            uid: None,
+        };
+        process::set(f, &p);
+        e.export(&r).unwrap();
+        e.flush().unwrap();
+        drop(e);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.contains(r#""extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"container":"istio-proxy","pid":4242,"process":"envoy"}}"#),
+            "{text}"
+        );
+        let mut d = LineDecoder::new();
+        assert_eq!(d.decode(text.trim_end()).unwrap(), &r);
+    }
 }

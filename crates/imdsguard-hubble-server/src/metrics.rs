@@ -1,6 +1,11 @@
 //! Hubble's Prometheus metrics (docs/hubble.md#metrics) with Hubble's names and labels: flows
 //! processed, drops, policy verdicts, TCP flags, HTTP requests (httpV2) and lost events. Context
 //! labels (`sourceContext`, `labelsContext`) are not offered yet.
+//!
+//! Next to them, the agent's own `imdsguard_*` metrics, among them
+//! `imdsguard_metadata_flows_total`: flows to a metadata endpoint by source workload and
+//! container, with a bounded number of label sets (see [`MAX_METADATA_SERIES`]). Hubble's own
+//! metrics keep Hubble's label sets: dashboards depend on them.
 
 use imdsguard_flow::flow::{self, Flow, layer4, layer7};
 use imdsguard_flow::names::{self, enum_name};
@@ -10,8 +15,29 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Mutex;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The most label sets `imdsguard_metadata_flows_total` creates for named sources.
+///
+/// Its labels are `source_namespace`, `source_workload` (the pod's first workload, else the pod;
+/// `host`, `world` … for reserved identities), `container` (the container's name in its pod, from
+/// the flow's process information; empty when the flow does not say), `destination` (the metadata
+/// address, without the port: the table of metadata services bounds it) and `verdict` (Hubble's
+/// name). Namespaces, workloads and containers come from the cluster, so they are counted: once
+/// this many label sets exist, a flow that would make a new one is counted with
+/// `source_namespace`, `source_workload` and `container` all `"other"` (keeping its destination
+/// and verdict), and in `imdsguard_metadata_flows_overflow_total`. So the metric never has more
+/// than this many series plus one per destination and verdict. Series are never removed while the
+/// agent runs (Prometheus counters must not go back), so pods that come and go under one workload
+/// cost nothing, and the bound is reached only by that many distinct workloads and containers.
+pub const MAX_METADATA_SERIES: usize = 1_000;
+
+/// The value that stands for every source past [`MAX_METADATA_SERIES`].
+pub const OVERFLOW: &str = "other";
 
 pub struct FlowMetrics {
     registry: Registry,
@@ -25,6 +51,10 @@ pub struct FlowMetrics {
     input_errors: Family<Labels, Counter>,
     proxy_route_shadowed: Gauge,
     datapath: Family<Labels, Gauge>,
+    metadata_flows: Family<Labels, Counter>,
+    metadata_overflow: Counter,
+    /// The label sets `metadata_flows` holds for named sources (overflow sets not included).
+    metadata_series: Mutex<HashSet<Labels>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -89,8 +119,23 @@ impl Default for FlowMetrics {
             "The datapath's packet counters by name (invalid_source, unsupported_l3, fragment_dropped, ...), summed over CPUs",
             datapath.clone(),
         );
+        let metadata_flows = Family::default();
+        agent.register(
+            "metadata_flows",
+            format!("Flows to a metadata endpoint by source workload, container, destination address and verdict (at most {MAX_METADATA_SERIES} label sets for named sources; past them, source_namespace, source_workload and container are \"{OVERFLOW}\")"),
+            metadata_flows.clone(),
+        );
+        let metadata_overflow = Counter::default();
+        agent.register(
+            "metadata_flows_overflow",
+            format!("Flows counted in imdsguard_metadata_flows_total as \"{OVERFLOW}\" because its label sets reached their bound"),
+            metadata_overflow.clone(),
+        );
         FlowMetrics {
             registry: root,
+            metadata_flows,
+            metadata_overflow,
+            metadata_series: Mutex::new(HashSet::new()),
             input_errors,
             proxy_route_shadowed,
             datapath,
@@ -129,7 +174,92 @@ fn protocol(f: &Flow) -> &'static str {
     }
 }
 
+/// The metadata address a flow goes to (canonical: IPv4-mapped IPv6 as IPv4), if it goes to one.
+fn metadata_destination(f: &Flow) -> Option<IpAddr> {
+    let ip: IpAddr = f.ip.as_ref()?.destination.parse().ok()?;
+    let port = match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(layer4::Protocol::Tcp(t)) => t.destination_port,
+        Some(layer4::Protocol::Udp(u)) => u.destination_port,
+        Some(layer4::Protocol::Sctp(s)) => s.destination_port,
+        // Without ports, only services that own every port of their address match.
+        _ => 0,
+    };
+    // A port past u16 comes from no real flow; as 0 it still finds the services that own every
+    // port of their address.
+    let port = u16::try_from(port).unwrap_or(0);
+    imdsguard_metadata::kind_at(ip, port).map(|_| ip.to_canonical())
+}
+
+/// `source_namespace` and `source_workload` of [`MAX_METADATA_SERIES`].
+fn metadata_source(f: &Flow) -> (String, String) {
+    let Some(ep) = f.source.as_ref() else {
+        return (String::new(), String::new());
+    };
+    let workload = if !ep.pod_name.is_empty() {
+        ep.workloads
+            .first()
+            .map(|w| w.name.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&ep.pod_name)
+            .to_owned()
+    } else {
+        names::reserved_identity_name(ep.identity)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (ep.namespace.clone(), workload)
+}
+
 impl FlowMetrics {
+    /// Counts a flow to a metadata endpoint in `imdsguard_metadata_flows_total`, within the
+    /// bound of [`MAX_METADATA_SERIES`].
+    fn observe_metadata(&self, f: &Flow, verdict: &str) {
+        let Some(destination) = metadata_destination(f) else {
+            return;
+        };
+        let (namespace, workload) = metadata_source(f);
+        let container = imdsguard_hubble_proto::process::get(f)
+            .map(|p| p.container)
+            .unwrap_or_default();
+        let labels: Labels = vec![
+            ("source_namespace", namespace),
+            ("source_workload", workload),
+            ("container", container),
+            ("destination", destination.to_string()),
+            ("verdict", verdict.to_owned()),
+        ];
+        let admitted = {
+            // A poisoned lock only means another thread panicked while counting: the set is
+            // still a set.
+            let mut series = self
+                .metadata_series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if series.contains(&labels) {
+                true
+            } else if series.len() < MAX_METADATA_SERIES {
+                series.insert(labels.clone());
+                true
+            } else {
+                false
+            }
+        };
+        if admitted {
+            self.metadata_flows.get_or_create(&labels).inc();
+            return;
+        }
+        self.metadata_overflow.inc();
+        self.metadata_flows
+            .get_or_create(&vec![
+                ("source_namespace", OVERFLOW.to_owned()),
+                ("source_workload", OVERFLOW.to_owned()),
+                ("container", OVERFLOW.to_owned()),
+                ("destination", destination.to_string()),
+                ("verdict", verdict.to_owned()),
+            ])
+            .inc();
+    }
+
     /// Counts one flow.
     pub fn observe(&self, f: &Flow) {
         let verdict = enum_name(f.verdict, |v: flow::Verdict| v.as_str_name());
@@ -151,6 +281,7 @@ impl FlowMetrics {
                 ("verdict", verdict.clone().into_owned()),
             ])
             .inc();
+        self.observe_metadata(f, &verdict);
         if f.verdict == flow::Verdict::Dropped as i32 {
             let reason = enum_name(f.drop_reason_desc, |d: flow::DropReason| d.as_str_name());
             self.drops
@@ -381,5 +512,147 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hubble_drop_total{"), "{text}");
+    }
+
+    fn call(ns: &str, pod: &str, workload: &str, container: &str, dst: &str, port: u32) -> Flow {
+        let mut f = Flow {
+            verdict: flow::Verdict::Forwarded as i32,
+            ip: Some(flow::Ip {
+                source: "10.244.1.17".into(),
+                destination: dst.into(),
+                ..Default::default()
+            }),
+            l4: Some(flow::Layer4 {
+                protocol: Some(layer4::Protocol::Tcp(flow::Tcp {
+                    source_port: 40132,
+                    destination_port: port,
+                    flags: None,
+                })),
+            }),
+            event_type: Some(flow::CiliumEventType {
+                r#type: 4,
+                sub_type: 11,
+            }),
+            source: Some(flow::Endpoint {
+                identity: 14226,
+                namespace: ns.into(),
+                pod_name: pod.into(),
+                workloads: if workload.is_empty() {
+                    vec![]
+                } else {
+                    vec![flow::Workload {
+                        name: workload.into(),
+                        kind: "Deployment".into(),
+                    }]
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if !container.is_empty() {
+            imdsguard_hubble_proto::process::set(
+                &mut f,
+                &imdsguard_hubble_proto::process::ProcessInfo {
+                    container: container.into(),
+                    process: "envoy".into(),
+                    pid: 4242,
+                    uid: Some(1337),
+                },
+            );
+        }
+        f
+    }
+
+    #[test]
+    fn metadata_flows_name_the_container() {
+        let m = FlowMetrics::default();
+        let sidecar = call(
+            "go-webapp",
+            "go-webapp-847857f68-2qlnd",
+            "go-webapp",
+            "istio-proxy",
+            "169.254.169.254",
+            80,
+        );
+        m.observe(&sidecar);
+        m.observe(&sidecar);
+        // Another replica of the same workload: the same series.
+        m.observe(&call(
+            "go-webapp",
+            "go-webapp-847857f68-x9x9x",
+            "go-webapp",
+            "istio-proxy",
+            "169.254.169.254",
+            80,
+        ));
+        // No process information: an empty container. IPv4-mapped counts as IPv4.
+        m.observe(&call(
+            "logging",
+            "fluent-bit-qg7vq",
+            "fluent-bit",
+            "",
+            "::ffff:169.254.169.254",
+            80,
+        ));
+        // A bare pod is its own workload.
+        m.observe(&call("default", "debug", "", "", "169.254.169.254", 80));
+        // Not a metadata endpoint: WireServer's address on a port it does not serve, and a pod.
+        m.observe(&call("x", "y", "", "z", "168.63.129.16", 53));
+        m.observe(&call("x", "y", "", "z", "10.0.0.1", 80));
+        let mut host = call("", "", "", "", "168.63.129.16", 32526);
+        host.source.as_mut().unwrap().identity = 1;
+        m.observe(&host);
+        let text = m.encode();
+        for want in [
+            r#"imdsguard_metadata_flows_total{source_namespace="go-webapp",source_workload="go-webapp",container="istio-proxy",destination="169.254.169.254",verdict="FORWARDED"} 3"#,
+            r#"imdsguard_metadata_flows_total{source_namespace="logging",source_workload="fluent-bit",container="",destination="169.254.169.254",verdict="FORWARDED"} 1"#,
+            r#"imdsguard_metadata_flows_total{source_namespace="default",source_workload="debug",container="",destination="169.254.169.254",verdict="FORWARDED"} 1"#,
+            r#"imdsguard_metadata_flows_total{source_namespace="",source_workload="host",container="",destination="168.63.129.16",verdict="FORWARDED"} 1"#,
+            "imdsguard_metadata_flows_overflow_total 0",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert!(!text.contains(r#"source_namespace="x""#), "{text}");
+        // Hubble's own metrics keep their label sets.
+        assert!(
+            text.contains(
+                r#"hubble_flows_processed_total{protocol="TCP",type="Trace",subtype="to-network",verdict="FORWARDED"} 8"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hubble_flows_processed_total{container"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn metadata_series_are_bounded() {
+        let m = FlowMetrics::default();
+        let n = MAX_METADATA_SERIES + 25;
+        for i in 0..n {
+            let c = format!("c{i}");
+            m.observe(&call("ns", "p", "w", &c, "169.254.169.254", 80));
+        }
+        // A source that has its series keeps counting in it past the bound.
+        m.observe(&call("ns", "p", "w", "c0", "169.254.169.254", 80));
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("imdsguard_metadata_flows_total{"))
+            .count();
+        assert_eq!(series, MAX_METADATA_SERIES + 1, "{text}");
+        assert!(
+            text.contains(r#"imdsguard_metadata_flows_total{source_namespace="other",source_workload="other",container="other",destination="169.254.169.254",verdict="FORWARDED"} 25"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("imdsguard_metadata_flows_overflow_total 25"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"imdsguard_metadata_flows_total{source_namespace="ns",source_workload="w",container="c0",destination="169.254.169.254",verdict="FORWARDED"} 2"#),
+            "{text}"
+        );
     }
 }

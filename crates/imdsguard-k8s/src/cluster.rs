@@ -2,7 +2,10 @@
 //! Each reflector retries with backoff and keeps its last complete listing through errors and
 //! API outages, so the agent goes on enforcing what it last knew.
 
-use crate::convert::{ClusterObjects, assign_ips, namespace_labels, pod_endpoint, policy_source};
+use crate::convert::{
+    ClusterObjects, assign_ips, host_network_endpoint, namespace_labels, pod_containers,
+    pod_endpoint, policy_source,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -202,6 +205,14 @@ impl Cluster {
     pub fn snapshot(&self) -> Snapshot {
         let generation = self.generation();
         let ready = lock(&self.status).iter().all(|s| s.synced || s.missing);
+        let pods = self.pods.state();
+        let mut host_network: Vec<_> = pods
+            .iter()
+            .filter_map(|p| host_network_endpoint(p))
+            .collect();
+        host_network.sort_by_key(|s| s.key());
+        let mut containers: Vec<_> = pods.iter().filter_map(|p| pod_containers(p)).collect();
+        containers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         let mut objects = ClusterObjects {
             namespaces: self
                 .namespaces
@@ -209,13 +220,9 @@ impl Cluster {
                 .iter()
                 .filter_map(|n| namespace_labels(n))
                 .collect(),
-            endpoints: assign_ips(
-                self.pods
-                    .state()
-                    .iter()
-                    .filter_map(|p| pod_endpoint(p))
-                    .collect(),
-            ),
+            endpoints: assign_ips(pods.iter().filter_map(|p| pod_endpoint(p)).collect()),
+            host_network,
+            containers,
             policies: Vec::new(),
         };
         for p in self.policies.iter() {

@@ -18,12 +18,11 @@ pub struct PodEndpoint {
 }
 
 /// The endpoint a pod is, or `None` when it is not one: host-network pods (they share the node's
-/// address, which no pod policy governs), pods without an IP yet, and pods that have finished.
+/// address, which no pod policy governs; see [`host_network_endpoint`]), pods without an IP yet,
+/// and pods that have finished.
 pub fn pod_endpoint(pod: &Pod) -> Option<PodEndpoint> {
-    let meta = &pod.metadata;
-    let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
-    if spec.host_network == Some(true) {
+    if pod.spec.as_ref()?.host_network == Some(true) {
         return None;
     }
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
@@ -46,6 +45,64 @@ pub fn pod_endpoint(pod: &Pod) -> Option<PodEndpoint> {
     if ips.is_empty() {
         return None;
     }
+    let mut ep = pod_spec(pod)?;
+    ep.spec.ips = ips;
+    Some(ep)
+}
+
+/// A running hostNetwork pod as an endpoint with no addresses of its own (it has the node's):
+/// only its cgroups tell its sockets from the node's, so only the cgroup hooks can judge it
+/// (`--host-network-pods enforce`, an imdsguard extension: Cilium leaves such pods out).
+pub fn host_network_endpoint(pod: &Pod) -> Option<EndpointSpec> {
+    let status = pod.status.as_ref()?;
+    if pod.spec.as_ref()?.host_network != Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return None;
+    }
+    Some(pod_spec(pod)?.spec)
+}
+
+/// A pod's containers as the kubelet reports them: what names the container behind a cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodContainers {
+    /// `namespace/name`.
+    pub endpoint: String,
+    pub uid: String,
+    pub host_network: bool,
+    /// Each container's name and `containerID` (`containerd://…`), init and ephemeral
+    /// containers included; containers not created yet have no ID and are left out.
+    pub containers: Vec<(String, String)>,
+}
+
+/// The containers of a pod that has not finished.
+pub fn pod_containers(pod: &Pod) -> Option<PodContainers> {
+    let meta = &pod.metadata;
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let containers = status
+        .container_statuses
+        .iter()
+        .chain(&status.init_container_statuses)
+        .chain(&status.ephemeral_container_statuses)
+        .flatten()
+        .filter_map(|c| Some((c.name.clone(), c.container_id.clone()?)))
+        .filter(|(_, id)| !id.is_empty())
+        .collect();
+    Some(PodContainers {
+        endpoint: format!("{}/{}", meta.namespace.as_deref()?, meta.name.as_deref()?),
+        uid: meta.uid.clone()?,
+        host_network: pod.spec.as_ref()?.host_network == Some(true),
+        containers,
+    })
+}
+
+/// What a pod is as an endpoint, addresses aside.
+fn pod_spec(pod: &Pod) -> Option<PodEndpoint> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref()?;
     let named_ports = spec
         .containers
         .iter()
@@ -68,7 +125,7 @@ pub fn pod_endpoint(pod: &Pod) -> Option<PodEndpoint> {
                 .clone()
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "default".into()),
-            ips,
+            ips: Vec::new(),
             named_ports,
             raw_labels: None,
         },
@@ -164,6 +221,10 @@ pub fn policy_source(kind: &str, api_version: &str, obj: &DynamicObject) -> Opti
 pub struct ClusterObjects {
     pub namespaces: BTreeMap<String, Vec<(String, String)>>,
     pub endpoints: Vec<EndpointSpec>,
+    /// Running hostNetwork pods, as endpoints without addresses, ordered by `namespace/name`.
+    pub host_network: Vec<EndpointSpec>,
+    /// Every running pod's containers, ordered by `namespace/name`.
+    pub containers: Vec<PodContainers>,
     /// Policies and CIDR groups, ordered by name.
     pub policies: Vec<Source>,
 }
@@ -171,7 +232,9 @@ pub struct ClusterObjects {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodIP, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, ContainerStatus, PodIP, PodSpec, PodStatus,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn pod(name: &str, ip: &str, created: i64) -> Pod {
@@ -230,6 +293,47 @@ mod tests {
         p.status.as_mut().unwrap().pod_ip = None;
         p.status.as_mut().unwrap().pod_ips = None;
         assert!(pod_endpoint(&p).is_none());
+    }
+
+    #[test]
+    fn a_host_network_pod_is_an_endpoint_without_addresses_and_its_containers_are_named() {
+        let id = |c: char| format!("containerd://{}", c.to_string().repeat(64));
+        let mut p = pod("agent", "192.168.1.10", 1);
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        p.status.as_mut().unwrap().container_statuses = Some(vec![
+            ContainerStatus {
+                name: "agent".into(),
+                container_id: Some(id('a')),
+                ..Default::default()
+            },
+            // Not created yet: no ID.
+            ContainerStatus {
+                name: "late".into(),
+                ..Default::default()
+            },
+        ]);
+        p.status.as_mut().unwrap().init_container_statuses = Some(vec![ContainerStatus {
+            name: "init".into(),
+            container_id: Some(id('b')),
+            ..Default::default()
+        }]);
+        let ep = host_network_endpoint(&p).expect("a hostNetwork endpoint");
+        assert_eq!(ep.key(), "default/agent");
+        assert!(ep.ips.is_empty(), "the node's addresses are not the pod's");
+        assert_eq!(ep.service_account, "sa");
+        let c = pod_containers(&p).expect("containers");
+        assert!(c.host_network);
+        assert_eq!(c.uid, "uid-agent");
+        assert_eq!(
+            c.containers,
+            [("agent".to_owned(), id('a')), ("init".to_owned(), id('b'))]
+        );
+        // An ordinary pod is not a hostNetwork endpoint; a finished one has no containers.
+        let web = pod("web", "10.0.0.5", 1);
+        assert!(host_network_endpoint(&web).is_none());
+        assert!(!pod_containers(&web).expect("containers").host_network);
+        p.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(host_network_endpoint(&p).is_none() && pod_containers(&p).is_none());
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub struct InstallValues {
     pub policy_directory: String,
     /// Include Cilium's CRDs (skip them where Cilium installed its own).
     pub crds: bool,
+    /// `--host-network-pods`: `ignore` (Cilium's behaviour) or `enforce` (imdsguard judges
+    /// hostNetwork pods' connects to metadata addresses by their cgroups).
+    pub host_network_pods: String,
+    /// `--deny-response`: `drop` (Cilium's default) or `reject` (a denied connect fails at once).
+    pub deny_response: String,
 }
 
 impl Default for InstallValues {
@@ -33,6 +38,8 @@ impl Default for InstallValues {
             flow_export_path: String::new(),
             policy_directory: String::new(),
             crds: true,
+            host_network_pods: "ignore".into(),
+            deny_response: "drop".into(),
         }
     }
 }
@@ -191,6 +198,12 @@ subjects:
     if h.cluster_name != "default" {
         args.extend(["--cluster-name".into(), h.cluster_name.clone()]);
     }
+    if v.host_network_pods != "ignore" {
+        args.extend(["--host-network-pods".into(), v.host_network_pods.clone()]);
+    }
+    if v.deny_response != "drop" {
+        args.extend(["--deny-response".into(), v.deny_response.clone()]);
+    }
     if h.tls {
         for (flag, file) in [
             ("--hubble-tls-cert-file", "server.crt"),
@@ -212,12 +225,16 @@ subjects:
         "            - {name: bpf-maps, mountPath: /sys/fs/bpf, mountPropagation: HostToContainer}"
             .to_owned(),
         "            - {name: run, mountPath: /var/run/imdsguard}".to_owned(),
+        // The host's cgroup tree, where the connect()/sendmsg() hooks attach: the container's own
+        // /sys/fs/cgroup is its private subtree, and hooks there would see only the agent.
+        "            - {name: cgroup, mountPath: /sys/fs/cgroup, readOnly: true}".to_owned(),
     ];
     let mut volumes = vec![
         "        - {name: bpf-maps, hostPath: {path: /sys/fs/bpf, type: DirectoryOrCreate}}"
             .to_owned(),
         "        - {name: run, hostPath: {path: /var/run/imdsguard, type: DirectoryOrCreate}}"
             .to_owned(),
+        "        - {name: cgroup, hostPath: {path: /sys/fs/cgroup, type: Directory}}".to_owned(),
     ];
     if let Some(dir) = std::path::Path::new(&v.flow_export_path).parent()
         && !v.flow_export_path.is_empty()
@@ -526,6 +543,17 @@ mod tests {
         assert!(text.contains("{name: flows, mountPath: \"/var/log/imdsguard\"}"));
         assert!(text.contains("- BPF #"));
         assert!(!text.contains("SYS_ADMIN"));
+        // Cilium's defaults leave the flags out; the cgroup tree is always mounted, read-only.
+        assert!(!text.contains("--host-network-pods"));
+        assert!(!text.contains("--deny-response"));
+        assert!(text.contains("{name: cgroup, mountPath: /sys/fs/cgroup, readOnly: true}"));
+        let text = render(&InstallValues {
+            host_network_pods: "enforce".into(),
+            deny_response: "reject".into(),
+            ..Default::default()
+        });
+        assert!(text.contains("- \"--host-network-pods\"\n            - \"enforce\""));
+        assert!(text.contains("- \"--deny-response\"\n            - \"reject\""));
     }
 
     /// The committed Relay manifests are what [`render_relay`] prints by default.

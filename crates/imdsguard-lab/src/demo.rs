@@ -153,10 +153,20 @@ impl Output<'_> {
     }
 }
 
-/// Runs curl in a lab pod; returns the HTTP status (0 when it timed out: dropped).
-fn curl(state: &LabState, pod: &str, args: &[&str]) -> Result<u16> {
+/// The process the sidecar's calls come from, and Fluent Bit's (the topology's aliases of curl).
+const SIDECAR: (&str, &str) = ("istio-proxy", "pilot-agent");
+const FLUENT_BIT_PROCESS: (&str, &str) = ("fluent-bit", "fluent-bit");
+
+/// Runs an HTTP client (curl, or an alias of it) in a container of a lab pod; returns the HTTP
+/// status (0 when it timed out: dropped).
+fn curl(
+    state: &LabState,
+    pod: &str,
+    (container, program): (&str, &str),
+    args: &[&str],
+) -> Result<u16> {
     let mut argv: Vec<String> = [
-        "curl",
+        program,
         "-s",
         "-o",
         "/dev/null",
@@ -169,7 +179,18 @@ fn curl(state: &LabState, pod: &str, args: &[&str]) -> Result<u16> {
     .map(|s| (*s).to_owned())
     .collect();
     argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let out = lab::exec(state, pod, &argv)?.output().map_err(io("curl"))?;
+    // A topology of the user's own may lack the container or the alias: the pod's first, curl.
+    let container = state
+        .processes
+        .iter()
+        .any(|p| p.pod == pod && p.container == container)
+        .then_some(container);
+    if !state.bin_dir().join(program).exists() {
+        argv[0] = "curl".into();
+    }
+    let out = lab::exec_in(state, pod, container, &argv)?
+        .output()
+        .map_err(io("curl"))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -181,10 +202,11 @@ fn curl(state: &LabState, pod: &str, args: &[&str]) -> Result<u16> {
 fn sidecar_calls(state: &LabState) -> Result<Vec<u16>> {
     let base = format!("http://{IMDS_ADDRESS}");
     Ok(vec![
-        curl(state, WEBAPP, &[&format!("{base}/")])?,
+        curl(state, WEBAPP, SIDECAR, &[&format!("{base}/")])?,
         curl(
             state,
             WEBAPP,
+            SIDECAR,
             &[
                 "-X",
                 "PUT",
@@ -196,6 +218,7 @@ fn sidecar_calls(state: &LabState) -> Result<Vec<u16>> {
         curl(
             state,
             WEBAPP,
+            SIDECAR,
             &[
                 "-H",
                 "Metadata: True",
@@ -209,6 +232,7 @@ fn token_call(state: &LabState, method: &str, path: &str) -> Result<u16> {
     curl(
         state,
         FLUENT_BIT,
+        FLUENT_BIT_PROCESS,
         &[
             "-X",
             method,
@@ -219,8 +243,9 @@ fn token_call(state: &LabState, method: &str, path: &str) -> Result<u16> {
     )
 }
 
-/// The flows to the metadata address since `since`, as `imdsguard observe` prints them.
-fn observe(binary: &Path, addr: &str, since: &str) -> Result<String> {
+/// The flows to the metadata address since `since`, as `imdsguard observe` prints them, with
+/// `extra` arguments (`--print-process`, `-o json`).
+fn observe(binary: &Path, addr: &str, since: &str, extra: &[&str]) -> Result<String> {
     let out = Command::new(binary)
         .args([
             "observe",
@@ -233,9 +258,55 @@ fn observe(binary: &Path, addr: &str, since: &str) -> Result<String> {
             "--last",
             "200",
         ])
+        .args(extra)
         .output()
         .map_err(io("observe"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Who sent the flows of `observe -o json` output: `pod [container: process] → destination`, one
+/// line per sender, in order of first appearance, with how many connections (source ports) each
+/// opened.
+fn callers(json_lines: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, Vec<u64>)> = Vec::new();
+    for line in json_lines.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let flow = &v["flow"];
+        let src = &flow["source"];
+        let (Some(ns), Some(pod)) = (src["namespace"].as_str(), src["pod_name"].as_str()) else {
+            continue;
+        };
+        // protojson writes the Any's Struct under "value"; accept the fields at the top too.
+        let ext = &flow["extensions"];
+        let ext = if ext["value"].is_object() {
+            &ext["value"]
+        } else {
+            ext
+        };
+        let (Some(container), Some(process)) = (ext["container"].as_str(), ext["process"].as_str())
+        else {
+            continue;
+        };
+        let l4 = &flow["l4"];
+        let port = l4["TCP"]["destination_port"]
+            .as_u64()
+            .or_else(|| l4["UDP"]["destination_port"].as_u64())
+            .unwrap_or(0);
+        let sport = l4["TCP"]["source_port"]
+            .as_u64()
+            .or_else(|| l4["UDP"]["source_port"].as_u64())
+            .unwrap_or(0);
+        let dst = flow["IP"]["destination"].as_str().unwrap_or("?");
+        let who = format!("{ns}/{pod} [{container}: {process}] → {dst}:{port}");
+        match out.iter_mut().find(|(w, _)| *w == who) {
+            Some((_, ports)) if !ports.contains(&sport) => ports.push(sport),
+            Some(_) => {}
+            None => out.push((who, vec![sport])),
+        }
+    }
+    out.into_iter().map(|(w, ports)| (w, ports.len())).collect()
 }
 
 /// A policy manifest with the audit-mode annotation added, as a user would roll a deny out:
@@ -307,7 +378,8 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     )?;
     stage.lab = Some(state.clone());
 
-    let mut agent = Command::new(&opts.binary)
+    let mut agent = Command::new(&opts.binary);
+    agent
         .args(["agent", "--endpoints"])
         .arg(state.endpoints_file())
         .arg("--policies")
@@ -323,7 +395,12 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
             &format!("{LAB_MARK:#x}"),
             "--node-name",
             "aks-default-13458874-vmss00001w",
-        ])
+        ]);
+    // The hooks that tell which container and process called cover the lab's cgroups only.
+    if let Some(root) = &state.cgroup_root {
+        agent.arg("--cgroup-root").arg(root);
+    }
+    let mut agent = agent
         .stderr(Stdio::piped())
         .spawn()
         .map_err(io("starting the agent"))?;
@@ -356,14 +433,30 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     ));
 
     check()?;
-    out.heading("1. No policy: the webapp's Istio sidecar reaches IMDS");
+    out.heading("1. No policy: who in the webapp's pod calls IMDS?");
     let t0 = now_rfc3339();
     let before = sidecar_calls(&state)?;
     (out.line)(&format!(
-        "  sidecar calls (GCP probe, AWS token, Azure instance): HTTP {before:?}"
+        "  calls from the pod (GCP probe, AWS token, Azure instance): HTTP {before:?}"
     ));
     std::thread::sleep(Duration::from_millis(300));
-    out.show(&observe(&opts.binary, &addr, &t0)?, &[WEBAPP]);
+    out.show(
+        &observe(&opts.binary, &addr, &t0, &["--print-process"])?,
+        &[WEBAPP],
+    );
+    // The seed's engineer had only the pod; the flows name the container and the process.
+    let who = callers(&observe(&opts.binary, &addr, &t0, &["-o", "json"])?);
+    for (caller, n) in who.iter().filter(|(c, _)| c.contains(WEBAPP)) {
+        (out.line)(&format!("  caller: {caller} ({n} connections)"));
+    }
+    let culprit = format!("[{}: {}]", SIDECAR.0, SIDECAR.1);
+    let named = state.cgroup_root.is_none()
+        || who
+            .iter()
+            .any(|(c, _)| c.contains(WEBAPP) && c.contains(&culprit));
+    if state.cgroup_root.is_none() {
+        (out.line)("  (no cgroup v2 on this machine: the flows cannot name the container)");
+    }
 
     check()?;
     out.heading(
@@ -397,7 +490,7 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     let ta = now_rfc3339();
     let audited_calls = sidecar_calls(&state)?;
     std::thread::sleep(Duration::from_millis(300));
-    let audit_flows = observe(&opts.binary, &addr, &ta)?;
+    let audit_flows = observe(&opts.binary, &addr, &ta, &[])?;
     out.show(&audit_flows, &[WEBAPP]);
     let audited = audit_flows
         .lines()
@@ -436,7 +529,7 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     let token = token_call(&state, "GET", TOKEN)?;
     let post = token_call(&state, "POST", "/metadata/instance?api-version=2021-02-01")?;
     std::thread::sleep(Duration::from_millis(300));
-    let flows = observe(&opts.binary, &addr, &t1)?;
+    let flows = observe(&opts.binary, &addr, &t1, &[])?;
     out.show(&flows, &[WEBAPP, FLUENT_BIT]);
     (out.line)(&format!(
         "  webapp sidecar calls: HTTP {denied:?} (0 = dropped by the datapath, no answer)"
@@ -456,7 +549,7 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
     let t2 = now_rfc3339();
     let token_after = token_call(&state, "GET", TOKEN)?;
     std::thread::sleep(Duration::from_millis(300));
-    let after = observe(&opts.binary, &addr, &t2)?;
+    let after = observe(&opts.binary, &addr, &t2, &[])?;
     out.show(&after, &[WEBAPP, FLUENT_BIT]);
     let denied_after = after
         .lines()
@@ -472,9 +565,17 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
         .lines()
         .filter(|l| l.contains(FLUENT_BIT) && l.contains("http-request FORWARDED"))
         .count();
+    let sender = if state.cgroup_root.is_some() && named {
+        format!(
+            "the flows named their sender: container {}, process {}",
+            SIDECAR.0, SIDECAR.1
+        )
+    } else {
+        "the flows could not name their sender".to_owned()
+    };
     (out.line)(&format!(
-        "  without policy: the sidecar's {} calls reached IMDS",
-        before.iter().filter(|c| **c != 0).count()
+        "  without policy: {} calls reached IMDS; {sender}",
+        before.iter().filter(|c| **c != 0).count(),
     ));
     (out.line)(&format!(
         "  in audit mode: {audited} webapp flows AUDIT, and whatif named what enforcing would deny"
@@ -498,7 +599,8 @@ pub fn run(opts: &DemoOptions, out: &Output<'_>) -> Result<bool> {
             bpf = dir.join("bpf").display(),
         ));
     }
-    Ok(audited > 0
+    Ok(named
+        && audited > 0
         && audited_calls.iter().all(|c| *c != 0)
         && breaks
         && dropped > 0

@@ -172,8 +172,8 @@ pub const IMDS_HOST_NETWORK: Check = Check {
     code: "IG1503",
     name: "imds-hostnetwork-uncovered",
     severity: Severity::Note,
-    summary: "Pods with hostNetwork: true have the host identity; no endpointSelector policy covers them, so they still reach the metadata service.",
-    fix: "Keep hostNetwork pods to the few that need it, or add a host policy (nodeSelector, needs Cilium's host firewall).",
+    summary: "Pods with hostNetwork: true have the host identity; in Cilium no endpointSelector policy covers them, so they still reach the metadata service.",
+    fix: "Run the imdsguard agent with --host-network-pods enforce, which judges their connects to metadata addresses against the policies that select the pod (an imdsguard extension); or keep hostNetwork pods to the few that need it, or add a host policy (nodeSelector, needs Cilium's host firewall).",
 };
 
 pub const IMDS_TOKEN_OPEN: Check = Check {

@@ -123,7 +123,9 @@ pub fn check(m: &Model) -> Vec<Finding> {
         });
         let message = format!(
             "Pods with hostNetwork: true share the node's host identity, and endpointSelector policies \
-             never select it: such pods still reach {IMDS_V4}, with the node's own managed identity."
+             never select it: such pods still reach {IMDS_V4}, with the node's own managed identity. \
+             The imdsguard agent applies this policy to them only with --host-network-pods enforce \
+             (an extension to Cilium's semantics; the default, ignore, is Cilium's behaviour)."
         );
         out.push(m.finding(
             &IMDS_HOST_NETWORK,

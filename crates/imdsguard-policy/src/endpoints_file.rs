@@ -8,6 +8,7 @@
 use crate::labels::{Label, LabelSet};
 use crate::{EndpointSpec, NamedPort, Protocol};
 use imdsguard_manifest::{Field, FieldError, Source};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -19,6 +20,19 @@ pub struct EndpointEntry {
     /// Cilium's per-endpoint PolicyAuditMode: denials pass and are reported as AUDIT (agent
     /// endpoints files and `policy test` scenarios, next to the scenario-wide `auditMode`).
     pub policy_audit_mode: bool,
+    /// The pod's containers and their cgroups: the cgroup's processes, and those of its
+    /// descendant cgroups, are that container's (flows name it; hostNetwork pods are judged by it).
+    pub containers: Vec<ContainerRef>,
+    /// A hostNetwork pod: it shares the node's network, so it has no interface and no addresses
+    /// of its own, and only its containers' cgroups tell its sockets from the node's.
+    pub host_network: bool,
+}
+
+/// One container of an endpoint: its name in the pod and its cgroup v2 directory (absolute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRef {
+    pub name: String,
+    pub cgroup: PathBuf,
 }
 
 /// The agent's `--endpoints` file: the `namespaces:` and `endpoints:` sections of a scenario.
@@ -137,6 +151,8 @@ pub fn endpoint(f: &Field) -> R<EndpointEntry> {
         "namedPorts",
         "interface",
         "policyAuditMode",
+        "containers",
+        "hostNetwork",
     ])?;
     let handle = m.required("name")?.str()?.to_owned();
     let namespace = m
@@ -208,12 +224,73 @@ pub fn endpoint(f: &Field) -> R<EndpointEntry> {
         .map(|f| f.bool())
         .transpose()?
         .unwrap_or(false);
+    let containers = m
+        .get("containers")
+        .map(|c| containers(&c))
+        .transpose()?
+        .unwrap_or_default();
+    let host_network = m
+        .get("hostNetwork")
+        .map(|f| f.bool())
+        .transpose()?
+        .unwrap_or(false);
+    if host_network {
+        // The pod has the node's addresses and interfaces: none of them is the pod's to claim.
+        for (name, why) in [
+            (
+                "interface",
+                "a hostNetwork endpoint has no interface of its own (it shares the node's)",
+            ),
+            (
+                "ip",
+                "a hostNetwork endpoint has no address of its own (it shares the node's)",
+            ),
+            (
+                "ips",
+                "a hostNetwork endpoint has no addresses of its own (it shares the node's)",
+            ),
+        ] {
+            if let Some(f) = m.get(name) {
+                return Err(f.error(why));
+            }
+        }
+    }
     Ok(EndpointEntry {
         handle,
         spec,
         interface,
         policy_audit_mode,
+        containers,
+        host_network,
     })
+}
+
+/// `containers: [{name, cgroup}]`: names unique and non-empty, cgroups absolute paths.
+fn containers(f: &Field) -> R<Vec<ContainerRef>> {
+    let mut out: Vec<ContainerRef> = Vec::new();
+    for c in f.seq()? {
+        let m = c.map(&["name", "cgroup"])?;
+        let name_field = m.required("name")?;
+        let name = name_field.str()?.trim();
+        if name.is_empty() {
+            return Err(name_field.error("a container needs a name"));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(name_field.error(format!("container {name:?} is listed twice")));
+        }
+        let cgroup_field = m.required("cgroup")?;
+        let cgroup = PathBuf::from(cgroup_field.str()?);
+        if !cgroup.is_absolute() {
+            return Err(cgroup_field.error(
+                "expected the absolute path of a cgroup v2 directory, e.g. /sys/fs/cgroup/lab/web/app",
+            ));
+        }
+        out.push(ContainerRef {
+            name: name.to_owned(),
+            cgroup,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -249,6 +326,91 @@ endpoints:
         assert_eq!(
             err.to_string(),
             "endpoints.yaml:3:9: endpoints[0].ip: not an IP address"
+        );
+    }
+
+    #[test]
+    fn reads_containers_and_host_network_pods() {
+        let text = r#"
+endpoints:
+  - name: web
+    ip: 10.0.0.2
+    interface: veth-web
+    containers:
+      - {name: app, cgroup: /sys/fs/cgroup/lab/web/app}
+      - {name: istio-proxy, cgroup: /sys/fs/cgroup/lab/web/istio-proxy}
+  - name: node-agent
+    namespace: monitoring
+    hostNetwork: true
+    containers:
+      - {name: agent, cgroup: /sys/fs/cgroup/lab/node-agent/agent}
+"#;
+        let f = parse_endpoints(&Source::new("endpoints.yaml", text)).expect("valid");
+        let web = &f.endpoints[0];
+        assert!(!web.host_network);
+        assert_eq!(
+            web.containers,
+            [
+                ContainerRef {
+                    name: "app".into(),
+                    cgroup: "/sys/fs/cgroup/lab/web/app".into()
+                },
+                ContainerRef {
+                    name: "istio-proxy".into(),
+                    cgroup: "/sys/fs/cgroup/lab/web/istio-proxy".into()
+                },
+            ]
+        );
+        let agent = &f.endpoints[1];
+        assert!(agent.host_network);
+        assert!(agent.interface.is_none() && agent.spec.ips.is_empty());
+        assert_eq!(agent.containers[0].name, "agent");
+    }
+
+    #[test]
+    fn bad_containers_and_host_network_pods_are_refused_where_written() {
+        let err = |text: &str| {
+            parse_endpoints(&Source::new("e.yaml", text))
+                .expect_err(text)
+                .to_string()
+        };
+        assert_eq!(
+            err("endpoints:\n  - name: a\n    hostNetwork: true\n    interface: veth0\n"),
+            "e.yaml:4:16: endpoints[0].interface: a hostNetwork endpoint has no interface of its own (it shares the node's)"
+        );
+        assert_eq!(
+            err("endpoints:\n  - name: a\n    ips: [10.0.0.2]\n    hostNetwork: true\n"),
+            "e.yaml:3:10: endpoints[0].ips: a hostNetwork endpoint has no addresses of its own (it shares the node's)"
+        );
+        assert!(
+            err("endpoints:\n  - {name: a, hostNetwork: true, ip: 10.0.0.2}\n")
+                .contains("endpoints[0].ip: a hostNetwork endpoint has no address")
+        );
+        assert_eq!(
+            err("endpoints:\n  - name: a\n    containers:\n      - {name: \"\", cgroup: /x}\n"),
+            "e.yaml:4:16: endpoints[0].containers[0].name: a container needs a name"
+        );
+        assert_eq!(
+            err("endpoints:\n  - name: a\n    containers:\n      - {name: app, cgroup: lab/app}\n"),
+            "e.yaml:4:29: endpoints[0].containers[0].cgroup: expected the absolute path of a cgroup v2 directory, e.g. /sys/fs/cgroup/lab/web/app"
+        );
+        assert_eq!(
+            err(
+                "endpoints:\n  - name: a\n    containers:\n      - {name: app, cgroup: /a}\n      - {name: app, cgroup: /b}\n"
+            ),
+            "e.yaml:5:16: endpoints[0].containers[1].name: container \"app\" is listed twice"
+        );
+        assert!(
+            err("endpoints:\n  - name: a\n    containers:\n      - {name: app}\n")
+                .contains("endpoints[0].containers[0].cgroup: required field is missing")
+        );
+        assert!(
+            err("endpoints:\n  - name: a\n    containers:\n      - {name: app, cgroup: /a, pid: 3}\n")
+                .contains("pid")
+        );
+        assert!(
+            err("endpoints:\n  - name: a\n    hostNetwork: yes-please\n")
+                .contains("endpoints[0].hostNetwork")
         );
     }
 }

@@ -2,7 +2,6 @@
 //! objects, through the one flow-file reader.
 
 use crate::Replay;
-use imdsguard_flow::flow::Flow;
 use imdsguard_flow::jsonline::{FlowReader, ReadError};
 use imdsguard_flow::observer::get_flows_response::ResponseTypes;
 use std::io::Write;
@@ -39,7 +38,7 @@ impl Replay {
                     Some(_) => {}
                     // Unknown fields are ignored, so a bare Flow object decodes to an empty
                     // response.
-                    None => match serde_json::from_str::<Flow>(line.text) {
+                    None => match imdsguard_flow::extensions::decode_flow(line.text) {
                         Ok(flow) if flow.ip.is_some() || flow.source.is_some() => {
                             self.observe(&flow)
                         }
@@ -174,5 +173,40 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_slice(&json).expect("json");
         assert_eq!(doc["cidrGroups"], 0);
         assert_eq!(doc["flows"], "seed.jsonl");
+    }
+
+    /// A recording mixes flows with process information and flows without: a flow without it
+    /// must not take the container of the flow before it.
+    #[test]
+    fn process_information_stays_with_its_own_line() {
+        use imdsguard_flow::observer::GetFlowsResponse;
+        use imdsguard_flow::observer::get_flows_response::ResponseTypes;
+        use imdsguard_hubble_proto::process::{self, ProcessInfo};
+        let first = SEED.lines().next().expect("a seed flow");
+        let mut resp: GetFlowsResponse = serde_json::from_str(first).expect("json");
+        let Some(ResponseTypes::Flow(f)) = &mut resp.response_types else {
+            panic!("a flow line");
+        };
+        process::set(
+            f,
+            &ProcessInfo {
+                container: "istio-proxy".into(),
+                process: "envoy".into(),
+                pid: 4242,
+                uid: Some(1337),
+            },
+        );
+        let attributed = serde_json::to_string(&resp).expect("encodes");
+        let text = format!("{attributed}\n{first}\n{first}\n{attributed}\n");
+        let (replay, bad, warn) = read(&text);
+        assert_eq!((bad, warn.as_str()), (0, ""));
+        let report = replay.report();
+        let mut groups: Vec<(Option<&str>, u64)> = report
+            .groups
+            .iter()
+            .map(|g| (g.key.container.as_deref(), g.flows))
+            .collect();
+        groups.sort();
+        assert_eq!(groups, [(None, 2), (Some("istio-proxy"), 2)]);
     }
 }

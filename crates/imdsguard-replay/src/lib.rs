@@ -3,6 +3,10 @@
 //! workload, destination and HTTP route: "go-webapp/… → 169.254.169.254:80 GET /metadata/instance:
 //! allowed → DENIED (azure-imds-deny), 214 flows".
 //!
+//! Flows that carry imdsguard's process information (`Flow.extensions`, see
+//! `imdsguard_hubble_proto::process`) are also grouped by the container that sent them:
+//! "go-webapp/go-webapp-847857f68-2qlnd [istio-proxy] → …". Flows without it group as before.
+//!
 //! Each flow becomes a [`imdsguard_policy::FlowQuery`]: the source and destination pods as the flow
 //! names them (with the labels it carries, unless the caller's repository already knows the pod),
 //! reserved identities by number, everything else by address, so CIDR identities come from the
@@ -82,6 +86,9 @@ pub enum GroupBy {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct GroupKey {
     pub source: String,
+    /// The container in the source pod that sent the flows, when they say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub destination: String,
     /// `METHOD /path` without the query, for HTTP flows.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +232,9 @@ impl Replay {
         }
         let key = GroupKey {
             source: o.source_label,
+            container: imdsguard_hubble_proto::process::get(flow)
+                .map(|p| p.container)
+                .filter(|c| !c.is_empty()),
             destination: o.destination_label,
             http: o.route,
             before: o.before,
@@ -593,5 +603,185 @@ mod tests {
         assert_eq!(r.groups[0].key.after, Outcome::Denied);
         let r = replay_lines(seed_policies(), GroupBy::Pod, line);
         assert_eq!(r.groups[0].key.after, Outcome::Allowed);
+    }
+
+    /// The flows of `text`, each with the process information `who` gives it (by its source
+    /// pod and destination address) in its extensions.
+    fn with_processes(
+        text: &str,
+        who: impl Fn(&str, &str) -> Option<imdsguard_hubble_proto::process::ProcessInfo>,
+    ) -> Vec<Flow> {
+        use imdsguard_flow::observer::GetFlowsResponse;
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let resp: GetFlowsResponse = serde_json::from_str(line).expect("a flow line");
+            if let Some(ResponseTypes::Flow(mut f)) = resp.response_types {
+                let pod = f
+                    .source
+                    .as_ref()
+                    .map(|s| s.pod_name.clone())
+                    .unwrap_or_default();
+                let dst =
+                    f.ip.as_ref()
+                        .map(|i| i.destination.clone())
+                        .unwrap_or_default();
+                if let Some(p) = who(&pod, &dst) {
+                    imdsguard_hubble_proto::process::set(&mut f, &p);
+                }
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    fn replay_flows(repo: Repository, by: GroupBy, flows: &[Flow]) -> Report {
+        let mut r = Replay::new(repo, by);
+        for f in flows {
+            r.observe(f);
+        }
+        r.report()
+    }
+
+    fn sidecar_and_app(
+        pod: &str,
+        dst: &str,
+    ) -> Option<imdsguard_hubble_proto::process::ProcessInfo> {
+        use imdsguard_hubble_proto::process::ProcessInfo;
+        if pod != "go-webapp-847857f68-2qlnd" {
+            return None;
+        }
+        Some(if dst == "169.254.169.254" {
+            ProcessInfo {
+                container: "istio-proxy".into(),
+                process: "envoy".into(),
+                pid: 4242,
+                uid: Some(1337),
+            }
+        } else {
+            ProcessInfo {
+                container: "go-webapp".into(),
+                process: "webapp".into(),
+                pid: 4100,
+                uid: Some(1000),
+            }
+        })
+    }
+
+    fn text_of(r: &Report, details: bool) -> String {
+        let mut out = Vec::new();
+        let inputs = Inputs {
+            flows: "flows.jsonl",
+            policies: 2,
+            cidr_groups: 1,
+        };
+        r.write_text(
+            &mut out,
+            &inputs,
+            TextOptions {
+                details,
+                group_by: GroupBy::Pod,
+            },
+        )
+        .expect("writes");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    fn json_of(r: &Report) -> serde_json::Value {
+        let mut out = Vec::new();
+        let inputs = Inputs {
+            flows: "flows.jsonl",
+            policies: 2,
+            cidr_groups: 1,
+        };
+        r.write_json(&mut out, &inputs).expect("writes");
+        serde_json::from_slice(&out).expect("json")
+    }
+
+    #[test]
+    fn groups_name_the_container_when_flows_carry_it() {
+        let plain = read("tests/flows/before-policies.jsonl");
+        let attributed = with_processes(&plain, sidecar_and_app);
+        let r = replay_flows(seed_policies(), GroupBy::Pod, &attributed);
+        let instance = group(&r, WEBAPP, Some("GET /metadata/instance"));
+        assert_eq!(instance.len(), 1, "{:#?}", r.groups);
+        assert_eq!(instance[0].key.container.as_deref(), Some("istio-proxy"));
+        assert_eq!(instance[0].flows, 6);
+        let text = text_of(&r, true);
+        assert!(
+            text.contains(
+                "  go-webapp/go-webapp-847857f68-2qlnd [istio-proxy] → 169.254.169.254:80 GET /metadata/instance: allowed → DENIED (azure-imds-deny), 6 flows\n"
+            ),
+            "{text}"
+        );
+        // The app container's own traffic (DNS) is its own group.
+        assert!(
+            text.contains("  go-webapp/go-webapp-847857f68-2qlnd [go-webapp] → "),
+            "{text}"
+        );
+        // Flows without process information group as before.
+        assert!(
+            text.contains("  logging/fluent-bit-qg7vq → 169.254.169.254:80 GET /metadata/identity/oauth2/token: "),
+            "{text}"
+        );
+        let doc = json_of(&r);
+        let groups = doc["groups"].as_array().expect("groups");
+        let sidecar = groups
+            .iter()
+            .find(|g| g["source"] == WEBAPP && g["http"] == "GET /metadata/instance")
+            .expect("the sidecar's group");
+        assert_eq!(sidecar["container"], "istio-proxy");
+        let fluent = groups
+            .iter()
+            .find(|g| g["source"] == FLUENT_BIT)
+            .expect("fluent-bit");
+        assert!(fluent.get("container").is_none(), "{fluent}");
+        // Containers split groups but not the totals.
+        let before = replay_lines(seed_policies(), GroupBy::Pod, &plain);
+        assert_eq!(r.totals.changed, before.totals.changed);
+        assert_eq!(r.totals.newly_denied, before.totals.newly_denied);
+    }
+
+    #[test]
+    fn without_process_information_the_output_is_unchanged() {
+        let plain = read("tests/flows/before-policies.jsonl");
+        // Decoded another way, with no process information: nothing to group by.
+        let reencoded = with_processes(&plain, |_, _| None);
+        let a = replay_lines(seed_policies(), GroupBy::Pod, &plain);
+        let b = replay_flows(seed_policies(), GroupBy::Pod, &reencoded);
+        assert_eq!(text_of(&a, true), text_of(&b, true));
+        assert_eq!(json_of(&a), json_of(&b));
+        assert!(a.groups.iter().all(|g| g.key.container.is_none()));
+        assert!(
+            !serde_json::to_string(&json_of(&a))
+                .unwrap()
+                .contains("container")
+        );
+        // A process without a container (a node process) adds nothing to the key either.
+        let nameless = with_processes(&plain, |pod, _| {
+            (pod == "go-webapp-847857f68-2qlnd").then(|| {
+                imdsguard_hubble_proto::process::ProcessInfo {
+                    process: "curl".into(),
+                    pid: 7,
+                    ..Default::default()
+                }
+            })
+        });
+        let c = replay_flows(seed_policies(), GroupBy::Pod, &nameless);
+        assert_eq!(text_of(&a, true), text_of(&c, true));
+    }
+
+    #[test]
+    fn container_names_cannot_drive_the_terminal() {
+        let plain = read("tests/flows/before-policies.jsonl");
+        let hostile = with_processes(&plain, |pod, _| {
+            (pod == "debug").then(|| imdsguard_hubble_proto::process::ProcessInfo {
+                container: "x\u{1b}[2Jy".into(),
+                ..Default::default()
+            })
+        });
+        let r = replay_flows(seed_policies(), GroupBy::Pod, &hostile);
+        let text = text_of(&r, true);
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains("default/debug [x\\u{1b}[2Jy] → "), "{text}");
     }
 }

@@ -149,12 +149,27 @@ fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, one: &str, many: &st
     format!("{n} {word}")
 }
 
-/// `source → destination METHOD /path`.
+/// `source [container] → destination METHOD /path`.
 fn subject(g: &Group) -> String {
-    match &g.key.http {
-        Some(route) => format!("{} → {} {route}", g.key.source, g.key.destination),
-        None => format!("{} → {}", g.key.source, g.key.destination),
+    let mut s = g.key.source.clone();
+    if let Some(c) = &g.key.container {
+        s.push_str(" [");
+        // A container name from an endpoints file may hold anything; a terminal must not read
+        // it as a control sequence.
+        for ch in c.chars() {
+            if ch.is_control() {
+                s.extend(ch.escape_default());
+            } else {
+                s.push(ch);
+            }
+        }
+        s.push(']');
     }
+    s.push_str(&format!(" → {}", g.key.destination));
+    if let Some(route) = &g.key.http {
+        s.push_str(&format!(" {route}"));
+    }
+    s
 }
 
 fn detail(out: &mut impl Write, g: &Group) -> io::Result<()> {

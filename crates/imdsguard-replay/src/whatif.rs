@@ -246,4 +246,67 @@ spec:
         assert_eq!(request(Some(10)).number, 10);
         assert!(!request(None).follow);
     }
+
+    #[test]
+    fn the_answer_names_the_container() {
+        use imdsguard_flow::observer::GetFlowsResponse;
+        use imdsguard_flow::observer::get_flows_response::ResponseTypes;
+        use imdsguard_hubble_proto::process::{self, ProcessInfo};
+        let mut decoded = decode_sources(
+            &[Source::new("deny.yaml", AUDITED_DENY)],
+            &DecodeOptions::default(),
+        );
+        let ignored = enforce_all(&mut decoded);
+        let repo = repository(&decoded, &EndpointsFile::default(), enforcing());
+        let mut replay = Replay::new(repo, GroupBy::Workload);
+        let seed = include_str!("../../../tests/flows/seed.jsonl");
+        let first = seed.lines().next().expect("a seed flow");
+        let resp: GetFlowsResponse = serde_json::from_str(first).expect("json");
+        let Some(ResponseTypes::Flow(mut f)) = resp.response_types else {
+            panic!("a flow line");
+        };
+        process::set(
+            &mut f,
+            &ProcessInfo {
+                container: "istio-proxy".into(),
+                process: "envoy".into(),
+                pid: 4242,
+                uid: Some(1337),
+            },
+        );
+        replay.observe(&f);
+        let w = WhatIf {
+            report: replay.report(),
+            audit_ignored: ignored,
+            lost_events: 0,
+        };
+        assert!(w.breaks());
+        let inputs = Inputs {
+            flows: "localhost:4245",
+            policies: 1,
+            cidr_groups: 0,
+        };
+        let mut text = Vec::new();
+        w.write_text(
+            &mut text,
+            &inputs,
+            TextOptions {
+                details: false,
+                group_by: GroupBy::Workload,
+            },
+        )
+        .expect("writes");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(
+            text.contains(
+                "  go-webapp/go-webapp [istio-proxy] → 169.254.169.254:80: allowed → DENIED (deny-imds), 1 flow\n"
+            ),
+            "{text}"
+        );
+        let mut json = Vec::new();
+        w.write_json(&mut json, &inputs).expect("writes");
+        let doc: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(doc["groups"][0]["container"], "istio-proxy");
+        assert_eq!(doc["groups"][0]["source"], "go-webapp/go-webapp");
+    }
 }

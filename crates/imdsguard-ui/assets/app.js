@@ -359,6 +359,13 @@
     ['Time', (r) => r.time],
     ['Source', (r) => `${r.source} (${r.source_ip || 'no IP'}, identity ${r.source_identity})`],
     ['Destination', (r) => `${r.destination} (${r.destination_ip || 'no IP'}, identity ${r.destination_identity})`],
+    // Who in the pod: imdsguard's process information, present only when the flow carries it.
+    // The process name is whatever the process called itself: shown as text, like every value.
+    ['Container', (r) => r.container],
+    ['Process', (r) => processText(r.process, r.pid ? [r.pid] : [], [])],
+    ['UID', (r) => (r.uid === undefined || r.uid === null ? '' : String(r.uid))],
+    ['Socket cookie', (r) => r.socket_cookie],
+    ['cgroup ID', (r) => r.cgroup_id],
     ['Port', (r) => r.port],
     ['Verdict', (r) => r.verdict],
     ['Drop reason', (r) => r.drop_reason],
@@ -367,6 +374,15 @@
     ['L7', (r) => r.l7],
     ['Summary', (r) => r.summary],
   ];
+
+  /** `envoy (pid 4242, uid 1337)`; empty when nothing is known. */
+  function processText(name, pids, uids) {
+    const ids = [];
+    if (pids && pids.length) ids.push((pids.length === 1 ? 'pid ' : 'pids ') + pids.join(', '));
+    if (uids && uids.length) ids.push((uids.length === 1 ? 'uid ' : 'uids ') + uids.join(', '));
+    if (!name && !ids.length) return '';
+    return (name || 'unknown process') + (ids.length ? ` (${ids.join('; ')})` : '');
+  }
 
   function showDetail(seq, focus) {
     const entry = state.entries.get(seq);
@@ -881,8 +897,36 @@
     root.replaceChildren(...data.callers.map(callerCard));
   }
 
+  /** `pod/container`, or what stands for it when the flows did not say. */
+  function containerLabel(c, k) {
+    return [k.pod, k.container].filter(Boolean).join('/') || (c.kind === 'host' ? 'node' : 'unknown container');
+  }
+
+  /** `istio-proxy (envoy), app (python3)`: the containers that called, over all pods. */
+  function containerSummary(containers) {
+    const names = new Map();
+    for (const k of containers) {
+      const key = k.container || 'unknown container';
+      if (!names.has(key)) names.set(key, new Set());
+      for (const p of k.processes) if (p.name) names.get(key).add(p.name);
+    }
+    return [...names].map(([name, procs]) => (procs.size ? `${name} (${[...procs].join(', ')})` : name)).join(', ');
+  }
+
+  function containersTable(c, title) {
+    return table('Who in the pod called, for ' + title, ['Pod/container', 'Processes', 'Flows', 'Verdicts', 'Last seen'], c.containers.map((k) =>
+      el('tr', { class: 'container-row', data: { pod: k.pod, container: k.container } },
+        el('td', { text: containerLabel(c, k) }),
+        el('td', { text: k.processes.map((p) => processText(p.name, p.pids, p.uids)).join(', ') || 'not known' }),
+        el('td', { text: String(k.flows) }),
+        el('td', {}, ...badges(k.verdicts)),
+        el('td', { text: fmtDateTime(k.last_seen) }))));
+  }
+
   function callerCard(c) {
     const title = c.kind === 'workload' ? `${c.namespace}/${c.workload}` : c.workload;
+    // Absent from the JSON when no flow carried process information.
+    const containers = c.containers || [];
     const conn = Object.entries(c.connections).map(([d, k]) => `${d} ${k}`).join(', ') || 'no policy verdicts seen';
     const card = el('section', { class: 'caller', data: { id: c.id, class: c.class }, 'aria-label': title },
       el('h2', {}, title, c.workload_kind ? el('span', { class: 'muted', text: ` ${c.workload_kind}` }) : null,
@@ -892,11 +936,16 @@
         fact('Verdicts', ...badges(c.verdicts)),
         fact('Connections', conn),
         c.pods.length ? fact('Pods', c.pods.join(', ')) : null,
+        containers.length ? fact('Containers', containerSummary(containers)) : null,
         c.ips.length ? fact('IPs', c.ips.join(', ')) : null,
         c.identities.length ? fact('Identity', c.identities.join(', ')) : null,
         fact('Last seen', fmtDateTime(c.last_seen)),
       ),
     );
+    if (containers.length) {
+      card.append(el('h3', { text: 'Who in the pod called' }));
+      card.append(containersTable({ ...c, containers }, title));
+    }
     card.append(el('h3', { text: 'Decided by' }));
     const decided = c.policies.map((p) =>
       el('li', {}, el('span', { class: 'badge cls-' + { allowed: 'allowed', denied: 'denied', audited: 'audit' }[p.decision], text: p.decision === 'audited' ? 'AUDIT' : p.decision }),

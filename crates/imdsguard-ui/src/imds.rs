@@ -6,15 +6,22 @@
 //! Policies are read from policy-verdict events and L7 records only: a drop or trace event of the
 //! same connection carries no policy names and would otherwise count as unattributed.
 //!
+//! Who in the pod called: flows that carry imdsguard's process information (the container and
+//! process of the socket, `imdsguard_hubble_proto::process`) are also grouped by pod and
+//! container within their caller, with the processes seen (comm, pids, uids). Callers stay
+//! workloads, so flows without process information make the same report as before.
+//!
 //! Bounded: at most [`MAX_CALLERS`] callers (more are counted in `truncated`), and per caller at
-//! most [`MAX_DISTINCT`] distinct requests, credentials, policies, pods and addresses (more are
-//! counted in the caller's `truncated`).
+//! most [`MAX_DISTINCT`] distinct requests, credentials, policies, pods, addresses and
+//! containers, [`MAX_PROCESSES`] processes per container and [`MAX_PIDS`] pids and uids per
+//! process (more are counted in the caller's `truncated`).
 
 use crate::metadata::{CredentialKind, MetadataService, RequestTarget};
 use crate::peer::{PeerKind, Sides};
 use crate::servicemap::VerdictCounts;
 use imdsguard_flow::flow::{Flow, L7FlowType, Policy, Verdict, layer7};
 use imdsguard_flow::names;
+use imdsguard_hubble_proto::process;
 use imdsguard_hubble_proto::wkt::Timestamp;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +29,10 @@ use std::time::{Duration, Instant};
 
 pub const MAX_CALLERS: usize = 1_000;
 pub const MAX_DISTINCT: usize = 64;
+/// Distinct process names (comm) kept per container.
+pub const MAX_PROCESSES: usize = 8;
+/// Distinct pids, and uids, kept per process name.
+pub const MAX_PIDS: usize = 8;
 
 /// How a policy took part in a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -53,6 +64,20 @@ struct CredentialKey {
     identity: String,
 }
 
+#[derive(Debug, Default)]
+struct ProcessStats {
+    pids: BTreeSet<u32>,
+    uids: BTreeSet<u32>,
+    flows: u64,
+}
+
+#[derive(Debug, Default)]
+struct ContainerStats {
+    processes: BTreeMap<String, ProcessStats>,
+    verdicts: VerdictCounts,
+    last_seen: Option<Timestamp>,
+}
+
 struct Caller {
     id: String,
     kind: PeerKind,
@@ -68,6 +93,8 @@ struct Caller {
     requests: BTreeMap<(String, String), Requests>,
     credentials: BTreeMap<CredentialKey, Requests>,
     policies: BTreeMap<PolicyKey, u64>,
+    /// By (pod, container), from flows with process information.
+    containers: BTreeMap<(String, String), ContainerStats>,
     /// Policy verdicts that denied with no policy named: nothing allowed the connection.
     default_denied: u64,
     truncated: u64,
@@ -122,6 +149,32 @@ pub struct PolicyView {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ProcessView {
+    /// The process name (the kernel's comm: set by the process itself, so never trusted as
+    /// markup); empty when the flows named only the container.
+    pub name: String,
+    pub pids: Vec<u32>,
+    pub uids: Vec<u32>,
+    pub flows: u64,
+}
+
+/// One container of one of the caller's pods (or, for the host, its processes).
+#[derive(Debug, Serialize)]
+pub struct ContainerView {
+    /// The pod's name; empty for callers without pods (the host).
+    pub pod: String,
+    /// The container's name in its pod; empty when the flows did not say.
+    pub container: String,
+    pub processes: Vec<ProcessView>,
+    /// The container's flows to metadata endpoints, by verdict.
+    pub verdicts: VerdictCounts,
+    /// See [`VerdictCounts::class`].
+    pub class: &'static str,
+    pub flows: u64,
+    pub last_seen: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct CallerView {
     /// The service map's node id (`namespace/workload`, `host` …).
     pub id: String,
@@ -146,6 +199,10 @@ pub struct CallerView {
     pub requests: Vec<RequestView>,
     pub credentials: Vec<CredentialView>,
     pub policies: Vec<PolicyView>,
+    /// Who in the pod called, by pod and container; left out of the JSON when no flow carried
+    /// process information.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerView>,
     pub default_denied: u64,
     /// Distinct requests, credentials, policies … not kept because of the limits.
     pub truncated: u64,
@@ -164,7 +221,11 @@ pub struct ImdsView {
 }
 
 fn insert_capped<T: Ord>(set: &mut BTreeSet<T>, value: T, truncated: &mut u64) {
-    if set.len() < MAX_DISTINCT {
+    insert_limited(set, value, MAX_DISTINCT, truncated);
+}
+
+fn insert_limited<T: Ord>(set: &mut BTreeSet<T>, value: T, limit: usize, truncated: &mut u64) {
+    if set.len() < limit {
         set.insert(value);
     } else if !set.contains(&value) {
         *truncated += 1;
@@ -176,7 +237,16 @@ fn entry_capped<'a, K: Ord, V: Default>(
     key: K,
     truncated: &mut u64,
 ) -> Option<&'a mut V> {
-    if map.len() >= MAX_DISTINCT && !map.contains_key(&key) {
+    entry_limited(map, key, MAX_DISTINCT, truncated)
+}
+
+fn entry_limited<'a, K: Ord, V: Default>(
+    map: &'a mut BTreeMap<K, V>,
+    key: K,
+    limit: usize,
+    truncated: &mut u64,
+) -> Option<&'a mut V> {
+    if map.len() >= limit && !map.contains_key(&key) {
         *truncated += 1;
         return None;
     }
@@ -214,6 +284,7 @@ impl ImdsReport {
                 requests: BTreeMap::new(),
                 credentials: BTreeMap::new(),
                 policies: BTreeMap::new(),
+                containers: BTreeMap::new(),
                 default_denied: 0,
                 truncated: 0,
                 first_seen: f.time,
@@ -238,6 +309,23 @@ impl ImdsReport {
         }
         let address = sides.callee.id.trim_start_matches("metadata:").to_owned();
         insert_capped(&mut c.endpoints, (service, address, sides.port), t);
+        // The process information describes the pod's socket, whichever way the flow goes.
+        if let Some(p) = process::get(f) {
+            let key = (caller.pod.clone(), p.container);
+            if let Some(k) = entry_capped(&mut c.containers, key, t) {
+                k.verdicts.add(f.verdict);
+                k.last_seen = f.time.or(k.last_seen);
+                if let Some(stats) = entry_limited(&mut k.processes, p.process, MAX_PROCESSES, t) {
+                    stats.flows += 1;
+                    if p.pid != 0 {
+                        insert_limited(&mut stats.pids, p.pid, MAX_PIDS, t);
+                    }
+                    if let Some(uid) = p.uid {
+                        insert_limited(&mut stats.uids, uid, MAX_PIDS, t);
+                    }
+                }
+            }
+        }
 
         let policy_verdict = f
             .event_type
@@ -370,6 +458,28 @@ impl ImdsReport {
                         name: k.name.clone(),
                         decision: k.decision,
                         count: *n,
+                    })
+                    .collect(),
+                containers: c
+                    .containers
+                    .iter()
+                    .map(|((pod, container), k)| ContainerView {
+                        pod: pod.clone(),
+                        container: container.clone(),
+                        processes: k
+                            .processes
+                            .iter()
+                            .map(|(name, p)| ProcessView {
+                                name: name.clone(),
+                                pids: p.pids.iter().copied().collect(),
+                                uids: p.uids.iter().copied().collect(),
+                                flows: p.flows,
+                            })
+                            .collect(),
+                        verdicts: k.verdicts,
+                        class: k.verdicts.class(),
+                        flows: k.verdicts.total(),
+                        last_seen: k.last_seen,
                     })
                     .collect(),
                 default_denied: c.default_denied,
@@ -581,5 +691,104 @@ mod tests {
         let p0 = v.callers.iter().find(|c| c.id == "ns/p0").unwrap();
         assert_eq!(p0.requests.len(), MAX_DISTINCT);
         assert_eq!(p0.truncated, 3);
+    }
+
+    #[test]
+    fn callers_show_who_in_the_pod_called() {
+        use crate::testdata::{HOSTILE_COMM, attributed_seed_flows};
+        let mut report = ImdsReport::default();
+        let now = Instant::now();
+        for f in attributed_seed_flows() {
+            report.observe(&f, &Sides::of(&f), now);
+        }
+        let v = report.view(None);
+        let got = serde_json::to_value(&v).unwrap();
+        let callers = got["callers"].as_array().unwrap();
+        // Callers are still workloads.
+        let ids: Vec<&str> = callers.iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["go-webapp/go-webapp", "host", "logging/fluent-bit"]);
+        let webapp = &callers[0];
+        assert_eq!(
+            webapp["containers"],
+            json!([
+                {"pod": "go-webapp-847857f68-2qlnd", "container": "istio-proxy",
+                 "processes": [{"name": "envoy", "pids": [4242], "uids": [1337], "flows": 4}],
+                 "verdicts": {"FORWARDED": 4}, "class": "allowed", "flows": 4,
+                 "last_seen": "2025-07-15T21:49:39.668Z"},
+                {"pod": "go-webapp-8568cffcd4-l5s48", "container": "istio-proxy",
+                 "processes": [{"name": HOSTILE_COMM, "pids": [5151], "uids": [0], "flows": 2}],
+                 "verdicts": {"DROPPED": 2}, "class": "denied", "flows": 2,
+                 "last_seen": webapp["containers"][1]["last_seen"]},
+            ])
+        );
+        // The rest of the caller is what it was without process information.
+        let mut plain = ImdsReport::default();
+        for f in seed_flows() {
+            plain.observe(&f, &Sides::of(&f), now);
+        }
+        let plain = serde_json::to_value(plain.view(None)).unwrap();
+        let mut without = webapp.clone();
+        without.as_object_mut().unwrap().remove("containers");
+        assert_eq!(without, plain["callers"][0]);
+        // Callers whose flows carry nothing have no `containers` at all.
+        assert!(callers[2].get("containers").is_none(), "{}", callers[2]);
+        assert_eq!(got["callers"][1], plain["callers"][1]);
+    }
+
+    #[test]
+    fn containers_and_processes_are_bounded() {
+        use imdsguard_flow::flow::{Endpoint, Ip};
+        use imdsguard_hubble_proto::process::{ProcessInfo, set};
+        let call = |container: String, process: String, pid: u32| {
+            let mut f = Flow {
+                verdict: 1,
+                ip: Some(Ip {
+                    source: "10.0.0.5".into(),
+                    destination: "169.254.169.254".into(),
+                    ..Default::default()
+                }),
+                source: Some(Endpoint {
+                    namespace: "ns".into(),
+                    pod_name: "p".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            set(
+                &mut f,
+                &ProcessInfo {
+                    container,
+                    process,
+                    pid,
+                    uid: None,
+                },
+            );
+            f
+        };
+        let mut report = ImdsReport::default();
+        let now = Instant::now();
+        for i in 0..MAX_DISTINCT + 2 {
+            let f = call(format!("c{i}"), "sh".into(), 1);
+            report.observe(&f, &Sides::of(&f), now);
+        }
+        for i in 0..MAX_PROCESSES + 3 {
+            let f = call("c0".into(), format!("p{i}"), 1);
+            report.observe(&f, &Sides::of(&f), now);
+        }
+        for pid in 0..MAX_PIDS as u32 + 4 {
+            let f = call("c0".into(), "sh".into(), 100 + pid);
+            report.observe(&f, &Sides::of(&f), now);
+        }
+        let v = report.view(None);
+        let c = &v.callers[0];
+        assert_eq!(c.containers.len(), MAX_DISTINCT);
+        let c0 = &c.containers[0];
+        assert_eq!(c0.container, "c0");
+        assert_eq!(c0.processes.len(), MAX_PROCESSES);
+        let sh = c0.processes.iter().find(|p| p.name == "sh").unwrap();
+        assert_eq!(sh.pids.len(), MAX_PIDS);
+        // Not kept: 2 containers, 4 process names (`sh` took one place) and 5 pids (pid 1
+        // took one place).
+        assert_eq!(c.truncated, 2 + 4 + 5);
     }
 }

@@ -41,4 +41,41 @@ mod testdata {
             })
             .collect()
     }
+
+    /// A process name a hostile process could give itself (15 bytes at most, as comm).
+    pub const HOSTILE_COMM: &str = "<img src=x>";
+
+    /// The seed as imdsguard records it: the first webapp pod's flows carry its sidecar
+    /// (`istio-proxy/envoy[4242]`, uid 1337, with a socket cookie and cgroup id); the second
+    /// pod's sidecar runs a process with a hostile name; the rest carry nothing.
+    pub fn attributed_seed_flows() -> Vec<Flow> {
+        use imdsguard_hubble_proto::process::{self, ProcessInfo};
+        let mut flows = seed_flows();
+        for f in &mut flows {
+            let pod = f
+                .source
+                .as_ref()
+                .map(|s| s.pod_name.clone())
+                .unwrap_or_default();
+            let p = match pod.as_str() {
+                "go-webapp-847857f68-2qlnd" => ProcessInfo {
+                    container: "istio-proxy".into(),
+                    process: "envoy".into(),
+                    pid: 4242,
+                    uid: Some(1337),
+                },
+                "go-webapp-8568cffcd4-l5s48" => ProcessInfo {
+                    container: "istio-proxy".into(),
+                    process: HOSTILE_COMM.into(),
+                    pid: 5151,
+                    uid: Some(0),
+                },
+                _ => continue,
+            };
+            process::set(f, &p);
+            f.socket_cookie = 1 << 40 | 7;
+            f.cgroup_id = 120;
+        }
+        flows
+    }
 }

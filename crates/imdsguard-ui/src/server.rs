@@ -23,6 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use imdsguard_flow::printer::FlowJson;
 use imdsguard_hubble_proto::flow::Flow;
 use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
 use imdsguard_hubble_server::ring::{Read, Reader};
@@ -213,13 +214,14 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// One flow as the API sends it: its ring sequence number, the table's columns and the whole
-/// flow (protojson, as `hubble observe -o jsonpb` prints it).
+/// flow (protojson, as `hubble observe -o jsonpb` prints it, imdsguard's process information in
+/// `extensions` included).
 #[derive(Serialize)]
 struct FlowEntry<'a> {
     seq: u64,
     node_name: &'a str,
     row: FlowRow,
-    flow: &'a Flow,
+    flow: FlowJson<'a>,
 }
 
 fn flow_of(e: &Entry) -> Option<&Flow> {
@@ -237,7 +239,7 @@ fn entries<'a>(batch: impl IntoIterator<Item = &'a (u64, Entry)>) -> Vec<FlowEnt
                 seq: *seq,
                 node_name: &e.node_name,
                 row: FlowRow::of(f),
-                flow: f,
+                flow: FlowJson(f),
             })
         })
         .collect()
@@ -564,8 +566,12 @@ mod tests {
     use tower::ServiceExt;
 
     fn ui_with_seed() -> Arc<Ui> {
+        ui_with(seed_flows())
+    }
+
+    fn ui_with(flows: Vec<Flow>) -> Arc<Ui> {
         let hub = Hub::new(63, "test-node", "");
-        for f in seed_flows() {
+        for f in flows {
             hub.ingest(f);
         }
         Arc::new(Ui {
@@ -674,6 +680,44 @@ mod tests {
             serde_json::json!(["go-webapp", "logging"])
         );
         assert_eq!(status["seen_flows"], 12);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn flows_and_imds_name_the_container_and_process() {
+        use crate::testdata::{HOSTILE_COMM, attributed_seed_flows};
+        let ui = ui_with(attributed_seed_flows());
+        let task = tokio::spawn(aggregate(ui.clone()));
+        let sidecar = get_json(&ui, "/api/flows?q=istio-proxy&verdict=DROPPED").await;
+        let flows = sidecar["flows"].as_array().unwrap();
+        assert_eq!(flows.len(), 2);
+        let row = &flows[0]["row"];
+        assert_eq!(row["container"], "istio-proxy");
+        assert_eq!(row["process"], HOSTILE_COMM);
+        assert_eq!(row["pid"], 5151);
+        assert_eq!(row["uid"], 0);
+        assert_eq!(row["socket_cookie"], "1099511627783");
+        assert_eq!(row["cgroup_id"], "120");
+        // The whole flow as Hubble's tools print it: the Struct itself, not pbjson's bytes.
+        let ext = &flows[0]["flow"]["extensions"];
+        assert_eq!(ext["@type"], "type.googleapis.com/google.protobuf.Struct");
+        assert_eq!(ext["value"]["process"], HOSTILE_COMM);
+        assert_eq!(ext["value"]["container"], "istio-proxy");
+        let fluent = get_json(&ui, "/api/flows?namespace=logging&last=1").await;
+        assert!(fluent["flows"][0]["row"].get("container").is_none());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let imds = loop {
+            let imds = get_json(&ui, "/api/imds?namespace=go-webapp").await;
+            if imds["calls_seen"] == 12 || Instant::now() > deadline {
+                break imds;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let containers = &imds["callers"][0]["containers"];
+        assert_eq!(containers[0]["pod"], "go-webapp-847857f68-2qlnd");
+        assert_eq!(containers[0]["container"], "istio-proxy");
+        assert_eq!(containers[0]["processes"][0]["name"], "envoy");
+        assert_eq!(containers[1]["processes"][0]["name"], HOSTILE_COMM);
         task.abort();
     }
 

@@ -3,13 +3,15 @@
 //! A [`FlowSearch`] is `hubble observe`'s filter flags (by long name, in order, `not` included:
 //! the same FlowFilter semantics as the Hubble API) plus a free text that must appear, ignoring
 //! ASCII case, in a pod, namespace or workload name, an IP address, a DNS name, an HTTP URL or a
-//! DNS query of the flow, and optionally only flows to or from a metadata endpoint.
+//! DNS query of the flow, or the container or process name imdsguard attributed it to, and
+//! optionally only flows to or from a metadata endpoint.
 
 use crate::peer::{Ends, Peer, Sides};
 use imdsguard_flow::filter::{FilterError, FlowFilters};
 use imdsguard_flow::filterflags::{FilterBuilder, flag_takes_value};
 use imdsguard_flow::flow::{Endpoint, Flow, L7FlowType, Verdict, layer7};
 use imdsguard_flow::printer;
+use imdsguard_hubble_proto::process;
 use imdsguard_hubble_proto::wkt::Timestamp;
 use serde::Serialize;
 
@@ -40,6 +42,31 @@ pub struct FlowRow {
     pub summary: String,
     /// The flow goes to (or comes from) a metadata endpoint.
     pub imds: bool,
+    /// Who in the pod sent it, from imdsguard's process information (`Flow.extensions`), and
+    /// the socket and cgroup from Hubble's own fields. Left out of the JSON when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// The process name (comm): chosen by the process, so the page shows it as text only.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub process: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Decimal, as protojson writes 64-bit numbers (JavaScript numbers cannot hold them all).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub socket_cookie: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cgroup_id: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A 64-bit id as text, empty when 0 (unknown).
+fn id_text(n: u64) -> String {
+    if n == 0 { String::new() } else { n.to_string() }
 }
 
 fn side_name(ep: Option<&Endpoint>, peer: &Peer) -> String {
@@ -111,6 +138,7 @@ impl FlowRow {
         } else {
             String::new()
         };
+        let who = process::get(f).unwrap_or_default();
         FlowRow {
             time: f.time,
             source: side_name(f.source.as_ref(), &src),
@@ -127,6 +155,12 @@ impl FlowRow {
             policy,
             summary: printer::summary(f),
             imds: src.metadata.is_some() || dst.metadata.is_some(),
+            container: who.container,
+            process: who.process,
+            pid: who.pid,
+            uid: who.uid,
+            socket_cookie: id_text(f.socket_cookie),
+            cgroup_id: id_text(f.cgroup_id),
         }
     }
 }
@@ -222,11 +256,12 @@ fn text_matches(f: &Flow, needle: &str) -> bool {
     {
         return true;
     }
-    match f.l7.as_ref().and_then(|l| l.record.as_ref()) {
+    let l7 = match f.l7.as_ref().and_then(|l| l.record.as_ref()) {
         Some(layer7::Record::Http(h)) => hit(&h.url),
         Some(layer7::Record::Dns(d)) => hit(&d.query),
         _ => false,
-    }
+    };
+    l7 || process::get(f).is_some_and(|p| hit(&p.container) || hit(&p.process))
 }
 
 #[cfg(test)]
@@ -317,5 +352,60 @@ mod tests {
         let err = FlowSearch::parse([("verdict", "sideways")]).unwrap_err();
         assert!(err.to_string().contains("verdict"), "{err}");
         assert!(FlowSearch::parse([("no-such-flag", "x")]).is_err());
+    }
+
+    #[test]
+    fn rows_name_the_container_and_process_when_flows_say() {
+        use crate::testdata::{HOSTILE_COMM, attributed_seed_flows};
+        let flows = attributed_seed_flows();
+        let r = FlowRow::of(&flows[0]);
+        assert_eq!(r.container, "istio-proxy");
+        assert_eq!(r.process, "envoy");
+        assert_eq!(r.pid, 4242);
+        assert_eq!(r.uid, Some(1337));
+        assert_eq!(r.socket_cookie, "1099511627783");
+        assert_eq!(r.cgroup_id, "120");
+        // The columns themselves do not change.
+        assert_eq!(r.source, "go-webapp/go-webapp-847857f68-2qlnd");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["container"], "istio-proxy");
+        assert_eq!(json["socket_cookie"], "1099511627783");
+        // uid 0 (root) is a uid, not "unknown"; the name is served as it is, for the page to
+        // show as text.
+        let r = FlowRow::of(&flows[4]);
+        assert_eq!((r.process.as_str(), r.uid), (HOSTILE_COMM, Some(0)));
+        assert_eq!(serde_json::to_value(&r).unwrap()["uid"], 0);
+        // Without process information the row's JSON is what it was.
+        let plain = serde_json::to_value(FlowRow::of(&seed_flows()[0])).unwrap();
+        for key in [
+            "container",
+            "process",
+            "pid",
+            "uid",
+            "socket_cookie",
+            "cgroup_id",
+        ] {
+            assert!(plain.get(key).is_none(), "{key} in {plain}");
+        }
+        let fluent = FlowRow::of(&flows[9]);
+        assert_eq!(fluent, FlowRow::of(&seed_flows()[9]));
+    }
+
+    #[test]
+    fn the_free_text_finds_containers_and_processes() {
+        use crate::testdata::attributed_seed_flows;
+        let found = |q: &str| {
+            let s = FlowSearch::parse([("q", q)]).unwrap();
+            attributed_seed_flows()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| s.matches(f))
+                .map(|(i, _)| i + 1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found("ENVOY"), [1, 2, 3, 4]);
+        assert_eq!(found("istio-proxy"), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(found("<img"), [5, 6]);
+        assert!(found("sidecar").is_empty());
     }
 }

@@ -239,3 +239,37 @@ fn metrics_and_export_file() {
             .all(|l| l.contains("\"verdict\":\"DROPPED\""))
     );
 }
+
+/// The flags of the cgroup hooks are checked before anything starts (no root needed), and a
+/// combination that cannot work says what to give instead.
+#[test]
+fn cgroup_flags_that_cannot_work_are_refused_with_what_to_give() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--host-network-pods", "enforce", "--cgroup-root", ""],
+            "give --cgroup-root",
+        ),
+        (&["--cgroup-root", "relative/dir"], "absolute path"),
+        (&["--deny-response", "icmp"], "drop"),
+        (&["--host-network-pods", "always"], "ignore"),
+    ];
+    for (args, want) in cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+            .current_dir(repo())
+            .args(["agent", "--endpoints", "/nonexistent/endpoints.yaml"])
+            .args(args)
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {want:?} not in {stderr}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["agent", "--help"])
+        .output()
+        .expect("agent --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--cgroup-root", "--host-network-pods", "--deny-response"] {
+        assert!(help.contains(flag), "{flag} not in --help");
+    }
+}

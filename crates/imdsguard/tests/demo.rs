@@ -1,5 +1,6 @@
-//! `imdsguard demo` runs the seed's story with real traffic and prints what the seed shows: the
-//! sidecar's calls denied by the denylist, Fluent Bit's token request through the L7 proxy, and
+//! `imdsguard demo` runs the seed's story with real traffic and prints what the seed shows, and
+//! what the seed's engineer had to guess: the first step names the container (istio-proxy) and the
+//! process (pilot-agent) that called IMDS. Then the sidecar's calls denied by the denylist, Fluent Bit's token request through the L7 proxy, and
 //! no denied flows after the fix. It leaves nothing behind, and it works after an agent of an
 //! older build left the proxy's routing rule at whatever priority the kernel picked.
 
@@ -59,11 +60,15 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let rules_before = rules_but_ours();
     let _stale = StaleRule::add();
-    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+    let child = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
         .current_dir(&repo)
         .arg("demo")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run the demo");
+    let demo_pid = child.id();
+    let out = child.wait_with_output().expect("the demo's output");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -71,6 +76,7 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     for want in [
+        "caller: go-webapp/go-webapp-847857f68-2qlnd [istio-proxy: pilot-agent] → 169.254.169.254:80",
         "go-webapp/go-webapp-847857f68-2qlnd:",
         "policy-verdict:L3-Only EGRESS DENIED (TCP Flags: SYN)",
         "Policy denied by denylist DROPPED (TCP Flags: SYN)",
@@ -85,6 +91,18 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
+    // Step 1's flows carry the container and the process on the compact line (--print-process);
+    // no flow names the app container, which never calls IMDS.
+    let step1: String = text.split("\n== 2.").next().unwrap_or_default().to_owned();
+    assert!(
+        step1
+            .lines()
+            .any(|l| l.contains("go-webapp-847857f68-2qlnd:")
+                && l.contains("istio-proxy")
+                && l.contains("pilot-agent")),
+        "{step1}"
+    );
+    assert!(!step1.contains("[app:"), "{step1}");
     // The webapp's flows name its identity, and IMDS's CIDR identity once the group exists.
     assert!(
         text.contains("<> 169.254.169.254:80 (ID:16777217) policy-verdict:L3-Only EGRESS DENIED"),
@@ -112,4 +130,17 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
         leftovers.iter().all(|n| !n.starts_with("lb")),
         "{leftovers:?}"
     );
+    // The lab's cgroups went with it (the demo's lab is `demo<pid>`, its cgroups
+    // `imdsguard-lab-demo<pid>-<id>`).
+    if let Some(v2) = imdsguard_lab::cgroups::v2_root() {
+        let left: Vec<String> = std::fs::read_dir(&v2)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("imdsguard-lab-demo{demo_pid}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(left, Vec::<String>::new());
+    }
 }

@@ -92,6 +92,8 @@ fn json_has_totals_and_groups() {
     assert_eq!(token["before"], "allowed");
     assert_eq!(token["after"], "allowed");
     assert_eq!(token["changed"], false);
+    // Flows without process information: no container anywhere.
+    assert!(groups.iter().all(|g| g.get("container").is_none()), "{v}");
     let sidecar = groups
         .iter()
         .find(|g| {
@@ -260,4 +262,120 @@ fn the_summary_lists_the_largest_changes_and_details_list_all() {
         "{}",
         stdout(&o)
     );
+}
+
+/// The seed's recording as imdsguard would record it: the webapp pod's calls to IMDS carry its
+/// sidecar's container and process (`Flow.extensions`), everything else carries nothing.
+fn attributed_recording(dir: &TempDir) -> String {
+    use imdsguard_hubble_proto::observer::GetFlowsResponse;
+    use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
+    use imdsguard_hubble_proto::process::{self, ProcessInfo};
+    let text = std::fs::read_to_string(support::root().join(FLOWS)).expect("fixture");
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut resp: GetFlowsResponse = serde_json::from_str(line).expect("a flow line");
+        let mut attributed = false;
+        if let Some(ResponseTypes::Flow(f)) = &mut resp.response_types {
+            let webapp = f
+                .source
+                .as_ref()
+                .is_some_and(|s| s.pod_name == "go-webapp-847857f68-2qlnd");
+            let imds =
+                f.ip.as_ref()
+                    .is_some_and(|i| i.destination == "169.254.169.254");
+            if webapp && imds {
+                process::set(
+                    f,
+                    &ProcessInfo {
+                        container: "istio-proxy".into(),
+                        process: "envoy".into(),
+                        pid: 4242,
+                        uid: Some(1337),
+                    },
+                );
+                attributed = true;
+            }
+        }
+        if attributed {
+            out.push_str(&serde_json::to_string(&resp).expect("encodes"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    dir.file("attributed.jsonl", &out)
+}
+
+#[test]
+fn groups_name_the_container_that_sent_the_flows() {
+    let dir = TempDir::new("replay-containers");
+    let path = attributed_recording(&dir);
+    let o = imdsguard(&["replay", "--flows", &path, "--policies", GROUP, DENY, ALLOW]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(
+            "  go-webapp/go-webapp-847857f68-2qlnd [istio-proxy] → 169.254.169.254:80 GET /metadata/instance: allowed → DENIED (azure-imds-deny), 6 flows\n"
+        ),
+        "{out}"
+    );
+    // The same totals as the recording without process information.
+    let plain = imdsguard(&["replay", "--flows", FLOWS, "--policies", GROUP, DENY, ALLOW]);
+    let totals = |s: &str| {
+        s.lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(totals(&out), totals(&stdout(&plain)));
+    // The webapp's other traffic (DNS) carries nothing and groups as before.
+    let o = imdsguard(&[
+        "replay",
+        "--flows",
+        &path,
+        "--policies",
+        GROUP,
+        DENY,
+        ALLOW,
+        "--details",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("  go-webapp/go-webapp-847857f68-2qlnd → kube-system/coredns-"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("[istio-proxy] → kube-system/coredns-"),
+        "{out}"
+    );
+
+    let o = imdsguard(&[
+        "replay",
+        "--flows",
+        &path,
+        "--policies",
+        GROUP,
+        DENY,
+        ALLOW,
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    let groups = v["groups"].as_array().expect("groups");
+    let sidecar = groups
+        .iter()
+        .find(|g| {
+            g["source"] == "go-webapp/go-webapp-847857f68-2qlnd"
+                && g["http"] == "GET /metadata/instance"
+        })
+        .expect("the sidecar group");
+    assert_eq!(sidecar["container"], "istio-proxy");
+    assert_eq!(sidecar["flows"], 6);
+    let fluent = groups
+        .iter()
+        .find(|g| g["source"] == "logging/fluent-bit-qg7vq")
+        .expect("fluent-bit");
+    assert!(fluent.get("container").is_none(), "{fluent}");
 }

@@ -212,13 +212,56 @@ fn browser(mode: &str, agent: &Agent, limit: Duration) -> String {
     }
 }
 
+/// tests/flows/seed.jsonl as imdsguard records it: the webapp pods' flows carry their sidecar
+/// (`Flow.extensions`, with a socket cookie and cgroup id); the second pod's process has a name
+/// that is markup. The rest carry nothing.
+fn attributed_seed(dir: &TempDir) -> PathBuf {
+    use imdsguard_hubble_proto::observer::GetFlowsResponse;
+    use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
+    use imdsguard_hubble_proto::process::{self, ProcessInfo};
+    let seed = std::fs::read_to_string(repo().join("tests/flows/seed.jsonl")).expect("seed");
+    let mut text = String::new();
+    for line in seed.lines().filter(|l| !l.trim().is_empty()) {
+        let mut resp: GetFlowsResponse = serde_json::from_str(line).expect("seed line");
+        if let Some(ResponseTypes::Flow(f)) = &mut resp.response_types {
+            let pod = f.source.as_ref().map(|s| s.pod_name.clone());
+            let (name, pid, uid) = match pod.as_deref() {
+                Some("go-webapp-847857f68-2qlnd") => ("envoy", 4242, 1337),
+                Some("go-webapp-8568cffcd4-l5s48") => ("<img src=x>", 5151, 0),
+                _ => ("", 0, 0),
+            };
+            if pid != 0 {
+                process::set(
+                    f,
+                    &ProcessInfo {
+                        container: "istio-proxy".into(),
+                        process: name.into(),
+                        pid,
+                        uid: Some(uid),
+                    },
+                );
+                f.socket_cookie = 1 << 40 | 7;
+                f.cgroup_id = 120;
+            }
+        }
+        // Every line through one encoder, as one recorder writes them.
+        text.push_str(&serde_json::to_string(&resp).expect("encodes"));
+        text.push('\n');
+    }
+    let path = dir.0.join("seed-attributed.jsonl");
+    std::fs::write(&path, text).expect("write the flows");
+    path
+}
+
 #[test]
 fn the_page_shows_the_seed_in_table_map_and_imds_view() {
     let _one = one_at_a_time();
+    let dir = TempDir::new("imdsguard-ui-seed");
+    let flows = attributed_seed(&dir);
     let agent = Agent::start(
         &[
             "--replay-flows",
-            "tests/flows/seed.jsonl",
+            flows.to_str().expect("utf-8 path"),
             "--replay-loop",
             "--replay-interval",
             "100ms",

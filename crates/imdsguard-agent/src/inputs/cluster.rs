@@ -1,7 +1,10 @@
 //! `--kubeconfig` or in-cluster: pods, namespaces and policies from the API server's reflectors.
 
 use super::{Inputs, Interfaces, VethGuard, apply_endpoints, reload_store};
+use crate::HostNetworkPods;
+use crate::containers::{CgroupSource, PodCgroups};
 use crate::sources;
+use imdsguard_cgroup::ContainerId;
 use imdsguard_k8s::events::PolicyProblem;
 use imdsguard_k8s::{Cluster, ClusterObjects, WatchStatus};
 use imdsguard_manifest::Source;
@@ -39,6 +42,7 @@ pub struct ClusterInputs {
     found: HashMap<String, Lookup>,
     /// Guard veths no known pod has (`--unknown-veths guard`), rescanned when links change.
     guard: Option<VethGuard>,
+    host_network: HostNetworkPods,
 }
 
 impl ClusterInputs {
@@ -59,8 +63,49 @@ impl ClusterInputs {
             store: PolicyStore::new(),
             problems,
             found: HashMap::new(),
+            host_network: HostNetworkPods::Ignore,
         }
     }
+
+    /// Whether hostNetwork pods are endpoints under their policies (`enforce`), or left out of
+    /// them as Cilium does (`ignore`, the default).
+    pub fn host_network_pods(mut self, mode: HostNetworkPods) -> ClusterInputs {
+        self.host_network = mode;
+        self
+    }
+}
+
+/// The cluster's objects as enforced: with `--host-network-pods enforce`, hostNetwork pods are
+/// endpoints too (without addresses).
+fn enforced(mut objects: ClusterObjects, mode: HostNetworkPods) -> ClusterObjects {
+    if mode == HostNetworkPods::Enforce {
+        objects
+            .endpoints
+            .extend(objects.host_network.iter().cloned());
+        objects.endpoints.sort_by_key(|s| s.key());
+    }
+    objects
+}
+
+/// Each pod's containers by UID and container ID; IDs of runtimes not known are left out (the
+/// container is then not named).
+fn pod_cgroups(objects: &ClusterObjects) -> Vec<PodCgroups> {
+    objects
+        .containers
+        .iter()
+        .map(|p| PodCgroups {
+            endpoint: p.endpoint.clone(),
+            host_network: p.host_network,
+            source: CgroupSource::Pod {
+                uid: p.uid.clone(),
+                containers: p
+                    .containers
+                    .iter()
+                    .filter_map(|(name, id)| Some((name.clone(), ContainerId::parse(id).ok()?)))
+                    .collect(),
+            },
+        })
+        .collect()
 }
 
 /// The endpoints (`namespace/name`) whose namespace is labelled for audit mode: Cilium's
@@ -124,10 +169,10 @@ impl Inputs for ClusterInputs {
             return false;
         }
         self.seen = snap.generation;
-        if self.applied.as_ref() == Some(&snap.objects) && !files_changed {
+        let objects = enforced(snap.objects, self.host_network);
+        if self.applied.as_ref() == Some(&objects) && !files_changed {
             return false;
         }
-        let objects = snap.objects;
         let mut sources = objects.policies.clone();
         sources.extend(self.files.iter().cloned());
         let first = self.applied.is_none();
@@ -171,7 +216,8 @@ impl Inputs for ClusterInputs {
         let now = Instant::now();
         let mut live = HashSet::new();
         let mut wanted: Vec<(String, Vec<IpAddr>)> = Vec::new();
-        for (spec, _) in repo.endpoints() {
+        // hostNetwork pods (no addresses of their own) have no interface to find.
+        for (spec, _) in repo.endpoints().filter(|(s, _)| !s.ips.is_empty()) {
             let key = spec.key();
             live.insert(key.clone());
             let cached = self.found.get(&key).filter(|l| l.ips == spec.ips);
@@ -249,6 +295,10 @@ impl Inputs for ClusterInputs {
     fn paths(&self) -> Vec<PathBuf> {
         self.policy_dir.iter().cloned().collect()
     }
+
+    fn pod_cgroups(&self) -> Vec<PodCgroups> {
+        self.applied.as_ref().map(pod_cgroups).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +318,43 @@ mod tests {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn host_network_pods_are_endpoints_only_when_enforced_and_their_containers_are_known() {
+        let id = format!("containerd://{}", "a".repeat(64));
+        let objects = ClusterObjects {
+            endpoints: vec![pod("apps", "web")],
+            host_network: vec![pod("mon", "agent")],
+            containers: vec![imdsguard_k8s::PodContainers {
+                endpoint: "mon/agent".into(),
+                uid: "u1".into(),
+                host_network: true,
+                containers: vec![
+                    ("agent".into(), id.clone()),
+                    ("odd".into(), "rkt://x".into()),
+                ],
+            }],
+            ..Default::default()
+        };
+        let keys = |o: &ClusterObjects| o.endpoints.iter().map(|e| e.key()).collect::<Vec<_>>();
+        assert_eq!(
+            keys(&enforced(objects.clone(), HostNetworkPods::Ignore)),
+            ["apps/web"]
+        );
+        assert_eq!(
+            keys(&enforced(objects.clone(), HostNetworkPods::Enforce)),
+            ["apps/web", "mon/agent"]
+        );
+        let cg = pod_cgroups(&objects);
+        assert_eq!(
+            cg[0].source,
+            CgroupSource::Pod {
+                uid: "u1".into(),
+                containers: vec![("agent".into(), ContainerId::parse(&id).expect("an id"))],
+            },
+            "an ID of an unknown runtime is left out"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `--policies DIR --endpoints FILE`: the standalone agent's inputs, read when completely written.
 
 use super::{Inputs, Interfaces, VethGuard, apply_endpoints, reload_store};
+use crate::HostNetworkPods;
+use crate::containers::{CgroupSource, PodCgroups};
 use crate::sources;
 use imdsguard_manifest::Source;
 use imdsguard_policy::endpoints_file::{EndpointsFile, parse_endpoints};
@@ -20,6 +22,7 @@ pub struct FileInputs {
     writing: Writing,
     rejected: Vec<&'static str>,
     guard: Option<VethGuard>,
+    host_network: HostNetworkPods,
 }
 
 /// The endpoints file as last read: its hash, its content when it was valid, and its error.
@@ -42,7 +45,15 @@ impl FileInputs {
             writing: Writing::default(),
             rejected: Vec::new(),
             guard: guard.then(VethGuard::new),
+            host_network: HostNetworkPods::Ignore,
         }
+    }
+
+    /// Whether the file's `hostNetwork: true` endpoints are put under their policies
+    /// (`enforce`), or left out of them as Cilium does (`ignore`, the default).
+    pub fn host_network_pods(mut self, mode: HostNetworkPods) -> FileInputs {
+        self.host_network = mode;
+        self
     }
 
     fn reload_policies(&mut self, repo: &mut Repository) -> bool {
@@ -119,12 +130,26 @@ impl FileInputs {
                 return false;
             }
         };
-        let specs: Vec<EndpointSpec> = file.endpoints.iter().map(|e| e.spec.clone()).collect();
+        let enforce = self.host_network == HostNetworkPods::Enforce;
+        let specs: Vec<EndpointSpec> = file
+            .endpoints
+            .iter()
+            .filter(|e| enforce || !e.host_network)
+            .map(|e| e.spec.clone())
+            .collect();
         apply_endpoints(repo, file.namespaces.iter().cloned().collect(), specs, None);
+        let host_network = file.endpoints.iter().filter(|e| e.host_network).count();
         info!(
-            "endpoints: {} pod(s) from {}",
+            "endpoints: {} pod(s) from {}{}",
             file.endpoints.len(),
-            path.display()
+            path.display(),
+            match (host_network, enforce) {
+                (0, _) => String::new(),
+                (n, true) => format!(", {n} on the host network (under their policies)"),
+                (n, false) => format!(
+                    ", {n} on the host network (left out of policy: --host-network-pods ignore)"
+                ),
+            }
         );
         self.eps = Some(EndpointsState {
             hash,
@@ -239,6 +264,24 @@ impl Inputs for FileInputs {
         let mut p = vec![self.endpoints.clone()];
         p.extend(self.policies.clone());
         p
+    }
+
+    fn pod_cgroups(&self) -> Vec<PodCgroups> {
+        self.eps
+            .iter()
+            .flat_map(|s| &s.file.endpoints)
+            .filter(|e| !e.containers.is_empty())
+            .map(|e| PodCgroups {
+                endpoint: e.spec.key(),
+                host_network: e.host_network,
+                source: CgroupSource::Dirs(
+                    e.containers
+                        .iter()
+                        .map(|c| (c.name.clone(), c.cgroup.clone()))
+                        .collect(),
+                ),
+            })
+            .collect()
     }
 }
 
@@ -361,6 +404,36 @@ mod tests {
             "`endpoints: []` is a node without pods"
         );
         assert!(inputs.errors().is_empty());
+    }
+
+    #[test]
+    fn host_network_pods_are_under_policy_only_when_enforced() {
+        let dir = Dir::new();
+        let path = dir.0.join("endpoints.yaml");
+        std::fs::write(
+            &path,
+            "endpoints:\n  - {name: web, ip: 10.0.0.2, interface: veth-web, containers: [{name: app, cgroup: /cg/web/app}]}\n  - {name: agent, namespace: mon, hostNetwork: true, containers: [{name: agent, cgroup: /cg/agent}]}\n",
+        )
+        .expect("write");
+        for (mode, want) in [
+            (HostNetworkPods::Ignore, vec!["default/web"]),
+            (HostNetworkPods::Enforce, vec!["default/web", "mon/agent"]),
+        ] {
+            let mut inputs = FileInputs::new(None, path.clone(), false).host_network_pods(mode);
+            let mut repo = Repository::new(EngineOptions::default());
+            assert!(inputs.refresh(&mut repo, true));
+            assert_eq!(pods(&repo), want, "{mode:?}");
+            let ifs = inputs.interfaces(&repo, false);
+            assert_eq!(ifs.endpoints.len(), 1, "a hostNetwork pod has no interface");
+            // Either way its containers are known, to name them.
+            let cg = inputs.pod_cgroups();
+            assert_eq!(cg.len(), 2);
+            assert!(cg[1].host_network && cg[1].endpoint == "mon/agent");
+            assert_eq!(
+                cg[0].source,
+                CgroupSource::Dirs(vec![("app".into(), PathBuf::from("/cg/web/app"))])
+            );
+        }
     }
 
     #[test]

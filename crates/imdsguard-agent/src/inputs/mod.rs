@@ -11,6 +11,7 @@ pub use cluster::ClusterInputs;
 pub use files::{FileInputs, Writing};
 pub use veths::VethGuard;
 
+use crate::containers::PodCgroups;
 use crate::logging::object_ref;
 use imdsguard_k8s::{ClusterObjects, WatchStatus};
 use imdsguard_manifest::Source;
@@ -83,6 +84,11 @@ pub trait Inputs: Send {
     }
     /// The inputs rejected since the last call (`policy`, `endpoints`), for the metric.
     fn take_rejected(&mut self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Where each pod's containers are (hostNetwork pods included, whatever
+    /// `--host-network-pods` says): what names the container behind a cgroup id.
+    fn pod_cgroups(&self) -> Vec<PodCgroups> {
         Vec::new()
     }
 }

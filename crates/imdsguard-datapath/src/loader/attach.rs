@@ -1,6 +1,7 @@
 //! Attaching: the programs on a pod's interface, first in its TCX chains and pinned; which pod is
 //! behind each interface (the `ifaces` map); the proxy's TIME_WAIT socket lookup.
 
+use super::cgroup::{CGROUP_HOOKS, CGROUP_LINK_DIR};
 use super::tcx::{attachment, ifindex};
 use super::{Datapath, DatapathError, Result, io_err, map_err, prog_err};
 use crate::abi::IfaceInfo;
@@ -173,6 +174,7 @@ impl Datapath {
     pub fn program_stats(&self) -> Vec<(&'static str, Duration, u64)> {
         ["from_pod", "to_pod", "noop"]
             .into_iter()
+            .chain(CGROUP_HOOKS)
             .filter_map(|name| {
                 let info = self.bpf.program(name)?.info().ok()?;
                 Some((name, info.run_time(), info.run_count()))
@@ -218,7 +220,7 @@ impl Datapath {
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok())
-            .map(|e| unescape_ifname(&e.file_name().to_string_lossy()))
+            .filter_map(|e| unescape_ifname(&e.file_name().to_string_lossy()))
             .collect();
         names.sort();
         Ok(names)
@@ -255,12 +257,23 @@ impl Datapath {
     }
 }
 
+/// An interface named like the hooks' directory (`links/cgroup`) is pinned as `%63group`.
 pub(super) fn escape_ifname(ifname: &str) -> String {
+    if ifname == CGROUP_LINK_DIR {
+        return format!("%63{}", &CGROUP_LINK_DIR[1..]);
+    }
     ifname.replace('%', "%25").replace('.', "%2e")
 }
 
-pub(super) fn unescape_ifname(name: &str) -> String {
-    name.replace("%2e", ".").replace("%25", "%")
+/// The interface a `links/` entry is for; `None` for the cgroup hooks' directory.
+pub(super) fn unescape_ifname(name: &str) -> Option<String> {
+    if name == CGROUP_LINK_DIR {
+        return None;
+    }
+    if name == format!("%63{}", &CGROUP_LINK_DIR[1..]) {
+        return Some(CGROUP_LINK_DIR.to_owned());
+    }
+    Some(name.replace("%2e", ".").replace("%25", "%"))
 }
 
 pub(super) fn classifier<'a>(

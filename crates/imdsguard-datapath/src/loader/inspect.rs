@@ -2,6 +2,7 @@
 //! (`imdsguard status`).
 
 use super::attach::{Attachment, PROGRAMS, escape_ifname, unescape_ifname};
+use super::cgroup::{CgroupHook, pinned_hooks};
 use super::events::{COUNTERS, sum_counters};
 use super::maps::ipcache_net;
 use super::tcx::{attachment, pinned_program_id};
@@ -21,8 +22,12 @@ pub struct Inspection {
     pub counters: Vec<(&'static str, u64)>,
     pub interfaces: Vec<InterfaceState>,
     /// `Config::flags` (`CFG_*`): e.g. redirects failing closed while the proxy's routing is
-    /// shadowed.
+    /// shadowed, or denials answered (`CFG_DENY_REJECT`).
     pub config_flags: u32,
+    /// The pinned connect()/sendmsg() hooks; empty when the agent runs without them.
+    pub cgroup_hooks: Vec<CgroupHook>,
+    /// hostNetwork pods by cgroup id.
+    pub cgroup_endpoints: Vec<(u64, EndpointInfo)>,
 }
 
 /// One pinned interface and where our programs sit in its TCX chains.
@@ -73,7 +78,7 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
     if let Ok(entries) = std::fs::read_dir(&links) {
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .map(|e| unescape_ifname(&e.file_name().to_string_lossy()))
+            .filter_map(|e| unescape_ifname(&e.file_name().to_string_lossy()))
             .collect();
         names.sort();
         for ifname in names {
@@ -108,7 +113,16 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
             interfaces.push(InterfaceState { ifname, chains });
         }
     }
+    let cgroup_endpoints = map("cgroup_endpoints")
+        .ok()
+        .and_then(|m| {
+            BpfHashMap::<MapData, u64, EndpointInfo>::try_from(aya::maps::Map::HashMap(m)).ok()
+        })
+        .map(|h| h.iter().filter_map(|r| r.ok()).collect())
+        .unwrap_or_default();
     Ok(Inspection {
+        cgroup_hooks: pinned_hooks(&dir),
+        cgroup_endpoints,
         pin_dir: dir,
         endpoints: endpoint_list,
         ipcache: ipcache_list,

@@ -85,6 +85,27 @@ impl MapWriter for Datapath {
     fn generations(&mut self) -> &mut Generations {
         &mut self.generations
     }
+
+    fn cgroup_endpoints(&self) -> Vec<(u64, EndpointInfo)> {
+        self.cgroup_endpoint_rows()
+    }
+
+    fn cgroup_endpoint(&self, cgroup_id: u64) -> Option<EndpointInfo> {
+        self.cgroup_endpoints.get(&cgroup_id, 0).ok()
+    }
+
+    fn set_cgroup_endpoint(&mut self, cgroup_id: u64, info: EndpointInfo) -> Result<()> {
+        self.cgroup_endpoints
+            .insert(cgroup_id, info, 0)
+            .map_err(map_err("cgroup_endpoints"))
+    }
+
+    fn remove_cgroup_endpoint(&mut self, cgroup_id: u64) -> Result<()> {
+        match self.cgroup_endpoints.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("cgroup_endpoints")(e)),
+        }
+    }
 }
 
 /// The table protocol of `MapWriter`, callable without importing the trait.
@@ -151,6 +172,20 @@ impl Datapath {
 
     pub fn ipcache_entries(&self) -> Vec<(IpNet, IpcacheValue)> {
         MapWriter::ipcache_entries(self)
+    }
+
+    /// Every hostNetwork pod entry, by cgroup id.
+    pub fn cgroup_endpoints(&self) -> Vec<(u64, EndpointInfo)> {
+        MapWriter::cgroup_endpoints(self)
+    }
+
+    /// Says which endpoint a cgroup (and its descendants) belongs to, for the hooks.
+    pub fn set_cgroup_endpoint(&mut self, cgroup_id: u64, info: EndpointInfo) -> Result<()> {
+        MapWriter::set_cgroup_endpoint(self, cgroup_id, info)
+    }
+
+    pub fn remove_cgroup_endpoint(&mut self, cgroup_id: u64) -> Result<()> {
+        MapWriter::remove_cgroup_endpoint(self, cgroup_id)
     }
 
     /// Marks the proxy's routing as shadowed (a rule ahead of ours would take redirected packets

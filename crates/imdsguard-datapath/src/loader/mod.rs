@@ -1,27 +1,31 @@
 //! Loads the datapath, pins it, attaches it to pod interfaces and writes its tables.
 //!
-//! Everything lives under `<bpf-root>/imdsguard/v<LAYOUT_VERSION>/`: `maps/<name>` and
-//! `links/<ifname>/<program>`. Pinned links keep enforcing while no agent runs; a new agent reuses
+//! Everything lives under `<bpf-root>/imdsguard/v<LAYOUT_VERSION>/`: `maps/<name>`,
+//! `links/<ifname>/<program>` and `links/cgroup/<program>` (the cgroup hooks). Pinned links keep enforcing while no agent runs; a new agent reuses
 //! the pinned maps and swaps its programs into the pinned links atomically, so there is never a
 //! moment without a program on an interface.
 //!
-//! `attach`: programs on interfaces and the pod behind each; `maps`: the tables (the row
+//! `attach`: programs on interfaces and the pod behind each; `cgroup`: the connect()/sendmsg()
+//! hooks; `maps`: the tables (the row
 //! operations of `sync::MapWriter`); `events`: events and counters; `tcx`: where programs sit in a
 //! chain; `inspect`: the pinned state read without an agent.
 
 mod attach;
+mod cgroup;
 mod events;
 mod inspect;
 mod maps;
 mod tcx;
 
 pub use attach::{Attachment, PROGRAMS};
+pub use cgroup::{CGROUP_HOOKS, CgroupHook, check_cgroup2};
 pub use events::EventReader;
 pub use inspect::{Inspection, InterfaceState, inspect};
 pub use tcx::ifindex;
 
 use events::COUNTERS;
 
+use crate::DenyResponse;
 use crate::abi::{
     Addr, Config, EndpointInfo, IfaceInfo, IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyValue,
 };
@@ -45,7 +49,7 @@ unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for IfaceInfo {}
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 12] = [
     "config",
     "endpoints",
     "ifaces",
@@ -56,6 +60,8 @@ const PINNED_MAPS: [&str; 10] = [
     "drop_notified",
     "counters",
     "events",
+    "sock_procs",
+    "cgroup_endpoints",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +86,8 @@ pub enum DatapathError {
     },
     #[error("interface {ifname}: {message}")]
     Interface { ifname: String, message: String },
+    #[error("cgroup {}: {message}", path.display())]
+    Cgroup { path: PathBuf, message: String },
     #[error("the BPF object has no {0}")]
     Missing(&'static str),
 }
@@ -109,6 +117,12 @@ pub struct Options {
     pub proxy_mark: u32,
     /// At most one drop event per flow per interval; counters still count every packet.
     pub drop_notify_interval: Duration,
+    /// Where to attach the connect()/sendmsg() hooks (process attribution, hostNetwork pods):
+    /// a cgroup v2 directory, normally the host's root. `None`: no hooks, and any pinned by an
+    /// earlier agent are removed.
+    pub cgroup_root: Option<PathBuf>,
+    /// How policy denials are answered.
+    pub deny_response: DenyResponse,
 }
 
 impl Default for Options {
@@ -117,6 +131,8 @@ impl Default for Options {
             bpf_root: PathBuf::from("/sys/fs/bpf"),
             proxy_mark: 0x200,
             drop_notify_interval: Duration::from_secs(1),
+            cgroup_root: None,
+            deny_response: DenyResponse::Drop,
         }
     }
 }
@@ -133,6 +149,9 @@ pub struct Datapath {
     generations: Generations,
     proxy_listeners: SockMap<MapData>,
     time_wait_attached: bool,
+    cgroup_endpoints: BpfHashMap<MapData, u64, EndpointInfo>,
+    /// The cgroup hooks attached: (program, cgroup).
+    hooks: Vec<(String, PathBuf)>,
 }
 
 impl Datapath {
@@ -184,6 +203,8 @@ impl Datapath {
         let config = Array::try_from(take(&mut bpf, "config")?).map_err(map_err("config"))?;
         let proxy_listeners = SockMap::try_from(take(&mut bpf, "proxy_listeners")?)
             .map_err(map_err("proxy_listeners"))?;
+        let cgroup_endpoints = BpfHashMap::try_from(take(&mut bpf, "cgroup_endpoints")?)
+            .map_err(map_err("cgroup_endpoints"))?;
         let mut dp = Datapath {
             bpf,
             dir,
@@ -197,9 +218,18 @@ impl Datapath {
             generations: Generations::default(),
             proxy_listeners,
             time_wait_attached: false,
+            cgroup_endpoints,
+            hooks: Vec::new(),
         };
         // Reused pinned tables may hold an earlier agent's generations.
         dp.generations = Generations::above(&dp);
+        dp.set_deny_response(opts.deny_response)?;
+        match &opts.cgroup_root {
+            Some(root) => dp.attach_cgroup_hooks(root)?,
+            None => {
+                cgroup::unpin_cgroup_hooks(&dp.dir);
+            }
+        }
         Ok(dp)
     }
 }

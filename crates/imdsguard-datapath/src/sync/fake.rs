@@ -22,6 +22,8 @@ pub enum Write {
     PutPolicy(u32, PolicyKey, PolicyValue),
     DeletePolicy(u32, PolicyKey),
     BumpPolicyEpoch,
+    SetCgroupEndpoint(u64, EndpointInfo),
+    RemoveCgroupEndpoint(u64),
 }
 
 /// The endpoint, ipcache and policy tables and the policy epoch, in memory.
@@ -31,6 +33,8 @@ pub struct FakeMaps {
     pub ipcache: BTreeMap<IpNet, IpcacheValue>,
     pub policy: HashMap<(u32, PolicyKey), PolicyValue>,
     pub policy_epoch: u32,
+    /// hostNetwork pods by cgroup id.
+    pub cgroup_endpoints: BTreeMap<u64, EndpointInfo>,
     /// Every write since the last `take_writes`, in order; deletes of absent entries included,
     /// as the kernel would be asked for them too.
     pub writes: Vec<Write>,
@@ -51,6 +55,7 @@ impl FakeMaps {
             ipcache: self.ipcache.clone(),
             policy: self.policy.clone(),
             policy_epoch: self.policy_epoch,
+            cgroup_endpoints: self.cgroup_endpoints.clone(),
             writes: Vec::new(),
             generations: Generations::default(),
         };
@@ -140,5 +145,28 @@ impl MapWriter for FakeMaps {
 
     fn generations(&mut self) -> &mut Generations {
         &mut self.generations
+    }
+
+    fn cgroup_endpoints(&self) -> Vec<(u64, EndpointInfo)> {
+        self.cgroup_endpoints
+            .iter()
+            .map(|(c, e)| (*c, *e))
+            .collect()
+    }
+
+    fn set_cgroup_endpoint(
+        &mut self,
+        cgroup_id: u64,
+        info: EndpointInfo,
+    ) -> Result<(), DatapathError> {
+        self.writes.push(Write::SetCgroupEndpoint(cgroup_id, info));
+        self.cgroup_endpoints.insert(cgroup_id, info);
+        Ok(())
+    }
+
+    fn remove_cgroup_endpoint(&mut self, cgroup_id: u64) -> Result<(), DatapathError> {
+        self.writes.push(Write::RemoveCgroupEndpoint(cgroup_id));
+        self.cgroup_endpoints.remove(&cgroup_id);
+        Ok(())
     }
 }

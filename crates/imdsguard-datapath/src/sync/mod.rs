@@ -12,7 +12,7 @@ mod writer;
 
 pub use writer::{Generations, MapWriter};
 
-use crate::abi::{IPC_PROTECTED, canonical_prefix};
+use crate::abi::{EP_HOST_NETWORK, EndpointInfo, IPC_PROTECTED, canonical_prefix};
 use crate::loader::DatapathError;
 use crate::tables::{RuleIds, endpoint_tables};
 use imdsguard_policy::Repository;
@@ -53,14 +53,21 @@ pub struct SyncStats {
     pub policies_applied: usize,
     pub endpoints_pending: usize,
     pub endpoints_removed: usize,
+    /// `cgroup_endpoints` entries written or removed apart from a policy change (a pod's
+    /// cgroups changed).
+    pub cgroups_changed: usize,
 }
 
 struct Applied {
     ep_id: u32,
     audit: bool,
     ips: Vec<IpAddr>,
+    /// Its cgroups (a hostNetwork pod's), sorted.
+    cgroups: Vec<u64>,
     identity: u32,
     policy: Option<Arc<EndpointPolicy>>,
+    /// The entry last written for it.
+    info: EndpointInfo,
 }
 
 /// The engine → datapath writer. Endpoint IDs are small numbers per endpoint key, stable across
@@ -73,6 +80,8 @@ pub struct TableSync {
     endpoints: HashMap<String, Applied>,
     /// IDs taken back from the pinned state at start, for endpoints not yet applied.
     reserved: HashMap<String, u32>,
+    /// hostNetwork pods: cgroup id -> endpoint key.
+    cgroups: HashMap<u64, String>,
     next_ep_id: u32,
     synced: bool,
 }
@@ -85,6 +94,7 @@ impl TableSync {
             ipcache: HashMap::new(),
             endpoints: HashMap::new(),
             reserved: HashMap::new(),
+            cgroups: HashMap::new(),
             next_ep_id: 1,
             synced: false,
         }
@@ -93,6 +103,27 @@ impl TableSync {
     /// Sets which endpoints are in audit mode; the next `sync` rewrites those that changed.
     pub fn set_audit_endpoints(&mut self, keys: HashSet<String>) {
         self.opts.audit_endpoints = keys;
+    }
+
+    /// The cgroups of hostNetwork pods (cgroup id -> endpoint key `namespace/name`): the next
+    /// `sync` gives each its endpoint's entry in `cgroup_endpoints` (with `EP_HOST_NETWORK`), so
+    /// the cgroup hooks judge what processes in it (and its descendants) connect to, and removes
+    /// the entries no longer in `map`. A key that is not an endpoint of the repository is
+    /// ignored. The endpoint needs no addresses (hostNetwork pods have none of their own).
+    pub fn set_cgroup_endpoints(&mut self, map: HashMap<u64, String>) {
+        self.cgroups = map;
+    }
+
+    /// The cgroup ids given for an endpoint key, sorted.
+    fn cgroups_of(&self, key: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .cgroups
+            .iter()
+            .filter(|(_, k)| k.as_str() == key)
+            .map(|(c, _)| *c)
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// The endpoint ID of an endpoint key (`namespace/name`).
@@ -128,9 +159,25 @@ impl TableSync {
             let live: HashMap<u32, u32> = self
                 .endpoints
                 .values()
-                .filter_map(|a| Some((a.ep_id, dp.endpoint(*a.ips.first()?)?.generation)))
+                .filter_map(|a| {
+                    let e = match a.ips.first() {
+                        Some(ip) => dp.endpoint(*ip),
+                        None => dp.cgroup_endpoint(*a.cgroups.first()?),
+                    }?;
+                    Some((a.ep_id, e.generation))
+                })
                 .collect();
             dp.retain(&ips, &live)?;
+            let wanted: HashSet<u64> = self
+                .endpoints
+                .values()
+                .flat_map(|a| a.cgroups.iter().copied())
+                .collect();
+            for (cg, _) in dp.cgroup_endpoints() {
+                if !wanted.contains(&cg) {
+                    dp.remove_cgroup_endpoint(cg)?;
+                }
+            }
             self.synced = true;
         }
         if first || stats != SyncStats::default() {
@@ -148,16 +195,33 @@ impl TableSync {
             .into_iter()
             .map(|(ip, e)| (ip, e.ep_id))
             .collect();
-        self.next_ep_id = self
-            .next_ep_id
-            .max(pinned.values().max().map_or(1, |m| m.saturating_add(1)));
+        let pinned_cgroups: HashMap<u64, u32> = dp
+            .cgroup_endpoints()
+            .into_iter()
+            .map(|(c, e)| (c, e.ep_id))
+            .collect();
+        self.next_ep_id = self.next_ep_id.max(
+            pinned
+                .values()
+                .chain(pinned_cgroups.values())
+                .max()
+                .map_or(1, |m| m.saturating_add(1)),
+        );
         let mut claimed: HashSet<u32> = self.reserved.values().copied().collect();
         for (spec, _) in repo.endpoints() {
             let key = spec.key();
             if self.reserved.contains_key(&key) {
                 continue;
             }
-            let id = spec.ips.iter().find_map(|ip| pinned.get(ip).copied());
+            let id = spec
+                .ips
+                .iter()
+                .find_map(|ip| pinned.get(ip).copied())
+                .or_else(|| {
+                    self.cgroups_of(&key)
+                        .iter()
+                        .find_map(|c| pinned_cgroups.get(c).copied())
+                });
             if let Some(id) = id.filter(|id| *id != 0 && claimed.insert(*id)) {
                 self.reserved.insert(key, id);
             }
@@ -227,6 +291,7 @@ impl TableSync {
                 }
             };
             let audit = self.opts.audit || self.opts.audit_endpoints.contains(&key);
+            let cgroups = self.cgroups_of(&key);
             let unchanged = self.endpoints.get(&key).is_some_and(|a| {
                 a.ips == spec.ips
                     && a.audit == audit
@@ -239,6 +304,30 @@ impl TableSync {
             });
             seen.push(key.clone());
             if unchanged {
+                // Only its cgroups may have changed: they take the entry in force, with no new
+                // generation.
+                if let Some(a) = self.endpoints.get_mut(&key)
+                    && a.cgroups != cgroups
+                {
+                    let gone: Vec<u64> = a
+                        .cgroups
+                        .iter()
+                        .filter(|c| !cgroups.contains(c))
+                        .copied()
+                        .collect();
+                    dp.release_cgroups(&gone, ep_id)?;
+                    for cg in cgroups.iter().filter(|c| !a.cgroups.contains(c)) {
+                        dp.set_cgroup_endpoint(
+                            *cg,
+                            EndpointInfo {
+                                flags: a.info.flags | EP_HOST_NETWORK,
+                                ..a.info
+                            },
+                        )?;
+                    }
+                    stats.cgroups_changed += 1;
+                    a.cgroups = cgroups;
+                }
                 continue;
             }
             // Only addresses the endpoint lost go: its rows stay until the new generation is in
@@ -251,28 +340,54 @@ impl TableSync {
                     .copied()
                     .collect();
                 dp.release_addresses(&moved, ep_id);
+                let gone: Vec<u64> = old
+                    .cgroups
+                    .iter()
+                    .filter(|c| !cgroups.contains(c))
+                    .copied()
+                    .collect();
+                dp.release_cgroups(&gone, ep_id)?;
             }
-            match &policy {
+            let info = match &policy {
                 Some(p) => {
                     let (proxy_port, ids) = (self.opts.proxy_port, &mut self.rule_ids);
-                    dp.apply_policy(&spec.ips, ep_id, identity.0, |generation| {
-                        endpoint_tables(ep_id, generation, p, audit, proxy_port, ids)
-                    })?;
+                    let info =
+                        dp.apply_policy_at(&spec.ips, &cgroups, ep_id, identity.0, |generation| {
+                            endpoint_tables(ep_id, generation, p, audit, proxy_port, ids)
+                        })?;
                     stats.policies_applied += 1;
+                    info
                 }
                 None => {
-                    dp.add_pending_endpoint(&spec.ips, ep_id, identity.0)?;
+                    dp.add_pending_endpoint_at(&spec.ips, &cgroups, ep_id, identity.0)?;
                     stats.endpoints_pending += 1;
+                    // A policy an earlier agent put in force stays (add_pending keeps it).
+                    spec.ips
+                        .iter()
+                        .filter_map(|ip| dp.endpoint(*ip))
+                        .chain(cgroups.iter().filter_map(|c| dp.cgroup_endpoint(*c)))
+                        .find(|e| e.ep_id == ep_id)
+                        .map(|e| EndpointInfo {
+                            flags: e.flags & !EP_HOST_NETWORK,
+                            ..e
+                        })
+                        .unwrap_or(EndpointInfo {
+                            ep_id,
+                            identity: identity.0,
+                            ..Default::default()
+                        })
                 }
-            }
+            };
             self.endpoints.insert(
                 key,
                 Applied {
                     ep_id,
                     audit,
                     ips: spec.ips.clone(),
+                    cgroups,
                     identity: identity.0,
                     policy,
+                    info,
                 },
             );
         }
@@ -284,7 +399,7 @@ impl TableSync {
             .collect();
         for key in gone {
             if let Some(a) = self.endpoints.remove(&key) {
-                dp.remove_endpoint(&a.ips, a.ep_id)?;
+                dp.remove_endpoint_at(&a.ips, &a.cgroups, a.ep_id)?;
                 stats.endpoints_removed += 1;
             }
         }

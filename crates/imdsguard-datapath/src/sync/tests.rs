@@ -581,3 +581,163 @@ fn one_generation_flip_switches_both_views_and_a_restart_keeps_them() {
     assert_eq!(next.maps.policy_rows(a).len(), before);
     assert!(!audit_rows(&next, a).is_empty());
 }
+
+/// h: a hostNetwork pod (no addresses of its own), denied the metadata address as a is.
+fn with_host_network_pod() -> Repository {
+    let mut repo = Repository::new(EngineOptions::default());
+    load(&mut repo, &(policies() + &policy("h", A_DENY)));
+    add(&mut repo, "a", &["10.0.0.2", "fd00::2"]);
+    add(&mut repo, "b", &["10.0.0.3"]);
+    add(&mut repo, "h", &[]);
+    repo.resolve();
+    repo
+}
+
+fn cgroups(entries: &[(u64, &str)]) -> std::collections::HashMap<u64, String> {
+    entries
+        .iter()
+        .map(|(c, n)| (*c, format!("default/{n}")))
+        .collect()
+}
+
+#[test]
+fn a_host_network_pods_cgroups_get_its_entry_without_any_address() {
+    use crate::abi::EP_HOST_NETWORK;
+    let repo = with_host_network_pod();
+    let mut agent = Agent::on(FakeMaps::new());
+    agent
+        .ts
+        .set_cgroup_endpoints(cgroups(&[(120, "h"), (121, "h"), (7, "nobody")]));
+    agent.sync(&repo);
+    let h = agent.id("h");
+    let entry = agent.maps.cgroup_endpoints[&120];
+    assert_eq!(entry.ep_id, h);
+    assert_eq!(
+        entry.flags & (EP_HOST_NETWORK | EP_READY),
+        EP_HOST_NETWORK | EP_READY
+    );
+    assert_eq!(agent.maps.cgroup_endpoints[&121], entry);
+    // Its rows are written under the generation the entry names; a key that is no endpoint
+    // gets nothing.
+    assert!(!agent.maps.policy_rows(h).is_empty());
+    assert!(
+        agent
+            .maps
+            .policy_rows(h)
+            .iter()
+            .all(|(_, k, _)| k.generation == entry.generation)
+    );
+    assert!(!agent.maps.cgroup_endpoints.contains_key(&7));
+    // Pods with addresses have no cgroup entries, and h no address entry.
+    assert_eq!(agent.maps.cgroup_endpoints.len(), 2);
+    assert!(agent.maps.endpoints.values().all(|e| e.ep_id != h));
+}
+
+#[test]
+fn a_generation_bump_flips_the_cgroup_entries_before_the_old_rows_go() {
+    let mut repo = with_host_network_pod();
+    let mut agent = Agent::on(FakeMaps::new());
+    agent.ts.set_cgroup_endpoints(cgroups(&[(120, "h")]));
+    agent.sync(&repo);
+    let h = agent.id("h");
+    let old = agent.maps.cgroup_endpoints[&120].generation;
+    agent.maps.take_writes();
+    let allow = "  egress: [{toCIDR: [192.0.2.20/32]}]\n";
+    load(&mut repo, &policy("h", &format!("{A_DENY}{allow}")));
+    repo.resolve();
+    let stats = agent.sync(&repo);
+    assert_eq!(stats.policies_applied, 1, "{stats:?}");
+    let new = agent.maps.cgroup_endpoints[&120].generation;
+    assert!(new > old);
+    let writes = agent.maps.take_writes();
+    let flip = writes
+        .iter()
+        .position(|w| matches!(w, Write::SetCgroupEndpoint(120, e) if e.generation == new))
+        .expect("the cgroup entry flips");
+    let last_row = writes
+        .iter()
+        .rposition(|w| matches!(w, Write::PutPolicy(_, k, _) if k.generation == new))
+        .expect("new rows");
+    let first_delete = writes
+        .iter()
+        .position(|w| matches!(w, Write::DeletePolicy(..)))
+        .expect("old rows go");
+    assert!(last_row < flip && flip < first_delete, "{writes:?}");
+    assert!(
+        agent
+            .maps
+            .policy_rows(h)
+            .iter()
+            .all(|(_, k, _)| k.generation == new)
+    );
+}
+
+#[test]
+fn cgroups_come_and_go_without_a_new_generation_and_leave_with_their_pod() {
+    let mut repo = with_host_network_pod();
+    let mut agent = Agent::on(FakeMaps::new());
+    agent.ts.set_cgroup_endpoints(cgroups(&[(120, "h")]));
+    agent.sync(&repo);
+    let entry = agent.maps.cgroup_endpoints[&120];
+    agent.maps.take_writes();
+
+    // A container restarts: a new cgroup, the old one gone.
+    agent.ts.set_cgroup_endpoints(cgroups(&[(130, "h")]));
+    let stats = agent.sync(&repo);
+    assert_eq!(stats.cgroups_changed, 1, "{stats:?}");
+    assert_eq!(stats.policies_applied, 0);
+    assert_eq!(
+        agent
+            .maps
+            .cgroup_endpoints
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [130]
+    );
+    assert_eq!(agent.maps.cgroup_endpoints[&130], entry);
+    assert!(
+        !agent
+            .maps
+            .take_writes()
+            .iter()
+            .any(|w| matches!(w, Write::PutPolicy(..)))
+    );
+    // Nothing changed: nothing written.
+    agent.sync(&repo);
+    assert!(agent.maps.take_writes().is_empty());
+
+    // The pod goes: its cgroup entry and its rows go.
+    let h = agent.id("h");
+    repo.remove_endpoint("default", "h");
+    repo.resolve();
+    agent.sync(&repo);
+    assert!(agent.maps.cgroup_endpoints.is_empty());
+    assert!(agent.maps.policy_rows(h).is_empty());
+}
+
+#[test]
+fn a_restart_keeps_a_host_network_pods_id_and_drops_cgroups_nobody_wants() {
+    let repo = with_host_network_pod();
+    let mut agent = Agent::on(FakeMaps::new());
+    agent
+        .ts
+        .set_cgroup_endpoints(cgroups(&[(120, "h"), (140, "h")]));
+    agent.sync(&repo);
+    let (h, entry) = (agent.id("h"), agent.maps.cgroup_endpoints[&120]);
+
+    let mut next = agent.restart();
+    next.ts.set_cgroup_endpoints(cgroups(&[(120, "h")]));
+    next.sync(&repo);
+    assert_eq!(next.id("h"), h, "the pinned cgroup entry gives the ID back");
+    let kept = next.maps.cgroup_endpoints[&120];
+    assert_eq!((kept.ep_id, kept.flags), (entry.ep_id, entry.flags));
+    assert!(!next.maps.cgroup_endpoints.contains_key(&140));
+    // The live generation's rows survived the first sync's cleanup.
+    assert!(
+        next.maps
+            .policy_rows(h)
+            .iter()
+            .any(|(_, k, _)| k.generation == kept.generation)
+    );
+}

@@ -5,7 +5,9 @@
 //! provided methods over the row operations, so the fake runs the same protocol as the kernel's
 //! maps.
 
-use crate::abi::{AUDIT_VIEW_GENERATION, EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
+use crate::abi::{
+    AUDIT_VIEW_GENERATION, EP_HOST_NETWORK, EndpointInfo, IpcacheValue, PolicyKey, PolicyValue,
+};
 use crate::loader::DatapathError;
 use crate::tables::EndpointTables;
 use ipnet::IpNet;
@@ -48,6 +50,12 @@ impl Generations {
             .endpoints()
             .into_iter()
             .map(|(_, e)| e.generation)
+            .chain(
+                tables
+                    .cgroup_endpoints()
+                    .into_iter()
+                    .map(|(_, e)| e.generation),
+            )
             .chain(
                 tables
                     .policy_keys()
@@ -99,10 +107,51 @@ pub trait MapWriter {
     fn bump_policy_epoch(&mut self) -> Result<u32>;
     /// This writer's bookkeeping of what it wrote.
     fn generations(&mut self) -> &mut Generations;
+    /// Every hostNetwork pod entry, by cgroup id.
+    fn cgroup_endpoints(&self) -> Vec<(u64, EndpointInfo)>;
+    fn set_cgroup_endpoint(&mut self, cgroup_id: u64, info: EndpointInfo) -> Result<()>;
+    /// An entry that is already gone is not an error.
+    fn remove_cgroup_endpoint(&mut self, cgroup_id: u64) -> Result<()>;
+
+    /// The entry for one cgroup id.
+    fn cgroup_endpoint(&self, cgroup_id: u64) -> Option<EndpointInfo> {
+        self.cgroup_endpoints()
+            .into_iter()
+            .find(|(c, _)| *c == cgroup_id)
+            .map(|(_, e)| e)
+    }
 
     /// Registers an endpoint before its policy is known: it is fail-closed for metadata
     /// addresses until `apply_policy`.
     fn add_pending_endpoint(&mut self, ips: &[IpAddr], ep_id: u32, identity: u32) -> Result<()> {
+        self.add_pending_endpoint_at(ips, &[], ep_id, identity)
+    }
+
+    /// `add_pending_endpoint`, also for the endpoint's cgroups (a hostNetwork pod): until its
+    /// policy is in place, the hooks let it through (it is unknown, like any host process) and
+    /// count it.
+    fn add_pending_endpoint_at(
+        &mut self,
+        ips: &[IpAddr],
+        cgroups: &[u64],
+        ep_id: u32,
+        identity: u32,
+    ) -> Result<()> {
+        for cg in cgroups {
+            if self
+                .cgroup_endpoint(*cg)
+                .is_some_and(|c| c.ep_id == ep_id && c.identity == identity)
+            {
+                continue;
+            }
+            let info = EndpointInfo {
+                ep_id,
+                identity,
+                generation: 0,
+                flags: EP_HOST_NETWORK,
+            };
+            self.set_cgroup_endpoint(*cg, info)?;
+        }
         for ip in ips {
             // Keep a policy already in force (an agent restart) rather than closing it again.
             if self
@@ -134,10 +183,29 @@ pub trait MapWriter {
     where
         Self: Sized,
     {
+        self.apply_policy_at(ips, &[], ep_id, identity, tables)
+            .map(|info| info.generation)
+    }
+
+    /// `apply_policy`, also for the endpoint's cgroups (a hostNetwork pod, whose entries carry
+    /// `EP_HOST_NETWORK`): they flip with its addresses, before the old rows go. Returns the
+    /// endpoint entry written.
+    fn apply_policy_at(
+        &mut self,
+        ips: &[IpAddr],
+        cgroups: &[u64],
+        ep_id: u32,
+        identity: u32,
+        tables: impl FnOnce(u32) -> EndpointTables,
+    ) -> Result<EndpointInfo>
+    where
+        Self: Sized,
+    {
         let written = self.generations().written.get(&ep_id).map(|w| w.generation);
         let live = ips
             .iter()
             .filter_map(|ip| self.endpoint(*ip))
+            .chain(cgroups.iter().filter_map(|c| self.cgroup_endpoint(*c)))
             .filter(|c| c.ep_id == ep_id)
             .map(|c| c.generation)
             .chain(written)
@@ -159,6 +227,15 @@ pub trait MapWriter {
         for ip in ips {
             self.put_endpoint(*ip, info)?;
         }
+        for cg in cgroups {
+            self.set_cgroup_endpoint(
+                *cg,
+                EndpointInfo {
+                    flags: info.flags | EP_HOST_NETWORK,
+                    ..info
+                },
+            )?;
+        }
         let previous = self
             .generations()
             .written
@@ -170,7 +247,7 @@ pub trait MapWriter {
             // of the whole table finds. A new endpoint has none, and skips the walk.
             remove_stale_rows(self, ep_id, generation);
         }
-        Ok(generation)
+        Ok(info)
     }
 
     /// Removes what an earlier agent left and this one does not want: endpoint addresses not in
@@ -197,10 +274,26 @@ pub trait MapWriter {
 
     /// Forgets an endpoint: its addresses, then its rows.
     fn remove_endpoint(&mut self, ips: &[IpAddr], ep_id: u32) -> Result<()> {
+        self.remove_endpoint_at(ips, &[], ep_id)
+    }
+
+    /// `remove_endpoint`, also for the endpoint's cgroups.
+    fn remove_endpoint_at(&mut self, ips: &[IpAddr], cgroups: &[u64], ep_id: u32) -> Result<()> {
+        self.release_cgroups(cgroups, ep_id)?;
         self.release_addresses(ips, ep_id);
         match self.generations().written.remove(&ep_id) {
             Some(w) => remove_rows(self, &w.rows),
             None => remove_stale_rows(self, ep_id, u32::MAX),
+        }
+        Ok(())
+    }
+
+    /// Forgets cgroups an endpoint no longer has, where they are still its own.
+    fn release_cgroups(&mut self, cgroups: &[u64], ep_id: u32) -> Result<()> {
+        for cg in cgroups {
+            if self.cgroup_endpoint(*cg).is_some_and(|c| c.ep_id == ep_id) {
+                self.remove_cgroup_endpoint(*cg)?;
+            }
         }
         Ok(())
     }

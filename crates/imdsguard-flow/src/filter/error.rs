@@ -72,6 +72,10 @@ pub enum FilterError {
     /// per line).
     #[error("{message}")]
     NamespaceConflict { message: String },
+    /// A client-side filter flag (`--container`, `--process`) given to a builder whose caller
+    /// only takes `FlowFilter`s ([`crate::filterflags::FilterBuilder::build`]).
+    #[error("--{flag} is applied by the client, not by a FlowFilter")]
+    ClientSideFlag { flag: &'static str },
     /// A filter flag value Hubble's CLI rejects (e.g. `--verdict forwarded`); `message` is the
     /// CLI's text.
     #[error("{message}")]

@@ -16,6 +16,9 @@
 //! without `unicode-gencat`). Label selectors are `imdsguard_labels`' (see `labels` for how they
 //! differ from the policy engine's).
 //!
+//! `--container` and `--process` have no `FlowFilter` field: the client applies them
+//! ([`ClientFilter`], module `process`).
+//!
 //! Here: the compiled form and the matching loop. Each family of criteria has a module for its
 //! parsing and helpers: `ip`, `k8s` (names and patterns), `l4`, `http`, `labels`, `regex_go`.
 
@@ -25,6 +28,7 @@ mod ip;
 mod k8s;
 mod l4;
 mod labels;
+mod process;
 mod regex_go;
 #[cfg(test)]
 mod testutil;
@@ -46,6 +50,7 @@ use k8s::{
 };
 use l4::{parse_port, protocol_bits, protocol_mask, tcp_flag_bits};
 use labels::compile_selectors;
+pub use process::{ClientFilter, ProcessFilter};
 use regex_go::compile_regexes;
 
 /// A compiled whitelist and blacklist, ready to be applied to many flows.

@@ -34,6 +34,12 @@ pub struct InstallArgs {
     /// imdsguard-policies is mounted there).
     #[arg(long, default_value = "")]
     policy_directory: String,
+    /// hostNetwork pods: ignore (as Cilium) or enforce (judged by their cgroups).
+    #[arg(long, default_value = "ignore", value_parser = ["ignore", "enforce"])]
+    host_network_pods: String,
+    /// A denied connect to a metadata address: drop (as Cilium) or reject (fails at once).
+    #[arg(long, default_value = "drop", value_parser = ["drop", "reject"])]
+    deny_response: String,
     /// Leave Cilium's CRDs out (they are skipped anyway where they exist).
     #[arg(long)]
     skip_crds: bool,
@@ -52,6 +58,8 @@ pub fn run(args: InstallArgs) -> Result<ExitCode> {
         flow_export_path: args.hubble_export_file_path.clone(),
         policy_directory: args.policy_directory.clone(),
         crds: !args.skip_crds,
+        host_network_pods: args.host_network_pods.clone(),
+        deny_response: args.deny_response.clone(),
     };
     let text = render(&values);
     if args.dry_run {

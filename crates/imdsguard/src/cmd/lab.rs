@@ -14,7 +14,8 @@ pub enum LabCommand {
     Down(NameArgs),
     /// Show a lab's pods, addresses, interfaces and processes.
     Status(NameArgs),
-    /// Run a command inside a pod's network namespace: `lab exec go-webapp-… -- curl …`.
+    /// Run a command in a pod's container (its cgroup, then its network namespace):
+    /// `lab exec go-webapp-… -c istio-proxy -- curl …`.
     Exec(ExecArgs),
 }
 
@@ -40,8 +41,12 @@ pub struct UpArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// The pod (its name), or `imds` for the emulator's namespace.
+    /// The pod (its name), `node` for the lab's node (a process of no pod), or `imds` for the
+    /// emulator's namespace.
     pod: String,
+    /// The container (default: the pod's first).
+    #[arg(short = 'c', long)]
+    container: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -68,8 +73,18 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 state.pods.len(),
                 state.imds_log().display()
             );
+            let cgroups = state
+                .cgroup_root
+                .as_ref()
+                .map(|r| format!(" --cgroup-root {}", r.display()))
+                .unwrap_or_default();
+            let host_network = if state.has_host_network_pods() {
+                " --host-network-pods enforce"
+            } else {
+                ""
+            };
             println!(
-                "enforce it with: imdsguard agent --endpoints {} --policies DIR --proxy-upstream-mark {LAB_MARK:#x}",
+                "enforce it with: imdsguard agent --endpoints {} --policies DIR --proxy-upstream-mark {LAB_MARK:#x}{cgroups}{host_network}",
                 state.endpoints_file().display()
             );
             Ok(ExitCode::SUCCESS)
@@ -96,7 +111,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         }
         LabCommand::Exec(a) => {
             let state = lab::load(&a.lab.state_dir, &a.lab.name)?;
-            let status = lab::exec(&state, &a.pod, &a.command)?
+            let status = lab::exec_in(&state, &a.pod, a.container.as_deref(), &a.command)?
                 .status()
                 .context("running the command")?;
             Ok(ExitCode::from(
