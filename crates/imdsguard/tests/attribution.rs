@@ -308,10 +308,12 @@ fn start_agent(args: &[String], state: &LabState) -> Agent {
     agent
 }
 
-/// The machine-wide lock agent tests share, and the proxy routing removed on drop.
+/// The proxy routing removed on drop, and the machine-wide lock agent tests share. A tuple drops
+/// its fields in order: the routing goes before the lock is released, or the next test would find
+/// the rule in place, take it for another's, and leave it behind.
 type Serial = (
-    std::sync::MutexGuard<'static, ()>,
     common::agent::ProxyRouting,
+    std::sync::MutexGuard<'static, ()>,
 );
 
 /// Root, the routing lock, cgroup v2, and a directory for the test; None (skipped) otherwise.
@@ -323,7 +325,7 @@ fn setup(tag: &str) -> Option<(Serial, u8, TempDir)> {
     }
     let dir = TempDir(std::env::temp_dir().join(imdsguard_netns::unique_name(tag)));
     std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
-    Some(((serial, routing), k, dir))
+    Some(((routing, serial), k, dir))
 }
 
 const IMDS: &str = "169.254.169.254";
