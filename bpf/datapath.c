@@ -122,6 +122,24 @@ struct {
 	__type(value, struct sock_proc);
 } sock_procs SEC(".maps");
 
+/* A hostNetwork pod's connect() sent to the L7 proxy: its original destination
+ * (struct hostnet_sock), read by the sockops program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct hostnet_sock);
+} hostnet_socks SEC(".maps");
+
+/* Redirected hostNetwork connections by the client's port on loopback, for the
+ * proxy (which deletes what it takes; LRU for clients that never arrive). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct hostnet_key);
+	__type(value, struct hostnet_redirect);
+} hostnet_redirects SEC(".maps");
+
 /* hostNetwork pods: cgroup v2 id (the pod's cgroup, or a container's) ->
  * endpoint, with EP_HOST_NETWORK. The hooks look up the calling task's cgroup
  * and its ancestors. */

@@ -275,6 +275,39 @@ struct sock_proc {
 	char comm[16];
 };
 
+/* hostnet_socks: per-socket storage of a hostNetwork pod's connect() that the
+ * hook sent to the L7 proxy on loopback: where it was going. */
+#define HOSTNET_REDIRECT (1u << 0)
+
+struct hostnet_sock {
+	struct addr daddr; /* the original destination, IPv4-mapped for IPv4 */
+	__u16 dport;       /* host order */
+	__u8 ipver;        /* 4: the connection runs over IPv4 (a v4-mapped AF_INET6 socket too) */
+	__u8 flags;
+	__u32 ep_id;
+};
+
+/* hostnet_redirects: the proxy's view of a redirected connection, written by
+ * the sockops program once the client's port is known (TCP_CONNECT_CB) and
+ * taken by the proxy when it accepts. Keyed by the client's port on loopback. */
+struct hostnet_key {
+	__u16 ipver; /* 4 or 6 */
+	__u16 port;  /* the client's local port, host order */
+	__u32 pad;
+};
+
+struct hostnet_redirect {
+	struct addr daddr; /* the original destination */
+	__u16 dport;       /* host order */
+	__u16 pad;
+	__u32 ep_id;
+	__u32 pid; /* tgid, host pid namespace; 0 unknown */
+	__u32 uid;
+	char comm[16];
+	__u64 cgroup_id;
+	__u64 cookie;
+};
+
 _Static_assert(sizeof(struct event) == 128, "event size is part of the ABI");
 _Static_assert(sizeof(struct sock_proc) == 64, "sock_proc size");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
@@ -283,5 +316,8 @@ _Static_assert(sizeof(struct ct_value) == 32, "ct_value size");
 _Static_assert(sizeof(struct iface_info) == 48, "iface_info size");
 _Static_assert(sizeof(struct frag_key) == 44, "frag_key size");
 _Static_assert(sizeof(struct frag_value) == 12, "frag_value size");
+_Static_assert(sizeof(struct hostnet_sock) == 24, "hostnet_sock size");
+_Static_assert(sizeof(struct hostnet_key) == 8, "hostnet_key size");
+_Static_assert(sizeof(struct hostnet_redirect) == 64, "hostnet_redirect size");
 
 #endif

@@ -10,6 +10,12 @@
  *      no pod interface for TC to judge its packets on, so it is judged here,
  *      with the same policy tables: a deny fails the syscall (EPERM, or
  *      ECONNREFUSED with --deny-response reject) and no packet is sent.
+ *   4. Where its policy has HTTP rules, a hostNetwork pod's TCP connect() is
+ *      sent to the L7 proxy on loopback instead (as Cilium's socket LB
+ *      rewrites a connect()): the original destination goes into the socket's
+ *      storage (hostnet_socks), and once the kernel has chosen the client's
+ *      port the sockops program files it under that port (hostnet_redirects)
+ *      for the proxy to take when it accepts.
  * The node's own processes (no cgroup_endpoints entry) are never refused.
  * Only for inclusion by datapath.c. */
 #ifndef IMDSGUARD_HOOKS_H
@@ -145,7 +151,40 @@ static __always_inline int hook_notify_due(const struct pkt *p, __u32 ep_id, __u
 	return 1;
 }
 
-static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6)
+/* Sends the connect() to the proxy on loopback (::1, or ::ffff:127.0.0.1 for a
+ * v4-mapped destination on an AF_INET6 socket), noting where it was going. No
+ * storage, no redirect: the caller fails closed. */
+static __always_inline int hook_redirect(struct bpf_sock_addr *ctx, struct bpf_sock *sk, int v6,
+					 const struct pkt *p, const struct verdict *v)
+{
+	struct hostnet_sock *hs;
+
+	hs = bpf_sk_storage_get(&hostnet_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!hs)
+		return 0;
+	hs->daddr = p->daddr;
+	hs->dport = bpf_ntohs(p->dport);
+	hs->ipver = p->ipver;
+	hs->flags = HOSTNET_REDIRECT;
+	hs->ep_id = v->ep.ep_id;
+	if (!v6) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	} else if (p->ipver == 4) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(v->pv.proxy_port);
+	return 1;
+}
+
+static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6, int connect)
 {
 	struct pkt p = {};
 	struct verdict v = { .dir = DIR_EGRESS };
@@ -180,6 +219,13 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6)
 		bpf_get_current_comm(sp->comm, sizeof(sp->comm));
 	}
 
+	if (connect) {
+		/* A socket connecting again is redirected again, or not at all. */
+		struct hostnet_sock *old = bpf_sk_storage_get(&hostnet_socks, sk, 0, 0);
+
+		if (old)
+			old->flags = 0;
+	}
 	if (!hook_endpoint(&v.ep, &cgid))
 		return HOOK_ALLOW;
 	if (sp) {
@@ -228,12 +274,13 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6)
 		v.verdict = VERDICT_DROPPED;
 		v.reason = DROP_POLICY_DENY;
 	} else if (found && v.pv.proxy_port) {
-		/* HTTP rules for a hostNetwork pod: its packets never cross a pod
-		 * interface, so there is no path to the L7 proxy. Fail closed
-		 * (reported as "no proxy", DROP_SOCKET_LOOKUP) rather than let
-		 * the connection pass without its HTTP rules. */
-		v.verdict = VERDICT_DROPPED;
-		v.reason = DROP_SOCKET_LOOKUP;
+		/* HTTP rules: a TCP connect() goes to the proxy (below). The proxy
+		 * takes no datagrams: UDP fails closed, as at TC. */
+		v.verdict = VERDICT_REDIRECTED;
+		if (!connect || p.proto != IPPROTO_TCP) {
+			v.verdict = VERDICT_DROPPED;
+			v.reason = DROP_PROXY_PROTO;
+		}
 	} else if (found) {
 		v.verdict = VERDICT_FORWARDED;
 	} else if (v.ep.flags & EP_EGRESS_ENFORCED) {
@@ -255,6 +302,12 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6)
 			found = 1;
 		}
 	}
+	if (v.verdict == VERDICT_REDIRECTED && !hook_redirect(ctx, sk, v6, &p, &v)) {
+		/* No storage for the original destination: the proxy could not
+		 * tell where the connection was going. Never pass instead. */
+		v.verdict = VERDICT_DROPPED;
+		v.reason = DROP_SOCKET_LOOKUP;
+	}
 	if (v.verdict == VERDICT_DROPPED && (v.ep.flags & EP_AUDIT)) {
 		v.verdict = VERDICT_AUDIT;
 		found = 1;
@@ -274,6 +327,8 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6)
 	}
 	if (v.verdict == VERDICT_AUDIT)
 		count(CNT_AUDITED);
+	else if (v.verdict == VERDICT_REDIRECTED)
+		count(CNT_REDIRECTED);
 	else
 		count(CNT_ALLOWED);
 	/* One verdict per socket: a UDP socket sending datagram after datagram
@@ -290,25 +345,63 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, int v6)
 SEC("cgroup/connect4")
 int sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx, 0);
+	return sock_hook(ctx, 0, 1);
 }
 
 SEC("cgroup/connect6")
 int sock_connect6(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx, 1);
+	return sock_hook(ctx, 1, 1);
 }
 
 SEC("cgroup/sendmsg4")
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx, 0);
+	return sock_hook(ctx, 0, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int sock_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx, 1);
+	return sock_hook(ctx, 1, 0);
+}
+
+/* A redirected connect() has its client port now (the SYN is about to leave
+ * for the proxy): file the original destination and the process under it. Any
+ * other socket operation, or a socket the hooks did not redirect, returns at
+ * once. */
+SEC("sockops")
+int hostnet_sockops(struct bpf_sock_ops *skops)
+{
+	struct hostnet_redirect r = {};
+	struct hostnet_key k = {};
+	struct hostnet_sock *hs;
+	struct sock_proc *sp;
+	struct bpf_sock *sk;
+
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	sk = skops->sk;
+	if (!sk)
+		return 1;
+	hs = bpf_sk_storage_get(&hostnet_socks, sk, 0, 0);
+	if (!hs || !(hs->flags & HOSTNET_REDIRECT))
+		return 1;
+	k.ipver = hs->ipver;
+	k.port = (__u16)skops->local_port;
+	r.daddr = hs->daddr;
+	r.dport = hs->dport;
+	r.ep_id = hs->ep_id;
+	r.cookie = bpf_get_socket_cookie(skops);
+	sp = bpf_sk_storage_get(&sock_procs, sk, 0, 0);
+	if (sp) {
+		r.pid = sp->tgid;
+		r.uid = sp->uid;
+		r.cgroup_id = sp->cgroup_id;
+		__builtin_memcpy(r.comm, sp->comm, sizeof(r.comm));
+	}
+	bpf_map_update_elem(&hostnet_redirects, &k, &r, BPF_ANY);
+	return 1;
 }
 
 #endif

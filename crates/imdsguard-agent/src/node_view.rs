@@ -8,16 +8,19 @@
 use crate::containers::{Containers, Misses};
 use imdsguard_cgroup::CgroupTree;
 use imdsguard_datapath::flows::Directory;
+use imdsguard_datapath::hostnet::RedirectTable;
 use imdsguard_datapath::sync::TableSync;
 use imdsguard_hubble_proto::flow;
+use imdsguard_hubble_proto::process::ProcessInfo;
 use imdsguard_policy::ipcache::IpCache;
 use imdsguard_policy::repository::EndpointPolicy;
 use imdsguard_policy::{Identity, Repository};
-use imdsguard_proxy::server::{Authority, Client};
+use imdsguard_proxy::server::{Authority, Client, Redirected};
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
+use tracing::warn;
 
 /// One pod address.
 #[derive(Clone)]
@@ -32,6 +35,9 @@ pub struct NodeView {
     pods: HashMap<IpAddr, Pod>,
     /// Every endpoint by its datapath ID, hostNetwork pods (which have no address) included.
     by_id: HashMap<u32, flow::Endpoint>,
+    /// The computed policies by datapath ID: the proxy judges a hostNetwork pod's requests,
+    /// which it knows by ID, with them.
+    policy_by_id: HashMap<u32, Arc<EndpointPolicy>>,
     identity_labels: HashMap<u32, Vec<String>>,
     policies: HashMap<u32, flow::Policy>,
     interfaces: HashMap<u32, String>,
@@ -85,6 +91,9 @@ impl NodeView {
             };
             if pod.endpoint.id != 0 {
                 view.by_id.insert(pod.endpoint.id, pod.endpoint.clone());
+                if let Some(p) = &pod.policy {
+                    view.policy_by_id.insert(pod.endpoint.id, p.clone());
+                }
             }
             for ip in &spec.ips {
                 view.pods.insert(*ip, pod.clone());
@@ -191,11 +200,48 @@ impl Directory for NodeView {
 }
 
 /// The current view, shared by the reconciliation loop (which replaces it), the event drain and
-/// the proxy's tasks (which read it).
+/// the proxy's tasks (which read it); and the datapath's record of the hostNetwork pods'
+/// connections it sent to the proxy, set once when the cgroup hooks are on.
 #[derive(Default)]
-pub struct SharedView(RwLock<Arc<NodeView>>);
+pub struct SharedView(RwLock<Arc<NodeView>>, OnceLock<RedirectTable>);
 
 impl SharedView {
+    /// The table the proxy takes redirected hostNetwork connections from. Set once; a second
+    /// table is ignored.
+    pub fn set_redirects(&self, table: RedirectTable) {
+        let _ = self.1.set(table);
+    }
+
+    /// A redirected hostNetwork connection's pod, policy, destination and process, as
+    /// `hostnet` recorded them and the view names them.
+    fn redirect_of(&self, r: imdsguard_datapath::hostnet::HostnetRedirect) -> Option<Redirected> {
+        let v = self.load();
+        let Some(endpoint) = v.by_id.get(&r.ep_id).cloned() else {
+            warn!(
+                ep_id = r.ep_id,
+                "proxy: a hostNetwork connection of an endpoint no longer known: closed"
+            );
+            return None;
+        };
+        let Some(policy) = v.policy_by_id.get(&r.ep_id).cloned() else {
+            warn!(pod = %endpoint.pod_name, "proxy: a hostNetwork pod without its policy: closed");
+            return None;
+        };
+        let process = (r.pid != 0).then(|| ProcessInfo {
+            container: v.container(r.cgroup_id).unwrap_or_default(),
+            process: r.comm.clone(),
+            pid: r.pid,
+            uid: Some(r.uid),
+        });
+        Some(Redirected {
+            client: Client { endpoint, policy },
+            destination: r.destination,
+            process,
+            socket_cookie: r.cookie,
+            cgroup_id: r.cgroup_id,
+        })
+    }
+
     pub fn replace(&self, view: NodeView) {
         if let Ok(mut v) = self.0.write() {
             *v = Arc::new(view);
@@ -214,6 +260,22 @@ impl Authority for SharedView {
             endpoint: pod.endpoint,
             policy: pod.policy?,
         })
+    }
+
+    fn redirected(&self, peer: SocketAddr) -> Option<Redirected> {
+        let Some(table) = self.1.get() else {
+            warn!(%peer, "proxy: a connection to the proxy's own address, and no redirect table (cgroup hooks off): closed");
+            return None;
+        };
+        let v6 = match peer.ip() {
+            IpAddr::V4(_) => false,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
+        };
+        let Some(r) = table.take(peer.port(), v6) else {
+            warn!(%peer, "proxy: a connection to the proxy's own address that the datapath did not send: closed");
+            return None;
+        };
+        self.redirect_of(r)
     }
 
     fn destination(&self, ip: IpAddr) -> flow::Endpoint {
@@ -374,6 +436,60 @@ mod tests {
             ("mon", "agent")
         );
         assert!(v.endpoint_by_id(9999).is_none());
+    }
+
+    #[test]
+    fn a_redirected_host_network_connection_is_named_and_judged_by_its_endpoint_id() {
+        let mut repo = node();
+        repo.upsert_endpoint(EndpointSpec {
+            name: "agent".into(),
+            namespace: "mon".into(),
+            service_account: "default".into(),
+            ..Default::default()
+        });
+        repo.resolve();
+        let mut sync = TableSync::new(SyncOptions::default());
+        let mut maps = imdsguard_datapath::sync::fake::FakeMaps::default();
+        sync.sync(&repo, &mut maps).expect("sync");
+        let shared = SharedView::default();
+        shared.replace(NodeView::build(&repo, &sync, &HashMap::new()));
+        let id = sync.endpoint_id("mon/agent").expect("an endpoint ID");
+        let record = imdsguard_datapath::hostnet::HostnetRedirect {
+            destination: "169.254.169.254:80".parse().expect("addr"),
+            ep_id: id,
+            pid: 77,
+            uid: 1000,
+            comm: "curl".into(),
+            cgroup_id: 5,
+            cookie: 9,
+        };
+        let r = shared.redirect_of(record.clone()).expect("the pod");
+        assert_eq!(
+            (
+                r.client.endpoint.namespace.as_str(),
+                r.client.endpoint.pod_name.as_str()
+            ),
+            ("mon", "agent")
+        );
+        assert_eq!(r.destination, record.destination);
+        assert_eq!((r.socket_cookie, r.cgroup_id), (9, 5));
+        let p = r.process.expect("the process");
+        assert_eq!((p.process.as_str(), p.pid, p.uid), ("curl", 77, Some(1000)));
+        assert!(
+            shared
+                .redirect_of(imdsguard_datapath::hostnet::HostnetRedirect {
+                    ep_id: 9999,
+                    ..record
+                })
+                .is_none(),
+            "an endpoint no longer known"
+        );
+        assert!(
+            shared
+                .redirected("127.0.0.1:40000".parse().expect("addr"))
+                .is_none(),
+            "no table: closed"
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ impl HubSink {
         let (h, s) = (hub.clone(), sockets.clone());
         tokio::spawn(async move {
             while let Some((arrived, mut f)) = rx.recv().await {
-                while !s.complete(&mut f) && arrived.elapsed() < JOIN_WAIT {
+                // A flow that names its socket already (a hostNetwork pod's) has nothing to
+                // wait for.
+                while f.socket_cookie == 0 && !s.complete(&mut f) && arrived.elapsed() < JOIN_WAIT {
                     tokio::time::sleep(JOIN_POLL).await;
                 }
                 h.ingest(f);
@@ -93,6 +95,7 @@ pub fn start<T: Send + 'static>(
     let cfg = ProxyConfig {
         node_name: node.to_owned(),
         upstream_mark,
+        hostnet_redirects: true,
         ..Default::default()
     };
     let sink: Arc<dyn FlowSink> = Arc::new(HubSink::start(hub.clone(), sockets));

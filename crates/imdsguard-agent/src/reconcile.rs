@@ -65,6 +65,15 @@ pub fn run(
         cfg.bpf_root.display()
     )))?;
     log_cgroup_hooks(&cfg, &dp);
+    if cfg.cgroup_root.is_some() {
+        // The proxy takes hostNetwork pods' redirected connections from it, without the lock.
+        match imdsguard_datapath::hostnet::RedirectTable::open(&cfg.bpf_root) {
+            Ok(table) => view.set_redirects(table),
+            Err(e) => {
+                warn!(error = %e, "proxy: hostNetwork pods' HTTP rules will refuse their connections")
+            }
+        }
+    }
     let mut cgroups = CgroupIndex::new(Arc::new(Host), walk_root(&cfg));
     let enforce_host_network = cfg.host_network_pods == HostNetworkPods::Enforce;
     dp.set_proxy_listeners(

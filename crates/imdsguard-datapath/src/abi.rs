@@ -91,6 +91,43 @@ pub const COUNTER_NAMES: [&str; 17] = [
     "hook_not_ready",
 ];
 
+/// `hostnet_redirects` key: a redirected hostNetwork connection by its client port on loopback.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostnetKey {
+    /// 4 or 6: the family of the connection the proxy accepts (a v4-mapped socket's is 4).
+    pub ipver: u16,
+    /// The client's local port, host order.
+    pub port: u16,
+    pub pad: u32,
+}
+
+/// `hostnet_redirects` value: where a redirected hostNetwork connection was going, and who made it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostnetValue {
+    /// The original destination.
+    pub daddr: Addr,
+    /// Host order.
+    pub dport: u16,
+    pub pad: u16,
+    pub ep_id: u32,
+    /// 0 when unknown.
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: [u8; 16],
+    pub cgroup_id: u64,
+    pub cookie: u64,
+}
+
+impl HostnetValue {
+    /// The command name: bytes up to the first NUL, lossy UTF-8.
+    pub fn comm(&self) -> String {
+        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+}
+
 /// An address as the maps hold it: IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -402,6 +439,8 @@ const _: () = {
     assert!(size_of::<CtValue>() == 32);
     assert!(size_of::<Config>() == 8);
     assert!(size_of::<IfaceInfo>() == 48);
+    assert!(size_of::<HostnetKey>() == 8);
+    assert!(size_of::<HostnetValue>() == 64);
 };
 
 #[cfg(test)]

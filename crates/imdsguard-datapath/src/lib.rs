@@ -9,6 +9,8 @@
 //!   the process behind sockets to metadata addresses, and hostNetwork pods judged at the
 //!   syscall), write the tables, read counters and events, and read the pinned state without an
 //!   agent (`inspect`).
+//! - `hostnet` (Linux only): the hostNetwork pods' connections the hooks sent to the L7 proxy,
+//!   by client port, for the proxy to take when it accepts.
 //! - `DenyResponse`: denials dropped silently, or answered (`bpf/reject.h`: ECONNREFUSED at the
 //!   hooks, a TCP RST or ICMP unreachable into the pod at TC).
 //! - `sync` (Linux only): keeps the tables equal to the engine's state, through `MapWriter`: the
@@ -22,14 +24,16 @@
 //!
 //! Limits: TCX needs Linux 6.6 or later; IPv6 chains of more than six extension headers are
 //! dropped; fragments that arrive before their first fragment are dropped; the proxy redirect is
-//! for TCP on pod egress. A hostNetwork pod's HTTP rules (a redirect) have no path to the proxy:
-//! the hooks refuse such connections (DROP_SOCKET_LOOKUP, fail closed). `reject` answers neither
-//! fragments, IPv4 packets with options nor IPv6 packets with extension headers: those are
-//! dropped as in drop mode.
+//! for TCP on pod egress, and for a hostNetwork pod's TCP connect() (rewritten at the hook to the
+//! proxy on loopback); a hostNetwork pod's UDP under HTTP rules is refused (DROP_PROXY_PROTO).
+//! `reject` answers neither fragments, IPv4 packets with options nor IPv6 packets with extension
+//! headers: those are dropped as in drop mode.
 
 pub mod abi;
 mod deny_response;
 pub mod flows;
+#[cfg(target_os = "linux")]
+pub mod hostnet;
 #[cfg(target_os = "linux")]
 pub mod loader;
 #[cfg(target_os = "linux")]

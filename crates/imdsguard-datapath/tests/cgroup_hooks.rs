@@ -325,7 +325,11 @@ spec:
 "#;
 
 fn repository(lab: &Lab) -> Repository {
-    let text = POLICIES
+    repository_with(lab, POLICIES)
+}
+
+fn repository_with(lab: &Lab, policies: &str) -> Repository {
+    let text = policies
         .replace("SERVER6", &lab.server.ipv6.expect("v6").to_string())
         .replace("SERVER", &lab.server.ipv4.to_string());
     let decoded = decode_source(
@@ -391,7 +395,7 @@ fn events_name_the_process_and_its_cgroup() {
     let Some(cg) = Cgroups::create(1) else { return };
     let repo = repository(&lab);
     let mut dp = open(&lab, Some(&cg.top.path), DenyResponse::Drop);
-    assert_eq!(dp.cgroup_hooks().len(), 4, "{:?}", dp.cgroup_hooks());
+    assert_eq!(dp.cgroup_hooks().len(), 5, "{:?}", dp.cgroup_hooks());
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
     attach_pod(&mut dp, &lab.pod);
@@ -536,6 +540,155 @@ fn host_network_pods_are_refused_at_connect_and_others_untouched() {
     assert_eq!(r, "OK");
 }
 
+/// host (a hostNetwork pod): HTTP rules to the server's port 8081, where nothing listens.
+const HTTP_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: host-http, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: host}}
+  egress:
+    - toCIDR: [SERVER/32, SERVER6/128]
+      toPorts:
+        - ports: [{port: "8081", protocol: TCP}]
+          rules: {http: [{method: GET}]}
+"#;
+
+/// A stand-in for the proxy in the "host" namespace: listens on 127.0.0.1 and ::1 and writes
+/// `<4|6> <peer port>` for every connection it accepts.
+const LISTENER: &str = r#"
+import select, socket, sys
+out = open(sys.argv[2], "a")
+ls, conns = [], []
+for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    s = socket.socket(fam)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(sys.argv[1])))
+    s.listen(16)
+    ls.append(s)
+while True:
+    r, _, _ = select.select(ls, [], [])
+    for l in r:
+        c, a = l.accept()
+        out.write("%d %d\n" % (6 if l.family == socket.AF_INET6 else 4, a[1]))
+        out.flush()
+        conns.append(c)
+"#;
+
+#[test]
+fn host_network_http_rules_send_the_connect_to_the_proxy_on_loopback() {
+    let Some(lab) = lab() else { return };
+    let Some(cg) = Cgroups::create(2) else { return };
+    let proxy_port = 20000 + (std::process::id() % 20000) as u16;
+    let accepted = std::env::temp_dir().join(unique_name("ichacc"));
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _accepted_guard = Remove(accepted.clone());
+    let port_arg = proxy_port.to_string();
+    let _listener = lab
+        .host
+        .ns
+        .spawn(
+            "python3",
+            &["-c", LISTENER, &port_arg, &accepted.to_string_lossy()],
+        )
+        .expect("the stand-in proxy");
+    let repo = repository_with(&lab, HTTP_POLICY);
+    let mut dp = open(&lab, Some(&cg.top.path), DenyResponse::Drop);
+    let mut sync = TableSync::new(SyncOptions {
+        proxy_port,
+        ..sync_options(&lab)
+    });
+    let (registered, other) = (&cg.children[0], &cg.children[1]);
+    sync.set_cgroup_endpoints(HashMap::from([(
+        registered.id(),
+        "default/host".to_owned(),
+    )]));
+    sync.sync(&repo, &mut dp).expect("sync");
+    let ep_id = sync.endpoint_id("default/host").expect("an endpoint ID");
+    let table = imdsguard_datapath::hostnet::RedirectTable::open(&lab.pins.0).expect("the table");
+    let mut events = dp.take_events().expect("events");
+    let ns = lab.host.ns.name.as_str();
+    let (v4, v6) = (lab.server.ipv4, lab.server.ipv6.expect("v6"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&accepted).is_err() {
+        // The listener creates the file when it starts.
+        assert!(
+            Instant::now() < deadline,
+            "the stand-in proxy did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last_accepted = || -> (u8, u16) {
+        let text = std::fs::read_to_string(&accepted).expect("accepted");
+        let line = text.lines().last().expect("a connection");
+        let (fam, port) = line.split_once(' ').expect("<fam> <port>");
+        (fam.parse().expect("fam"), port.parse().expect("port"))
+    };
+
+    let mapped = format!("::ffff:{v4}");
+    for (dst, want_fam) in [
+        (v4.to_string(), 4u8),
+        (v6.to_string(), 6),
+        // A v4-mapped destination on an AF_INET6 socket: IPv4 to ::ffff:127.0.0.1.
+        (mapped.clone(), 4),
+    ] {
+        // Unregistered: nothing listens on 8081 at the server.
+        let (r, _, _) = run_client(&other.path, ns, &["tcp", &dst, "8081"], "2");
+        assert_eq!(
+            r, "ECONNREFUSED",
+            "the node's own connect to {dst} is left alone"
+        );
+        let (r, pid, _) = run_client(&registered.path, ns, &["tcp", &dst, "8081"], "2");
+        assert_eq!(
+            r, "OK",
+            "the hostNetwork pod's connect to {dst} reached the proxy"
+        );
+        let (fam, port) = last_accepted();
+        assert_eq!(fam, want_fam, "{dst}");
+        let entry = table
+            .take(port, fam == 6)
+            .unwrap_or_else(|| panic!("no entry for port {port} ({dst}): {:?}", table.entries()));
+        let orig: IpAddr = if want_fam == 4 { v4.into() } else { v6.into() };
+        assert_eq!(entry.destination, std::net::SocketAddr::new(orig, 8081));
+        assert_eq!(
+            (entry.ep_id, entry.pid, entry.comm.as_str()),
+            (ep_id, pid, "python3")
+        );
+        assert_eq!(entry.cgroup_id, registered.id());
+        assert_ne!(entry.cookie, 0);
+        assert!(table.take(port, fam == 6).is_none(), "taken once");
+    }
+    let evs = drain(&mut events);
+    let redirected: Vec<&Event> = evs
+        .iter()
+        .filter(|e| e.proc_flags & abi::PROC_FROM_HOOK != 0 && e.verdict == 5)
+        .collect();
+    assert_eq!(redirected.len(), 3, "{evs:?}");
+    for e in &redirected {
+        assert_eq!(
+            (e.kind, e.proxy_port, e.dport, e.ep_id),
+            (abi::EV_POLICY_VERDICT, proxy_port, 8081, ep_id),
+            "{e:?}"
+        );
+    }
+    let counters: HashMap<_, _> = dp.counters().expect("counters").into_iter().collect();
+    assert!(counters["redirected"] >= 3, "{counters:?}");
+    // UDP under the TCP rule is not redirected: it is not allowed at all.
+    let (r, _, _) = run_client(
+        &registered.path,
+        ns,
+        &["udp", &v4.to_string(), "8081", "sendto"],
+        "2",
+    );
+    assert_eq!(r, "EPERM");
+    assert!(table.entries().is_empty(), "{:?}", table.entries());
+}
+
 #[test]
 fn reject_answers_a_pods_denied_packets_at_once() {
     let Some(lab) = lab() else { return };
@@ -633,7 +786,7 @@ fn a_restart_keeps_the_hooks_and_the_sockets_attribution() {
     sync.sync(&repo, &mut dp).expect("sync");
     attach_pod(&mut dp, &lab.pod);
     let before = inspect(&lab.pins.0).expect("inspect").cgroup_hooks;
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), 5, "{before:?}");
     assert!(before.iter().all(|h| h.cgroup_id == cg.top.id()));
 
     // A UDP socket connected to the protected server while the first agent runs.

@@ -8,6 +8,7 @@ use crate::http1::{
 use crate::judge::judge_http;
 use crate::slots::{Caps, Limit, Slots};
 use imdsguard_hubble_proto::flow::{Endpoint, Flow};
+use imdsguard_hubble_proto::process::{self, ProcessInfo};
 use imdsguard_policy::Identity;
 use imdsguard_policy::repository::EndpointPolicy;
 use std::collections::HashMap;
@@ -51,6 +52,10 @@ pub struct ProxyConfig {
     /// SO_MARK for upstream connections, so policy routing can steer them (the lab routes its
     /// mark to its IMDS emulator). None: the main routing table, the real metadata service.
     pub upstream_mark: Option<u32>,
+    /// Connections from loopback to the listener's own address are hostNetwork pods' connect()s
+    /// that the datapath rewrote (`Authority::redirected`); none that it cannot name is served.
+    /// Off: they are served as any other (a listener a test connects to directly).
+    pub hostnet_redirects: bool,
 }
 
 impl Default for ProxyConfig {
@@ -71,6 +76,7 @@ impl Default for ProxyConfig {
             node_name: String::new(),
             upstream_override: None,
             upstream_mark: None,
+            hostnet_redirects: false,
         }
     }
 }
@@ -83,11 +89,32 @@ pub struct Client {
     pub policy: Arc<EndpointPolicy>,
 }
 
+/// A connection the datapath sent to the proxy's own address on loopback: a hostNetwork pod's
+/// connect(), rewritten at the cgroup hook, whose client address (the node's loopback) names no
+/// pod and whose local address is not where it was going.
+#[derive(Clone)]
+pub struct Redirected {
+    pub client: Client,
+    /// Where the connection was going.
+    pub destination: SocketAddr,
+    /// The process that connected, when the datapath knew it.
+    pub process: Option<ProcessInfo>,
+    /// The client socket's cookie and cgroup id (0 unknown), for the flows.
+    pub socket_cookie: u64,
+    pub cgroup_id: u64,
+}
+
 /// What the proxy asks the agent.
 pub trait Authority: Send + Sync + 'static {
     fn client(&self, ip: IpAddr) -> Option<Client>;
     /// The destination's identity and labels.
     fn destination(&self, ip: IpAddr) -> Endpoint;
+    /// A connection from `peer` (on loopback) to the listener's own address: the hostNetwork pod
+    /// whose connect() the datapath sent here, taken from the datapath's record of it (once).
+    /// None: no such record, and the connection is closed unjudged (fail closed).
+    fn redirected(&self, _peer: SocketAddr) -> Option<Redirected> {
+        None
+    }
 }
 
 /// Where flows go (the agent's Hubble ring buffer).
@@ -240,6 +267,7 @@ pub async fn serve(
         pool: Mutex::new(HashMap::new()),
     });
     tokio::spawn(close_idle_upstreams(Arc::downgrade(&ctx), sweep));
+    let own = listener.local_addr()?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let ctx = ctx.clone();
@@ -248,8 +276,47 @@ pub async fn serve(
             let Ok(local) = stream.local_addr() else {
                 return;
             };
-            connection(stream, peer, local, &ctx).await;
+            // A connection to the listener itself was rewritten at connect() (a hostNetwork
+            // pod): the datapath's record says where it was going. Without one it is closed.
+            if ctx.cfg.hostnet_redirects && local == own && is_loopback(peer.ip()) {
+                let Some(r) = ctx.authority.redirected(peer) else {
+                    let _ = stream.set_zero_linger();
+                    return;
+                };
+                connection(stream, peer, r.destination, Some(r), &ctx).await;
+                return;
+            }
+            connection(stream, peer, local, None, &ctx).await;
         });
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// The flows of one client connection: a redirected hostNetwork pod's name its socket and
+/// process, which the datapath saw at connect() (no packet of theirs crosses a pod interface).
+struct Flows<'a> {
+    sink: &'a dyn FlowSink,
+    redirected: Option<&'a Redirected>,
+}
+
+impl Flows<'_> {
+    fn flow(&self, mut f: Flow) {
+        if let Some(r) = self.redirected {
+            f.socket_cookie = r.socket_cookie;
+            f.cgroup_id = r.cgroup_id;
+            if let Some(p) = &r.process {
+                process::set(&mut f, p);
+            }
+        }
+        self.sink.flow(f);
     }
 }
 
@@ -506,10 +573,26 @@ async fn connect(addr: SocketAddr, within: Duration, mark: Option<u32>) -> io::R
     }
 }
 
-async fn connection(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: &Ctx) {
+/// `local`: the original destination.
+async fn connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    redirected: Option<Redirected>,
+    ctx: &Ctx,
+) {
     let target = ctx.cfg.upstream_override.unwrap_or(local);
     let mut upstream = None;
-    let ending = exchanges(&mut client, peer, local, target, ctx, &mut upstream).await;
+    let ending = exchanges(
+        &mut client,
+        peer,
+        local,
+        target,
+        redirected.as_ref(),
+        ctx,
+        &mut upstream,
+    )
+    .await;
     if let Some(Upstream {
         stream,
         reusable: true,
@@ -593,13 +676,13 @@ enum Ending {
 async fn answer(
     client: &mut TcpStream,
     ctx: &Ctx,
+    sink: &Flows<'_>,
     exchange: &Exchange<'_>,
     started: Instant,
     status: u16,
     bytes: &[u8],
 ) -> Ending {
-    ctx.sink
-        .flow(exchange.response_flow(status, elapsed_ns(started)));
+    sink.flow(exchange.response_flow(status, elapsed_ns(started)));
     send(client, ctx, bytes).await;
     Ending::Close
 }
@@ -617,13 +700,22 @@ async fn exchanges(
     peer: SocketAddr,
     local: SocketAddr,
     target: SocketAddr,
+    redirected: Option<&Redirected>,
     ctx: &Ctx,
     upstream: &mut Option<Upstream>,
 ) -> Ending {
     let cfg = &ctx.cfg;
     let authority = local.to_string();
     let destination = ctx.authority.destination(local.ip());
-    let Some(c) = ctx.authority.client(peer.ip()) else {
+    let sink = &Flows {
+        sink: &*ctx.sink,
+        redirected,
+    };
+    let client_pod = match redirected {
+        Some(r) => Some(r.client.clone()),
+        None => ctx.authority.client(peer.ip()),
+    };
+    let Some(c) = client_pod else {
         // The datapath only redirects known pods; one that just went away gets a refusal.
         send(client, ctx, FORBIDDEN).await;
         return Ending::Close;
@@ -638,7 +730,7 @@ async fn exchanges(
     let _slot = match ctx.slots.take(c.endpoint.identity, peer.ip(), ctx.caps()) {
         Ok(slot) => slot,
         Err(limit) => {
-            ctx.sink.flow(unjudged.limited(&limit));
+            sink.flow(unjudged.limited(&limit));
             let bytes = match limit {
                 Limit::Pod(_) => POD_OVERLOADED,
                 Limit::Identity(_) => IDENTITY_OVERLOADED,
@@ -663,14 +755,14 @@ async fn exchanges(
             Err(HeadError::Ended | HeadError::Silent) => return Ending::Close,
             Err(HeadError::TimedOut) => {
                 let why = "request head timed out";
-                ctx.sink.flow(unjudged.refused(&why));
+                sink.flow(unjudged.refused(&why));
                 let took = u64::try_from(cfg.header_timeout.as_nanos()).unwrap_or(u64::MAX);
-                ctx.sink.flow(unjudged.answered(408, took, &why));
+                sink.flow(unjudged.answered(408, took, &why));
                 send(client, ctx, REQUEST_TIMEOUT).await;
                 return Ending::Close;
             }
             Err(HeadError::Refused(refusal)) => {
-                ctx.sink.flow(unjudged.refused(&refusal));
+                sink.flow(unjudged.refused(&refusal));
                 send(client, ctx, BAD_REQUEST).await;
                 return Ending::Close;
             }
@@ -695,7 +787,7 @@ async fn exchanges(
             audited_by: &decision.audited_by,
         };
         if !decision.allowed {
-            ctx.sink.flow(exchange.request_flow(false));
+            sink.flow(exchange.request_flow(false));
             // Read the body away so the connection stays usable; a large one ends it.
             let small = match req.body {
                 Body::Length(n) => n <= cfg.max_discarded_body,
@@ -708,7 +800,16 @@ async fn exchanges(
             match pass_body(client, &mut buf, req.body, None, body_by, cfg.idle_timeout).await {
                 Ok(()) => {}
                 Err(BodyError::ReadTimeout) => {
-                    return answer(client, ctx, &exchange, head_done, 408, REQUEST_TIMEOUT).await;
+                    return answer(
+                        client,
+                        ctx,
+                        sink,
+                        &exchange,
+                        head_done,
+                        408,
+                        REQUEST_TIMEOUT,
+                    )
+                    .await;
                 }
                 Err(_) => {
                     send(client, ctx, FORBIDDEN).await;
@@ -731,15 +832,15 @@ async fn exchanges(
                     })
                 }
                 Err(_) => {
-                    ctx.sink.flow(exchange.request_flow(true));
+                    sink.flow(exchange.request_flow(true));
                     let read_away =
                         pass_body(client, &mut buf, req.body, None, body_by, cfg.idle_timeout)
                             .await;
                     if let Err(BodyError::ReadTimeout) = read_away {
-                        return answer(client, ctx, &exchange, started, 408, REQUEST_TIMEOUT).await;
+                        return answer(client, ctx, sink, &exchange, started, 408, REQUEST_TIMEOUT)
+                            .await;
                     }
-                    ctx.sink
-                        .flow(exchange.response_flow(503, elapsed_ns(started)));
+                    sink.flow(exchange.response_flow(503, elapsed_ns(started)));
                     if read_away.is_err() || !send(client, ctx, UNAVAILABLE).await || req.close {
                         return Ending::Close;
                     }
@@ -759,7 +860,7 @@ async fn exchanges(
         let head_sent =
             write_within(Some(up), &forwarded_head(&req), cfg.upstream_idle_timeout).await;
         // The request's flow is built once the request is on its way, off the latency path.
-        ctx.sink.flow(exchange.request_flow(true));
+        sink.flow(exchange.request_flow(true));
         let sent = match head_sent {
             Ok(()) => {
                 let to = Some(&mut *up);
@@ -779,10 +880,10 @@ async fn exchanges(
             Ok(()) => {}
             // The upstream has part of a request: the connection goes with the client's.
             Err(BodyError::ReadTimeout) => {
-                return answer(client, ctx, &exchange, started, 408, REQUEST_TIMEOUT).await;
+                return answer(client, ctx, sink, &exchange, started, 408, REQUEST_TIMEOUT).await;
             }
             Err(BodyError::WriteTimeout) => {
-                return answer(client, ctx, &exchange, started, 504, GATEWAY_TIMEOUT).await;
+                return answer(client, ctx, sink, &exchange, started, 504, GATEWAY_TIMEOUT).await;
             }
             Err(_) => {
                 send(client, ctx, UNAVAILABLE).await;
@@ -795,10 +896,10 @@ async fn exchanges(
         let resp = match read_head(up, upbuf, parse, waited, waited).await {
             Ok(r) => r,
             Err(HeadError::Silent | HeadError::TimedOut) => {
-                return answer(client, ctx, &exchange, started, 504, GATEWAY_TIMEOUT).await;
+                return answer(client, ctx, sink, &exchange, started, 504, GATEWAY_TIMEOUT).await;
             }
             Err(HeadError::Refused(_) | HeadError::Ended) => {
-                return answer(client, ctx, &exchange, started, 503, UNAVAILABLE).await;
+                return answer(client, ctx, sink, &exchange, started, 503, UNAVAILABLE).await;
             }
         };
         // The upstream connection stays open (Connection is per hop), so a client that asked
@@ -844,8 +945,7 @@ async fn exchanges(
             Err(BodyError::ReadTimeout) => 504,
             _ => resp.status,
         };
-        ctx.sink
-            .flow(exchange.response_flow(status, elapsed_ns(started)));
+        sink.flow(exchange.response_flow(status, elapsed_ns(started)));
         *reusable = done.is_ok() && !resp.close && upbuf.is_empty();
         if done.is_err() {
             return Ending::Abort;

@@ -5,7 +5,7 @@
 use imdsguard_hubble_proto::flow::{DropReason, Endpoint, Flow, L7FlowType, layer7};
 use imdsguard_manifest::Source;
 use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
-use imdsguard_proxy::server::{Authority, Client, FlowSink, ProxyConfig, serve};
+use imdsguard_proxy::server::{Authority, Client, FlowSink, ProxyConfig, Redirected, serve};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -669,4 +669,161 @@ async fn a_head_cut_short_is_a_408_and_a_silent_client_is_closed() {
     assert_eq!((r.as_str(), closed), ("", true));
     assert_eq!(response_codes(&p), [408]);
     assert!(p.seen.lock().expect("seen").is_empty());
+}
+
+/// The agent's view of hostNetwork pods whose connect() the datapath sent to the proxy: one pod,
+/// known only for the client ports the test registers (as the datapath records them).
+struct HostAuth {
+    repo: Repository,
+    ports: Mutex<std::collections::HashSet<u16>>,
+}
+
+const HOSTNET_DESTINATION: &str = "192.0.2.1:80";
+
+fn collector() -> imdsguard_hubble_proto::process::ProcessInfo {
+    imdsguard_hubble_proto::process::ProcessInfo {
+        container: "collector".into(),
+        process: "curl".into(),
+        pid: 4242,
+        uid: Some(0),
+    }
+}
+
+impl Authority for HostAuth {
+    fn client(&self, _ip: IpAddr) -> Option<Client> {
+        // Loopback names no pod: only the datapath's record does.
+        None
+    }
+    fn destination(&self, ip: IpAddr) -> Endpoint {
+        let identity = self.repo.ipcache().lookup(ip).map_or(2, |(_, id)| id.0);
+        Endpoint {
+            identity,
+            ..Default::default()
+        }
+    }
+    fn redirected(&self, peer: SocketAddr) -> Option<Redirected> {
+        if !self.ports.lock().expect("ports").remove(&peer.port()) {
+            return None;
+        }
+        let (key, identity) = self
+            .repo
+            .endpoints()
+            .map(|(spec, id)| (spec.key(), id))
+            .next()?;
+        Some(Redirected {
+            client: Client {
+                endpoint: Endpoint {
+                    identity: identity.0,
+                    pod_name: key.clone(),
+                    ..Default::default()
+                },
+                policy: self.repo.endpoint_policy(&key)?.clone(),
+            },
+            destination: HOSTNET_DESTINATION.parse().expect("addr"),
+            process: Some(collector()),
+            socket_cookie: 7,
+            cgroup_id: 9,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_host_network_pods_redirected_connection_is_judged_with_its_policy() {
+    let policy = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: hn-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: collector}}
+  egress:
+    - toCIDR: [192.0.2.1/32]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules: {http: [{method: GET, path: "/metadata/instance.*"}]}
+"#;
+    let decoded = decode_source(&Source::new("p.yaml", policy), &DecodeOptions::default());
+    assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+    let mut repo = Repository::new(EngineOptions::default());
+    repo.load(&decoded);
+    repo.upsert_endpoint(EndpointSpec {
+        name: "hn".into(),
+        namespace: "default".into(),
+        labels: vec![("app".into(), "collector".into())],
+        ..Default::default()
+    });
+    repo.resolve();
+    let auth = Arc::new(HostAuth {
+        repo,
+        ports: Mutex::new(Default::default()),
+    });
+    let (up, seen) = upstream().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let flows = Arc::new(Sink::default());
+    let sink: Arc<dyn FlowSink> = flows.clone();
+    let cfg = ProxyConfig {
+        upstream_override: Some(up),
+        hostnet_redirects: true,
+        ..Default::default()
+    };
+    tokio::spawn(serve(l, cfg, auth.clone(), sink));
+
+    // A connection the datapath recorded: judged with the pod's policy.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = socket.local_addr().expect("local").port();
+    auth.ports.lock().expect("ports").insert(port);
+    let mut s = socket.connect(addr).await.expect("connect");
+    let ok = exchange(
+        &mut s,
+        "GET /metadata/instance HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let denied = exchange(
+        &mut s,
+        "GET /metadata/identity/oauth2/token HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+    )
+    .await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert_eq!(seen.lock().expect("seen").len(), 1, "only the allowed one");
+    let requests: Vec<Flow> = flows
+        .0
+        .lock()
+        .expect("flows")
+        .iter()
+        .filter(|f| {
+            f.l7.as_ref()
+                .is_some_and(|l| l.r#type == L7FlowType::Request as i32)
+        })
+        .cloned()
+        .collect();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for f in &requests {
+        assert_eq!(
+            f.source.as_ref().map(|e| e.pod_name.as_str()),
+            Some("default/hn")
+        );
+        let ip = f.ip.as_ref().expect("ip");
+        assert_eq!(ip.destination, "192.0.2.1", "the original destination");
+        assert_eq!(
+            imdsguard_hubble_proto::process::get(f),
+            Some(collector()),
+            "the process the datapath saw"
+        );
+        assert_eq!((f.socket_cookie, f.cgroup_id), (7, 9));
+    }
+    assert_eq!(requests[0].verdict, 1, "FORWARDED");
+    assert_eq!(requests[1].verdict, 2, "DROPPED");
+
+    // One the datapath did not record: closed unanswered.
+    let mut other = connect_from(POD_A, addr).await;
+    other
+        .write_all(b"GET /metadata/instance HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let (answer, closed) = read_to_close(&mut other).await;
+    assert!(closed && answer.is_empty(), "{answer:?}");
+    assert_eq!(seen.lock().expect("seen").len(), 1);
 }

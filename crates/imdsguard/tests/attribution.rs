@@ -530,6 +530,117 @@ spec:
     drop(guard);
 }
 
+#[test]
+fn host_network_pods_http_rules_are_judged_by_the_proxy() {
+    let Some((guard, k, dir)) = setup("atp") else {
+        return;
+    };
+    let lab = LabGuard::up(
+        &dir.0,
+        &format!(
+            r#"
+podCIDR: 10.{k}.33.0/24
+namespaces: {{monitoring: {{}}}}
+aliases: {{collector: curl}}
+endpoints:
+  - {{name: hn-http, namespace: monitoring, labels: {{app: collector}}, hostNetwork: true}}
+containers:
+  hn-http:
+    - {{name: collector, command: [sleep, "600"]}}
+"#
+        ),
+    );
+    let state = lab.state().clone();
+    write(
+        &dir.0.join("policies/http.yaml"),
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: collector-instance-only, namespace: monitoring}
+spec:
+  endpointSelector: {matchLabels: {app: collector}}
+  egress:
+    - toCIDR: [169.254.169.254/32]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/metadata/instance.*"}]
+"#,
+    );
+    let bpf = BpfRoot(dir.0.join("bpf"));
+    // A hostNetwork pod shares the node's network namespace with the agent, whose proxy its
+    // connect() is sent to on loopback: here the lab's node namespace. Only the network
+    // namespace is entered, so the agent sees the host's cgroup and BPF filesystems.
+    let node = state.node.as_ref().expect("the lab's node");
+    let mut args = agent_args(&state, &dir.0, &["--host-network-pods", "enforce"]);
+    if let Some(i) = args.iter().position(|a| a == "--hubble-listen-address") {
+        args[i + 1] = format!("{}:0", node.ipv4);
+    }
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", node.netns))
+        .arg(env!("CARGO_BIN_EXE_imdsguard"))
+        .arg("agent")
+        .args(&args);
+    let agent = Agent::start_with(cmd);
+    const TOKEN: &str =
+        "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01";
+    // Until its policy is in place the pod passes (to the emulator, which answers the token
+    // request): wait for the proxy's answer.
+    eventually("the proxy refuses the token request", || {
+        get(&state, "hn-http", None, "collector", TOKEN).1 == "403"
+    });
+    let (_, token, _, token_pid) = get(&state, "hn-http", None, "collector", TOKEN);
+    assert_eq!(token, "403", "the token path is not in the HTTP rules");
+    let url = format!("{INSTANCE}&who=hn-http");
+    let (_, instance, _, instance_pid) = get_admitted(&state, "hn-http", None, "collector", &url);
+    assert_eq!(instance, "200", "through the proxy to the emulator");
+    let log = std::fs::read_to_string(state.imds_log()).expect("emulator log");
+    assert!(log.contains("who=hn-http"), "{log}");
+
+    let request = |s: &Seen| s.json.contains("REQUEST") && s.src == "monitoring/hn-http";
+    let all = wait_flows(&agent, "of the proxy for the hostNetwork pod", |f| {
+        f.iter()
+            .any(|s| request(s) && s.verdict == "FORWARDED" && s.json.contains("who=hn-http"))
+            && f.iter()
+                .any(|s| request(s) && s.verdict == "DROPPED" && u64::from(token_pid) == s.pid)
+    });
+    let forwarded = all
+        .iter()
+        .find(|s| request(s) && s.verdict == "FORWARDED" && s.json.contains("who=hn-http"))
+        .expect("the forwarded request");
+    assert_eq!(
+        (
+            forwarded.container.as_str(),
+            forwarded.process.as_str(),
+            forwarded.pid
+        ),
+        ("collector", "collector", u64::from(instance_pid)),
+        "{}",
+        show(&all)
+    );
+    assert_eq!(
+        forwarded.dst,
+        format!("{IMDS}:80"),
+        "the original destination"
+    );
+    let dropped = all
+        .iter()
+        .find(|s| request(s) && s.verdict == "DROPPED" && u64::from(token_pid) == s.pid)
+        .expect("the refused request");
+    assert!(
+        dropped.json.contains("/metadata/identity/oauth2/token"),
+        "{}",
+        show(&all)
+    );
+    assert_eq!(
+        (dropped.container.as_str(), dropped.process.as_str()),
+        ("collector", "collector")
+    );
+    drop(agent);
+    drop(bpf);
+    lab.down_and_check();
+    drop(guard);
+}
+
 /// curl's own time until it gave up on (or got) IMDS from the `web` pod, in seconds.
 fn time_total(state: &LabState) -> String {
     let out = in_container(

@@ -1,7 +1,8 @@
-//! The cgroup hooks: `cgroup/connect4`, `connect6`, `sendmsg4` and `sendmsg6` at the host's cgroup
-//! v2 root, as bpf_links pinned under `links/cgroup/<program>`. They record the process behind
-//! every socket that connects or sends to a protected address (`sock_procs`, read at TC), and
-//! judge hostNetwork pods, whose packets cross no pod interface (`cgroup_endpoints`).
+//! The cgroup hooks: `cgroup/connect4`, `connect6`, `sendmsg4` and `sendmsg6` (and the `sockops`
+//! program that completes a hostNetwork pod's redirect to the proxy) at the host's cgroup v2 root,
+//! as bpf_links pinned under `links/cgroup/<program>`. They record the process behind every socket
+//! that connects or sends to a protected address (`sock_procs`, read at TC), and judge hostNetwork
+//! pods, whose packets cross no pod interface (`cgroup_endpoints`).
 //!
 //! A restarted agent swaps its programs into the pinned links (`BPF_LINK_UPDATE`), so the hooks
 //! never leave. aya 0.14 has no update for cgroup links, hence the raw `bpf(2)` calls, as in
@@ -11,17 +12,22 @@ use super::{Datapath, DatapathError, Result, io_err, map_err, prog_err};
 use crate::DenyResponse;
 use crate::abi::{CFG_DENY_REJECT, EndpointInfo};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// The hook programs, in attach order.
-pub const CGROUP_HOOKS: [&str; 4] = [
+/// The hook programs, in attach order. `hostnet_sockops` files a hostNetwork pod's connection
+/// that the connect hooks sent to the proxy under its client port (`hostnet_redirects`).
+pub const CGROUP_HOOKS: [&str; 5] = [
     "sock_connect4",
     "sock_connect6",
     "sock_sendmsg4",
     "sock_sendmsg6",
+    SOCKOPS,
 ];
+
+/// The one `SEC("sockops")` program among the hooks.
+const SOCKOPS: &str = "hostnet_sockops";
 
 /// The directory under `links/` that holds the hooks' pins. An interface of this name is pinned
 /// under an escaped name (`attach::escape_ifname`).
@@ -77,15 +83,11 @@ impl Datapath {
         let mut hooks = Vec::new();
         for name in CGROUP_HOOKS {
             let pin = self.hook_pin(name);
-            let prog = hook_program(&mut self.bpf, name)?;
-            if prog.fd().is_err() {
-                prog.load().map_err(prog_err(name))?;
-            }
-            let prog_fd = prog.fd().map_err(prog_err(name))?.as_fd();
+            let prog_fd = hook_fd(&mut self.bpf, name)?;
             let updated = match open_pinned(&pin) {
                 // A link at another cgroup (the root moved) is replaced, not updated.
                 Ok(link) if link_cgroup(link.as_fd()) == Some(cgroup_id) => {
-                    link_update(link.as_fd(), prog_fd).is_ok()
+                    link_update(link.as_fd(), prog_fd.as_fd()).is_ok()
                 }
                 _ => false,
             };
@@ -93,16 +95,7 @@ impl Datapath {
                 // Attach the new link first, then put its pin over the old one: the old link
                 // detaches only when the new one is in force (both run briefly, over the same
                 // maps, which is harmless).
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| cgroup_err(root, format!("attaching {name}: {e}")))?;
-                let link = prog.take_link(id).map_err(prog_err(name))?;
-                let fd = FdLink::try_from(link).map_err(|e| {
-                    cgroup_err(
-                        root,
-                        format!("{name} is not a bpf_link ({e}); cgroup links need Linux 5.7"),
-                    )
-                })?;
+                let fd = hook_attach(&mut self.bpf, name, &cgroup, root)?;
                 let tmp = dir.join(format!("{name}-new"));
                 let _ = std::fs::remove_file(&tmp);
                 fd.pin(&tmp)
@@ -146,6 +139,63 @@ fn hook_program<'a>(bpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mu
         .ok_or(DatapathError::Missing(name))?
         .try_into()
         .map_err(prog_err(name))
+}
+
+fn sockops_program(bpf: &mut aya::Ebpf) -> Result<&mut SockOps> {
+    bpf.program_mut(SOCKOPS)
+        .ok_or(DatapathError::Missing(SOCKOPS))?
+        .try_into()
+        .map_err(prog_err(SOCKOPS))
+}
+
+/// A hook program's fd, loading it first if need be.
+fn hook_fd(bpf: &mut aya::Ebpf, name: &'static str) -> Result<OwnedFd> {
+    let dup = |fd: BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map_err(|e| io_err(Path::new(name))(e))
+    };
+    if name == SOCKOPS {
+        let prog = sockops_program(bpf)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(prog_err(SOCKOPS))?;
+        }
+        return dup(prog.fd().map_err(prog_err(SOCKOPS))?.as_fd());
+    }
+    let prog = hook_program(bpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    dup(prog.fd().map_err(prog_err(name))?.as_fd())
+}
+
+/// A new link of the (loaded) hook program `name` at `cgroup`.
+fn hook_attach(
+    bpf: &mut aya::Ebpf,
+    name: &'static str,
+    cgroup: &std::fs::File,
+    root: &Path,
+) -> Result<FdLink> {
+    let attach_err = |e: ProgramError| cgroup_err(root, format!("attaching {name}: {e}"));
+    let link_err = |e: aya::programs::links::LinkError| {
+        cgroup_err(
+            root,
+            format!("{name} is not a bpf_link ({e}); cgroup links need Linux 5.7"),
+        )
+    };
+    if name == SOCKOPS {
+        let prog = sockops_program(bpf)?;
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        return FdLink::try_from(link).map_err(link_err);
+    }
+    let prog = hook_program(bpf, name)?;
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(prog_err(name))?;
+    FdLink::try_from(link).map_err(link_err)
 }
 
 fn cgroup_err(path: &Path, message: String) -> DatapathError {

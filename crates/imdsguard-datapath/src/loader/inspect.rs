@@ -28,6 +28,8 @@ pub struct Inspection {
     pub cgroup_hooks: Vec<CgroupHook>,
     /// hostNetwork pods by cgroup id.
     pub cgroup_endpoints: Vec<(u64, EndpointInfo)>,
+    /// hostNetwork connections sent to the proxy that it has not accepted yet.
+    pub hostnet_redirects: usize,
 }
 
 /// One pinned interface and where our programs sit in its TCX chains.
@@ -120,7 +122,11 @@ pub fn inspect(bpf_root: &Path) -> Result<Inspection> {
         })
         .map(|h| h.iter().filter_map(|r| r.ok()).collect())
         .unwrap_or_default();
+    let hostnet_redirects = crate::hostnet::RedirectTable::open(bpf_root)
+        .map(|t| t.entries().len())
+        .unwrap_or(0);
     Ok(Inspection {
+        hostnet_redirects,
         cgroup_hooks: pinned_hooks(&dir),
         cgroup_endpoints,
         pin_dir: dir,

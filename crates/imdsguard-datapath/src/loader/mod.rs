@@ -27,7 +27,8 @@ use events::COUNTERS;
 
 use crate::DenyResponse;
 use crate::abi::{
-    Addr, Config, EndpointInfo, IfaceInfo, IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyValue,
+    Addr, Config, EndpointInfo, HostnetKey, HostnetValue, IfaceInfo, IpcacheValue, LAYOUT_VERSION,
+    PolicyKey, PolicyValue,
 };
 use crate::sync::Generations;
 use aya::maps::{
@@ -49,7 +50,9 @@ unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for IfaceInfo {}
-const PINNED_MAPS: [&str; 12] = [
+unsafe impl aya::Pod for HostnetKey {}
+unsafe impl aya::Pod for HostnetValue {}
+const PINNED_MAPS: [&str; 14] = [
     "config",
     "endpoints",
     "ifaces",
@@ -62,6 +65,8 @@ const PINNED_MAPS: [&str; 12] = [
     "events",
     "sock_procs",
     "cgroup_endpoints",
+    "hostnet_socks",
+    "hostnet_redirects",
 ];
 
 #[derive(Debug, thiserror::Error)]
