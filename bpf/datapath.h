@@ -306,6 +306,7 @@ struct hostnet_redirect {
 	char comm[16];
 	__u64 cgroup_id;
 	__u64 cookie;
+	__u64 created_ns; /* CLOCK_MONOTONIC: the proxy refuses an entry older than its SYN could be */
 };
 
 _Static_assert(sizeof(struct event) == 128, "event size is part of the ABI");
@@ -318,6 +319,6 @@ _Static_assert(sizeof(struct frag_key) == 44, "frag_key size");
 _Static_assert(sizeof(struct frag_value) == 12, "frag_value size");
 _Static_assert(sizeof(struct hostnet_sock) == 24, "hostnet_sock size");
 _Static_assert(sizeof(struct hostnet_key) == 8, "hostnet_key size");
-_Static_assert(sizeof(struct hostnet_redirect) == 64, "hostnet_redirect size");
+_Static_assert(sizeof(struct hostnet_redirect) == 72, "hostnet_redirect size");
 
 #endif

@@ -393,6 +393,7 @@ int hostnet_sockops(struct bpf_sock_ops *skops)
 	r.dport = hs->dport;
 	r.ep_id = hs->ep_id;
 	r.cookie = bpf_get_socket_cookie(skops);
+	r.created_ns = bpf_ktime_get_ns();
 	sp = bpf_sk_storage_get(&sock_procs, sk, 0, 0);
 	if (sp) {
 		r.pid = sp->tgid;

@@ -118,6 +118,8 @@ pub struct HostnetValue {
     pub comm: [u8; 16],
     pub cgroup_id: u64,
     pub cookie: u64,
+    /// CLOCK_MONOTONIC when the sockops program filed it (the SYN was about to leave).
+    pub created_ns: u64,
 }
 
 impl HostnetValue {
@@ -440,7 +442,7 @@ const _: () = {
     assert!(size_of::<Config>() == 8);
     assert!(size_of::<IfaceInfo>() == 48);
     assert!(size_of::<HostnetKey>() == 8);
-    assert!(size_of::<HostnetValue>() == 64);
+    assert!(size_of::<HostnetValue>() == 72);
 };
 
 #[cfg(test)]

@@ -15,6 +15,28 @@ use std::sync::Mutex;
 /// The pinned map's name under `maps/`.
 pub const MAP: &str = "hostnet_redirects";
 
+/// How old an entry may be when the proxy accepts its connection. The proxy accepts within
+/// microseconds of the SYN; an older entry is one whose SYN never arrived (the proxy was down, or
+/// the connect was abandoned), and a later loopback connection that happened to get the same port
+/// must not inherit the pod, and the policy, it names.
+pub const MAX_AGE_NS: u64 = 5_000_000_000;
+
+/// Whether an entry filed at `created_ns` may still be taken at `now_ns` (both CLOCK_MONOTONIC).
+pub fn fresh(created_ns: u64, now_ns: u64) -> bool {
+    now_ns.saturating_sub(created_ns) <= MAX_AGE_NS
+}
+
+/// CLOCK_MONOTONIC now, as the datapath's `bpf_ktime_get_ns` counts.
+// time_t is not i64 on every target.
+#[allow(clippy::useless_conversion)]
+fn monotonic_ns() -> u64 {
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(i64::from(ts.tv_sec)).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(i64::from(ts.tv_nsec)).unwrap_or(0)
+}
+
 /// One redirected connection: where it was going and who opened it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostnetRedirect {
@@ -64,7 +86,8 @@ impl RedirectTable {
     }
 
     /// The entry of the connection whose client is on loopback port `local_port` (IPv6 when
-    /// `v6`), removed from the table: each connection is taken once.
+    /// `v6`), removed from the table: each connection is taken once. An entry older than
+    /// [`MAX_AGE_NS`] is removed and not returned.
     pub fn take(&self, local_port: u16, v6: bool) -> Option<HostnetRedirect> {
         let key = HostnetKey {
             ipver: if v6 { 6 } else { 4 },
@@ -74,7 +97,7 @@ impl RedirectTable {
         let mut map = self.map.lock().ok()?;
         let value = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
-        Some(value.into())
+        fresh(value.created_ns, monotonic_ns()).then(|| value.into())
     }
 
     /// The entries not taken yet (for tests and status): (v6, client port, entry).
@@ -96,5 +119,21 @@ pub fn is_loopback(peer: IpAddr) -> bool {
         IpAddr::V6(v6) => {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_older_than_a_syn_could_be_is_not_taken() {
+        let now = 100 * 1_000_000_000;
+        assert!(fresh(now, now));
+        assert!(fresh(now - MAX_AGE_NS, now));
+        assert!(!fresh(now - MAX_AGE_NS - 1, now));
+        // A clock read before the entry was filed (another CPU) is not "old".
+        assert!(fresh(now + 1_000, now));
+        assert!(monotonic_ns() > 0);
     }
 }
