@@ -126,28 +126,6 @@ impl Drop for Agent {
     }
 }
 
-/// Removes the proxy's ip rule if this test added it.
-struct ProxyRouting(bool);
-
-impl ProxyRouting {
-    fn take() -> ProxyRouting {
-        ProxyRouting(!imdsguard_proxy::routing::installed(
-            imdsguard_proxy::routing::TABLE,
-        ))
-    }
-}
-
-impl Drop for ProxyRouting {
-    fn drop(&mut self) {
-        if self.0 {
-            imdsguard_proxy::routing::uninstall(
-                imdsguard_proxy::routing::MARK,
-                imdsguard_proxy::routing::TABLE,
-            );
-        }
-    }
-}
-
 fn eventually<T>(agent: &Agent, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
@@ -300,7 +278,7 @@ fn the_agent_follows_pods_namespaces_and_policies_from_the_api_server() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _routing = ProxyRouting::take();
+    let _routing = common::agent::ProxyRouting::take();
     let rt = runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
@@ -526,7 +504,7 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _routing = ProxyRouting::take();
+    let _routing = common::agent::ProxyRouting::take();
     let rt = runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
@@ -683,7 +661,7 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _routing = ProxyRouting::take();
+    let _routing = common::agent::ProxyRouting::take();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let examples = repo.join("examples/azure-imds");
     let text = std::fs::read_to_string(examples.join("lab.yaml")).expect("lab.yaml");

@@ -180,28 +180,6 @@ impl Drop for NodeAgent {
     }
 }
 
-/// Removes the proxy's ip rule if this test's agent added it (as tests/k8s.rs does).
-struct ProxyRouting(bool);
-
-impl ProxyRouting {
-    fn take() -> ProxyRouting {
-        ProxyRouting(!imdsguard_proxy::routing::installed(
-            imdsguard_proxy::routing::TABLE,
-        ))
-    }
-}
-
-impl Drop for ProxyRouting {
-    fn drop(&mut self) {
-        if self.0 {
-            imdsguard_proxy::routing::uninstall(
-                imdsguard_proxy::routing::MARK,
-                imdsguard_proxy::routing::TABLE,
-            );
-        }
-    }
-}
-
 fn audit_of(status: &Value, key: &str) -> Option<bool> {
     status["endpoints"]
         .as_array()?
@@ -216,7 +194,7 @@ fn a_namespace_label_and_a_policy_annotation_put_pods_and_policies_in_audit_mode
         common::skip("needs root (the agent loads its datapath)");
         return;
     }
-    let _routing = ProxyRouting::take();
+    let _routing = common::agent::ProxyRouting::take();
     let rt = runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
