@@ -234,6 +234,24 @@ fn timings(
                 w - wo
             );
         }
+        // Paired: each round's hooked time over the same round's baseline, which ran next to it,
+        // so drift between rounds cancels out.
+        if let (Some(w), Some(wo)) = (
+            results.get(&(case, "hooks")),
+            results.get(&(base, "no hooks")),
+        ) {
+            let ratios: Vec<f64> = w
+                .iter()
+                .zip(wo)
+                .map(|(a, b)| (a / b - 1.0) * 100.0)
+                .collect();
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:+.1}")).collect();
+            println!(
+                "      paired: median {:+.1} % (rounds: {} %)",
+                median(ratios.clone()),
+                each.join(" ")
+            );
+        }
         for (name, ns, runs) in median_cost(hook_cost.get(case).map_or(&[][..], Vec::as_slice)) {
             if runs > 0 {
                 println!("      bpf_stats {name:<14} {ns:>6.0} ns/run ({runs} runs)");
