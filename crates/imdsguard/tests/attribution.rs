@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::agent::{Agent, BpfRoot, TempDir, agent_test, eventually, write};
+use common::agent::{Agent, BpfRoot, Seen, TempDir, agent_test, eventually, flows, show, write};
 use imdsguard_lab::lab::{self, LabState, UpOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -157,98 +157,6 @@ fn get_admitted(
         std::thread::sleep(Duration::from_millis(300));
     }
     get(state, pod, container, program, url)
-}
-
-/// One flow as `observe -o json` gives it, with what the tests look at.
-#[derive(Debug, Clone)]
-struct Seen {
-    src: String,
-    dst: String,
-    verdict: String,
-    container: String,
-    process: String,
-    pid: u64,
-    json: String,
-}
-
-/// One line of `observe -o json`, read with the project's reader; the container and process from
-/// the flow's extensions: an Any holding a Struct, either as protojson writes it (`@type`, and
-/// the Struct as JSON under `value`) or as pbjson does (`typeUrl`, base64 `value`).
-fn seen(line: &str) -> Option<Seen> {
-    use imdsguard_flow::flow::layer4::Protocol;
-    use imdsguard_flow::observer::get_flows_response::ResponseTypes;
-    use imdsguard_hubble_proto::process::{self, ProcessInfo};
-    let mut v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let ext = &v["flow"]["extensions"]["value"];
-    let as_json = ext.is_object().then(|| ProcessInfo {
-        container: ext["container"].as_str().unwrap_or_default().to_owned(),
-        process: ext["process"].as_str().unwrap_or_default().to_owned(),
-        pid: ext["pid"].as_f64().map_or(0, |p| p as u32),
-        uid: ext["uid"].as_f64().map(|u| u as u32),
-    });
-    if as_json.is_some()
-        && let Some(flow) = v["flow"].as_object_mut()
-    {
-        flow.remove("extensions");
-    }
-    let mut decoder = imdsguard_flow::jsonline::LineDecoder::new();
-    let Some(ResponseTypes::Flow(f)) = decoder.decode(&v.to_string()).ok()?.response_types.clone()
-    else {
-        return None;
-    };
-    let info = as_json.or_else(|| process::get(&f)).unwrap_or_default();
-    let src = f.source.clone().unwrap_or_default();
-    let port = match f.l4.as_ref().and_then(|l| l.protocol.clone()) {
-        Some(Protocol::Tcp(t)) => t.destination_port,
-        Some(Protocol::Udp(u)) => u.destination_port,
-        _ => 0,
-    };
-    Some(Seen {
-        src: format!("{}/{}", src.namespace, src.pod_name),
-        dst: format!(
-            "{}:{port}",
-            f.ip.as_ref()
-                .map(|i| i.destination.as_str())
-                .unwrap_or_default()
-        ),
-        verdict: f.verdict().as_str_name().to_owned(),
-        container: info.container,
-        process: info.process,
-        pid: u64::from(info.pid),
-        json: line.to_owned(),
-    })
-}
-
-fn flows(agent: &Agent) -> Vec<Seen> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
-        .args([
-            "observe",
-            "--server",
-            &agent.addr,
-            "--last",
-            "1000",
-            "-o",
-            "json",
-        ])
-        .output()
-        .expect("observe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(seen)
-        .collect()
-}
-
-fn show(flows: &[Seen]) -> String {
-    flows
-        .iter()
-        .map(|f| {
-            format!(
-                "{} -> {} {} {}/{}[{}]\n    {}",
-                f.src, f.dst, f.verdict, f.container, f.process, f.pid, f.json
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Waits up to 10 s for flows that `want` accepts; returns them all.

@@ -8,7 +8,6 @@ mod common;
 use common::ApiServer;
 use imdsguard_netns::{can_create_namespaces, unique_name};
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -140,29 +139,8 @@ fn eventually<T>(agent: &Agent, what: &str, mut f: impl FnMut() -> Option<T>) ->
     );
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn cilium(kind: &str, version: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cilium.io", version, kind), plural)
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
-    for entry in std::fs::read_dir(&dir).expect("deploy/crds") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("CRD YAML");
-        api.create(&PostParams::default(), &crd)
-            .await
-            .expect("create CRD");
-    }
-    // Established before first use.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 async fn namespace(client: &Client, name: &str, labels: Value) {
@@ -279,14 +257,14 @@ fn the_agent_follows_pods_namespaces_and_policies_from_the_api_server() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _routing = common::agent::ProxyRouting::take();
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };
     let client = rt.block_on(kapi.client());
     let ccnp = ccnp();
     rt.block_on(async {
-        install_crds(&client).await;
+        common::install_crds(&client).await;
         // kapilite has no namespace controller to create `default`, where Events of
         // cluster-scoped objects go.
         namespace(&client, "default", json!({})).await;
@@ -505,14 +483,14 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _routing = common::agent::ProxyRouting::take();
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };
     let client = rt.block_on(kapi.client());
     let ccnp = ccnp();
     rt.block_on(async {
-        install_crds(&client).await;
+        common::install_crds(&client).await;
         namespace(&client, "go-webapp", json!({})).await;
         pod(
             &client,
@@ -668,7 +646,7 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
     let topology =
         imdsguard_lab::topology::parse(&imdsguard_manifest::Source::new("lab.yaml", text))
             .expect("topology");
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };
@@ -718,7 +696,7 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
         ));
     };
     rt.block_on(async {
-        install_crds(&client).await;
+        common::install_crds(&client).await;
         for (ns, _) in &topology.namespaces {
             namespace(&client, ns, json!({})).await;
         }
@@ -786,7 +764,7 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
 
 #[test]
 fn policy_lint_checks_namespaces_against_a_live_cluster() {
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };

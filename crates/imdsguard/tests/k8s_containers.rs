@@ -9,11 +9,9 @@
 mod common;
 
 use common::ApiServer;
-use common::agent::{Agent, BpfRoot, TempDir, agent_test};
+use common::agent::{Agent, BpfRoot, Seen, TempDir, agent_test, flows, show};
 use imdsguard_lab::lab::{self, LabState, UpOptions};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -48,27 +46,6 @@ impl Drop for LabGuard {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
-    for entry in std::fs::read_dir(&dir).expect("deploy/crds") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("CRD YAML");
-        api.create(&PostParams::default(), &crd)
-            .await
-            .expect("create CRD");
-    }
-    // Established before first use.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
 /// A 64-hex-digit container ID, unique to this run.
 fn container_id(tag: u8) -> String {
     let nanos = std::time::SystemTime::now()
@@ -99,87 +76,6 @@ fn wait_until<T>(agent: &Agent, what: &str, mut f: impl FnMut() -> Option<T>) ->
         "timed out waiting until {what}; the agent logged:\n{}",
         agent.logged()
     );
-}
-
-/// One flow of `observe -o json`: source pod, destination, and the extension's container,
-/// process and pid (read as protojson writes the Struct, or decoded when pbjson wrote it).
-#[derive(Debug)]
-struct Seen {
-    src: String,
-    dst: String,
-    container: String,
-    process: String,
-    pid: u64,
-    json: String,
-}
-
-fn seen(line: &str) -> Option<Seen> {
-    use imdsguard_flow::flow::layer4::Protocol;
-    use imdsguard_flow::observer::get_flows_response::ResponseTypes;
-    use imdsguard_hubble_proto::process::{self, ProcessInfo};
-    let mut v: Value = serde_json::from_str(line).ok()?;
-    let ext = &v["flow"]["extensions"]["value"];
-    let as_json = ext.is_object().then(|| ProcessInfo {
-        container: ext["container"].as_str().unwrap_or_default().to_owned(),
-        process: ext["process"].as_str().unwrap_or_default().to_owned(),
-        pid: ext["pid"].as_f64().map_or(0, |p| p as u32),
-        uid: ext["uid"].as_f64().map(|u| u as u32),
-    });
-    if as_json.is_some()
-        && let Some(flow) = v["flow"].as_object_mut()
-    {
-        flow.remove("extensions");
-    }
-    let mut decoder = imdsguard_flow::jsonline::LineDecoder::new();
-    let Some(ResponseTypes::Flow(f)) = decoder.decode(&v.to_string()).ok()?.response_types.clone()
-    else {
-        return None;
-    };
-    let info = as_json.or_else(|| process::get(&f)).unwrap_or_default();
-    let src = f.source.clone().unwrap_or_default();
-    let port = match f.l4.as_ref().and_then(|l| l.protocol.clone()) {
-        Some(Protocol::Tcp(t)) => t.destination_port,
-        Some(Protocol::Udp(u)) => u.destination_port,
-        _ => 0,
-    };
-    Some(Seen {
-        src: format!("{}/{}", src.namespace, src.pod_name),
-        dst: format!(
-            "{}:{port}",
-            f.ip.as_ref()
-                .map(|i| i.destination.as_str())
-                .unwrap_or_default()
-        ),
-        container: info.container,
-        process: info.process,
-        pid: u64::from(info.pid),
-        json: line.to_owned(),
-    })
-}
-
-fn flows(agent: &Agent) -> Vec<Seen> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
-        .args(["observe", "--server", &agent.addr, "--last", "1000"])
-        .args(["-o", "json"])
-        .output()
-        .expect("observe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(seen)
-        .collect()
-}
-
-fn show(flows: &[Seen]) -> String {
-    flows
-        .iter()
-        .map(|f| {
-            format!(
-                "{} -> {} {}/{}[{}]\n    {}",
-                f.src, f.dst, f.container, f.process, f.pid, f.json
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// `envoy` (the lab's alias of curl, so that its process is named so) inside the pod's network
@@ -222,7 +118,7 @@ fn the_agent_names_the_container_of_a_pod_from_its_container_statuses() {
         common::skip("no cgroup v2 hierarchy for the pod's containers");
         return;
     };
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };
@@ -270,7 +166,7 @@ endpoints:
     // The Pod as the kubelet reports it: running, with an address and two containers' IDs.
     let (proxy_id, app_id) = (container_id(1), container_id(2));
     let uid = rt.block_on(async {
-        install_crds(&client).await;
+        common::install_crds(&client).await;
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": "shop"}})).expect("ns");
         Api::<Namespace>::all(client.clone())

@@ -9,24 +9,16 @@ mod common;
 use common::ApiServer;
 use imdsguard_netns::{can_create_namespaces, unique_name};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LABEL: &str = "policy.imdsguard.io/audit-mode";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 async fn namespace(client: &Client, name: &str, labels: Value) {
     let ns: Namespace =
@@ -63,19 +55,6 @@ async fn pod(client: &Client, ns: &str, name: &str, node: &str, ip: &str, labels
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("pod status");
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
-    for entry in std::fs::read_dir(&dir).expect("deploy/crds") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("CRD YAML");
-        api.create(&PostParams::default(), &crd)
-            .await
-            .expect("create CRD");
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 async fn apply_ccnp(client: &Client, obj: Value) {
@@ -195,13 +174,13 @@ fn a_namespace_label_and_a_policy_annotation_put_pods_and_policies_in_audit_mode
         return;
     }
     let _routing = common::agent::ProxyRouting::take();
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };
     let client = rt.block_on(kapi.client());
     rt.block_on(async {
-        install_crds(&client).await;
+        common::install_crds(&client).await;
         namespace(&client, "default", json!({})).await;
         namespace(&client, "rollout", json!({LABEL: "true"})).await;
         namespace(&client, "enforced", json!({})).await;
@@ -250,7 +229,7 @@ fn a_namespace_label_and_a_policy_annotation_put_pods_and_policies_in_audit_mode
 
 #[test]
 fn lint_finds_an_audit_that_the_clusters_pods_make_moot() {
-    let rt = runtime();
+    let rt = common::runtime();
     let Some(kapi) = ApiServer::start() else {
         return;
     };

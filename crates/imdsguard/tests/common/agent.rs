@@ -228,3 +228,77 @@ pub fn curl(from: &imdsguard_netns::Pod, to: std::net::Ipv4Addr) -> bool {
         .status
         .success()
 }
+
+/// One flow as `observe -o json` gives it, with what the tests look at: source pod, destination,
+/// verdict, and imdsguard's process extension (container, process, pid).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub src: String,
+    pub dst: String,
+    pub verdict: String,
+    pub container: String,
+    pub process: String,
+    pub pid: u64,
+    pub json: String,
+}
+
+/// One line of `observe -o json`, read with the project's own reader (which takes the extension
+/// in protojson's form and in pbjson's).
+pub fn seen(line: &str) -> Option<Seen> {
+    use imdsguard_flow::flow::layer4::Protocol;
+    use imdsguard_flow::observer::get_flows_response::ResponseTypes;
+    let Some(ResponseTypes::Flow(f)) = imdsguard_flow::jsonline::decode_reference(line)
+        .ok()?
+        .response_types
+    else {
+        return None;
+    };
+    let info = imdsguard_hubble_proto::process::get(&f).unwrap_or_default();
+    let src = f.source.clone().unwrap_or_default();
+    let port = match f.l4.as_ref().and_then(|l| l.protocol.clone()) {
+        Some(Protocol::Tcp(t)) => t.destination_port,
+        Some(Protocol::Udp(u)) => u.destination_port,
+        _ => 0,
+    };
+    Some(Seen {
+        src: format!("{}/{}", src.namespace, src.pod_name),
+        dst: format!(
+            "{}:{port}",
+            f.ip.as_ref()
+                .map(|i| i.destination.as_str())
+                .unwrap_or_default()
+        ),
+        verdict: f.verdict().as_str_name().to_owned(),
+        container: info.container,
+        process: info.process,
+        pid: u64::from(info.pid),
+        json: line.to_owned(),
+    })
+}
+
+/// The agent's last 1,000 flows, through `imdsguard observe -o json`.
+pub fn flows(agent: &Agent) -> Vec<Seen> {
+    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["observe", "--server", &agent.addr, "--last", "1000"])
+        .args(["-o", "json"])
+        .output()
+        .expect("observe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(seen)
+        .collect()
+}
+
+/// Flows one per line, for assertion messages.
+pub fn show(flows: &[Seen]) -> String {
+    flows
+        .iter()
+        .map(|f| {
+            format!(
+                "{} -> {} {} {}/{}[{}]\n    {}",
+                f.src, f.dst, f.verdict, f.container, f.process, f.pid, f.json
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

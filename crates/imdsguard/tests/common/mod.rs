@@ -476,3 +476,28 @@ pub fn stderr_lines(
     }
     log
 }
+
+/// A single-threaded Tokio runtime for a test's API calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Cilium's CRDs from deploy/crds, created in the test's API server and given time to be
+/// established before first use.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    for entry in std::fs::read_dir(&dir).expect("deploy/crds") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("CRD YAML");
+        api.create(&PostParams::default(), &crd)
+            .await
+            .expect("create CRD");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
