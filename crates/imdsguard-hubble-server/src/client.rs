@@ -11,11 +11,12 @@ use imdsguard_flow::observe::{ObserveError, Printer};
 use imdsguard_flow::observer::GetFlowsRequest;
 use imdsguard_flow::observer::observer_client::ObserverClient;
 use imdsguard_hubble_proto::observer::{
-    GetNodesRequest, GetNodesResponse, ServerStatusRequest, ServerStatusResponse,
+    GetFlowsResponse, GetNodesRequest, GetNodesResponse, ServerStatusRequest, ServerStatusResponse,
 };
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+use tonic::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why talking to a Hubble server failed. The texts name the server as it was given.
@@ -215,6 +216,19 @@ impl ClientOptions {
         })
     }
 
+    /// Opens the `GetFlows` stream of `req`.
+    async fn flows(
+        &self,
+        req: GetFlowsRequest,
+    ) -> Result<Streaming<GetFlowsResponse>, ClientError> {
+        let mut client = ObserverClient::new(self.connect().await?);
+        Ok(client
+            .get_flows(req)
+            .await
+            .map_err(|s| ClientError::GetFlows(s.message().to_owned()))?
+            .into_inner())
+    }
+
     /// Sends `req` and prints each response to `out` as it arrives (flushed, for followers),
     /// then what the printer keeps for the end. The printer applies the client-side filters.
     pub async fn print_flows(
@@ -223,17 +237,8 @@ impl ClientOptions {
         printer: &mut Printer,
         out: &mut impl Write,
     ) -> Result<(), ClientError> {
-        let mut client = ObserverClient::new(self.connect().await?);
-        let mut stream = client
-            .get_flows(req)
-            .await
-            .map_err(|s| ClientError::GetFlows(s.message().to_owned()))?
-            .into_inner();
-        while let Some(resp) = stream
-            .message()
-            .await
-            .map_err(|s| ClientError::Stream(s.message().to_owned()))?
-        {
+        let mut stream = self.flows(req).await?;
+        while let Some(resp) = next_response(&mut stream).await? {
             printer.print(out, &resp)?;
             out.flush().map_err(ObserveError::from)?;
             // `--first` counted by the client: dropping the stream cancels the call.
@@ -256,18 +261,9 @@ impl ClientOptions {
         mut each: impl FnMut(&imdsguard_flow::flow::Flow),
     ) -> Result<u64, ClientError> {
         use imdsguard_hubble_proto::observer::get_flows_response::ResponseTypes;
-        let mut client = ObserverClient::new(self.connect().await?);
-        let mut stream = client
-            .get_flows(req)
-            .await
-            .map_err(|s| ClientError::GetFlows(s.message().to_owned()))?
-            .into_inner();
+        let mut stream = self.flows(req).await?;
         let mut lost = 0;
-        while let Some(resp) = stream
-            .message()
-            .await
-            .map_err(|s| ClientError::Stream(s.message().to_owned()))?
-        {
+        while let Some(resp) = next_response(&mut stream).await? {
             match &resp.response_types {
                 Some(ResponseTypes::Flow(f)) => each(f),
                 Some(ResponseTypes::LostEvents(l)) => lost += l.num_events_lost,
@@ -357,4 +353,14 @@ impl ClientOptions {
             client
         })
     }
+}
+
+/// The stream's next response; `None` when the server ended it.
+async fn next_response(
+    stream: &mut Streaming<GetFlowsResponse>,
+) -> Result<Option<GetFlowsResponse>, ClientError> {
+    stream
+        .message()
+        .await
+        .map_err(|s| ClientError::Stream(s.message().to_owned()))
 }

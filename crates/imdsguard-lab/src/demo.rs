@@ -268,38 +268,35 @@ fn observe(binary: &Path, addr: &str, since: &str, extra: &[&str]) -> Result<Str
 /// line per sender, in order of first appearance, with how many connections (source ports) each
 /// opened.
 fn callers(json_lines: &str) -> Vec<(String, usize)> {
-    let mut out: Vec<(String, Vec<u64>)> = Vec::new();
+    use imdsguard_flow::flow::layer4::Protocol;
+    use imdsguard_flow::observer::get_flows_response::ResponseTypes;
+    let mut out: Vec<(String, Vec<u32>)> = Vec::new();
+    let mut decoder = imdsguard_flow::jsonline::LineDecoder::new();
     for line in json_lines.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        let Ok(resp) = decoder.decode(line) else {
             continue;
         };
-        let flow = &v["flow"];
-        let src = &flow["source"];
-        let (Some(ns), Some(pod)) = (src["namespace"].as_str(), src["pod_name"].as_str()) else {
+        let Some(ResponseTypes::Flow(flow)) = &resp.response_types else {
             continue;
         };
-        // protojson writes the Any's Struct under "value"; accept the fields at the top too.
-        let ext = &flow["extensions"];
-        let ext = if ext["value"].is_object() {
-            &ext["value"]
-        } else {
-            ext
+        let Some(src) = flow.source.as_ref().filter(|s| !s.pod_name.is_empty()) else {
+            continue;
         };
-        let (Some(container), Some(process)) = (ext["container"].as_str(), ext["process"].as_str())
+        let Some(p) = imdsguard_hubble_proto::process::get(flow)
+            .filter(|p| !p.container.is_empty() && !p.process.is_empty())
         else {
             continue;
         };
-        let l4 = &flow["l4"];
-        let port = l4["TCP"]["destination_port"]
-            .as_u64()
-            .or_else(|| l4["UDP"]["destination_port"].as_u64())
-            .unwrap_or(0);
-        let sport = l4["TCP"]["source_port"]
-            .as_u64()
-            .or_else(|| l4["UDP"]["source_port"].as_u64())
-            .unwrap_or(0);
-        let dst = flow["IP"]["destination"].as_str().unwrap_or("?");
-        let who = format!("{ns}/{pod} [{container}: {process}] → {dst}:{port}");
+        let (sport, port) = match flow.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+            Some(Protocol::Tcp(t)) => (t.source_port, t.destination_port),
+            Some(Protocol::Udp(u)) => (u.source_port, u.destination_port),
+            _ => (0, 0),
+        };
+        let dst = flow.ip.as_ref().map_or("?", |i| i.destination.as_str());
+        let who = format!(
+            "{}/{} [{}: {}] → {dst}:{port}",
+            src.namespace, src.pod_name, p.container, p.process
+        );
         match out.iter_mut().find(|(w, _)| *w == who) {
             Some((_, ports)) if !ports.contains(&sport) => ports.push(sport),
             Some(_) => {}
@@ -631,5 +628,39 @@ mod tests {
         let bare = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: d\nspec:\n  endpointSelector: {}\n  egressDeny: [{toCIDR: [169.254.169.254/32]}]\n";
         assert_eq!(decode(&audit_policy(bare).expect("metadata")), [true]);
         assert!(audit_policy("kind: x\n").is_none());
+    }
+
+    /// The demo's caller line comes from `observe -o json` through the project's reader: one
+    /// line per pod, container, process and destination, counting connections by source port.
+    #[test]
+    fn callers_name_the_pod_container_and_process_and_count_connections() {
+        let line = |sport: u16, container: &str| {
+            format!(
+                r#"{{"flow":{{"verdict":"FORWARDED","IP":{{"source":"10.0.0.5","destination":"169.254.169.254","ipVersion":"IPv4"}},"l4":{{"TCP":{{"source_port":{sport},"destination_port":80}}}},"source":{{"namespace":"go-webapp","pod_name":"web-1"}},"extensions":{{"@type":"type.googleapis.com/google.protobuf.Struct","value":{{"container":"{container}","pid":4242,"process":"pilot-agent","uid":1337}}}}}},"node_name":"n"}}"#
+            )
+        };
+        let text = [
+            line(40000, "istio-proxy"),
+            line(40000, "istio-proxy"),
+            line(40001, "istio-proxy"),
+            line(40002, "app"),
+            "not json".to_owned(),
+            r#"{"flow":{"verdict":"FORWARDED","source":{"namespace":"a","pod_name":"b"}}}"#
+                .to_owned(),
+        ]
+        .join("\n");
+        assert_eq!(
+            callers(&text),
+            [
+                (
+                    "go-webapp/web-1 [istio-proxy: pilot-agent] → 169.254.169.254:80".to_owned(),
+                    2
+                ),
+                (
+                    "go-webapp/web-1 [app: pilot-agent] → 169.254.169.254:80".to_owned(),
+                    1
+                ),
+            ]
+        );
     }
 }

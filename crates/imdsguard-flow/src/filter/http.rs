@@ -1,6 +1,8 @@
 //! HTTP criteria: status codes and their prefixes, methods, and the path of a URL as Go's
 //! `url.ParseRequestURI` finds it (so `http_path` matches what Hubble matches).
 
+use imdsguard_metadata::percent::{Piece, pieces};
+use imdsguard_metadata::percent_decode_strict;
 use std::borrow::Cow;
 
 use crate::flow::{Flow, Http, layer7};
@@ -107,37 +109,18 @@ fn split_scheme(raw: &str) -> Option<(&str, &str)> {
     Some(("", raw))
 }
 
-fn unhex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
 /// `shouldEscape(c, encodeHost)` for ASCII bytes.
 fn host_byte_needs_escape(c: u8) -> bool {
     !(c.is_ascii_alphanumeric() || b"!$&'()*+,;=:[]<>\"-_.~".contains(&c))
 }
 
 fn valid_host_chars(host: &str) -> bool {
-    let b = host.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let (Some(h), Some(_)) = (
-                    b.get(i + 1).and_then(|x| unhex(*x)),
-                    b.get(i + 2).and_then(|x| unhex(*x)),
-                ) else {
-                    return false;
-                };
-                if h < 8 && &b[i..i + 3] != b"%25" {
-                    return false;
-                }
-                i += 3;
-            }
-            c if c < 0x80 && host_byte_needs_escape(c) => return false,
-            _ => i += 1,
-        }
-    }
-    true
+    pieces(host).all(|p| match p {
+        // Go accepts an escaped non-ASCII byte, and `%25` (a zone's `%`), and nothing else.
+        Piece::Escaped { byte, .. } => byte >= 0x80 || byte == b'%',
+        Piece::Malformed { .. } => false,
+        Piece::Literal(c) => c >= 0x80 || !host_byte_needs_escape(c),
+    })
 }
 
 fn valid_optional_port(port: &str) -> bool {
@@ -180,24 +163,7 @@ fn valid_authority(authority: &str) -> bool {
 /// Go's `unescape(s, encodePath)` as `ParseRequestURI` applies it: `None` on a bad `%` escape.
 /// Decoded bytes that are not UTF-8 become U+FFFD, since the regexes match `str`s.
 fn unescape_path(s: &str) -> Option<Cow<'_, str>> {
-    if !s.contains('%') {
-        return Some(Cow::Borrowed(s));
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hi = b.get(i + 1).and_then(|x| unhex(*x))?;
-            let lo = b.get(i + 2).and_then(|x| unhex(*x))?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+    percent_decode_strict(s).ok()
 }
 
 #[cfg(test)]
