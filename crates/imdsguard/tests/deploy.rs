@@ -74,6 +74,7 @@ fn install_dry_run_prints_the_committed_manifests_with_least_privilege() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Service",
             "DaemonSet"
         ]
     );
@@ -97,7 +98,7 @@ fn install_dry_run_prints_the_committed_manifests_with_least_privilege() {
         };
         assert!(verbs.is_subset(&allowed), "{rule}");
     }
-    let ds = &docs[6];
+    let ds = docs.last().expect("the DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     let agent = agent_container(ds);
@@ -177,6 +178,28 @@ fn the_helm_chart_reads_only_defined_values_and_matches_the_install() {
     let chart_rbac = documents(&rbac);
     assert_eq!(chart_rbac[0]["rules"], docs[4]["rules"]);
     assert_eq!(chart_rbac[1]["subjects"], docs[5]["subjects"]);
+    // The hubble-peer Service, as the install has it, leads to the port of the listen address.
+    let peer = std::fs::read_to_string(chart.join("templates/hubble-peer-service.yaml"))
+        .expect("hubble-peer-service.yaml");
+    let install_peer = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "hubble-peer")
+        .expect("the install's hubble-peer Service");
+    assert_eq!(install_peer["spec"]["ports"][0]["targetPort"], 4244);
+    assert_eq!(install_peer["spec"]["internalTrafficPolicy"], "Local");
+    for needle in [
+        "port: 443",
+        "targetPort: {{ include \"imdsguard.port\" .Values.hubble.listenAddress }}",
+        "internalTrafficPolicy: Local",
+    ] {
+        assert!(peer.contains(needle), "{needle}\n{peer}");
+    }
+    assert!(
+        templates.contains(
+            "containerPort: {{ include \"imdsguard.port\" .Values.hubble.listenAddress }}"
+        ),
+        "the DaemonSet's gRPC port follows hubble.listenAddress"
+    );
     // The chart's CRDs are the install's (a link to deploy/crds).
     for (name, _) in [("ciliumnetworkpolicies", 0), ("ciliumcidrgroups", 0)] {
         let a = std::fs::read_to_string(chart.join(format!("crds/{name}.yaml"))).expect("crd");
