@@ -42,6 +42,8 @@ async function waitRows(p, atLeast, timeout = 20_000) {
 async function seed(p) {
   await waitRows(p, 12);
   await assertSeedInTable(p);
+  // A replaying agent enforces nothing: no audit mode to report.
+  assert.equal(await p.locator('#audit-summary').isHidden(), true);
   await p.waitForFunction(() => document.querySelector('#flow-state').textContent === 'live');
   await shot(p, 'flows.png');
 
@@ -336,6 +338,11 @@ async function load(p) {
 async function lab(p) {
   // The pods call every 10 and 15 seconds, and may have just called before the agent attached.
   await waitRows(p, 1, 60_000);
+  // The agent's policy in audit mode (audit-probe) shows before any flow was audited.
+  await p.waitForFunction(() => {
+    const b = document.querySelector('#audit-summary');
+    return b && !b.hidden && b.textContent === 'Audit mode: 1 policy' && b.title.includes('CiliumClusterwideNetworkPolicy audit-probe');
+  }, null, { timeout: 30_000 });
   await p.keyboard.press('3');
   const caller = (id) => p.locator(`#imds-callers .caller[data-id="${id}"]`);
   // The pods' loops call every 10 and 15 seconds.

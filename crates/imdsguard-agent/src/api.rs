@@ -41,6 +41,11 @@ pub struct AgentStatus {
     /// Of those, the policies in audit mode (`policy.imdsguard.io/audit-mode: "true"`): what
     /// they would deny passes and is reported as AUDIT.
     pub audit_policies: Vec<String>,
+    /// The same policies by kind, namespace and name, for the UI.
+    #[serde(skip)]
+    pub audit_policy_refs: Vec<imdsguard_policy::api::PolicyRef>,
+    /// `--policy-audit-mode`: every endpoint is in audit mode.
+    pub audit_all: bool,
     /// What is wrong with the policies (and endpoints file) as they read now; an invalid policy
     /// that was valid before stays in force at its last good version.
     pub policy_errors: Vec<String>,
@@ -149,11 +154,13 @@ pub fn build(
     endpoints.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut policies: Vec<String> = repo.policies().map(|p| p.id.to_string()).collect();
     policies.sort();
-    let mut audit_policies: Vec<String> = repo
+    let mut audit_policy_refs: Vec<_> = repo
         .policies()
         .filter(|p| p.audit)
-        .map(|p| p.id.to_string())
+        .map(|p| p.id.clone())
         .collect();
+    audit_policy_refs.sort();
+    let mut audit_policies: Vec<String> = audit_policy_refs.iter().map(|p| p.to_string()).collect();
     audit_policies.sort();
     AgentStatus {
         node: node.to_owned(),
@@ -164,6 +171,8 @@ pub fn build(
         identities: repo.identities().iter().count(),
         policies,
         audit_policies,
+        audit_policy_refs,
+        audit_all,
         policy_errors: inputs.errors(),
         watches: inputs.watches(),
         guarded_interfaces: interfaces.guarded.iter().cloned().collect(),
@@ -199,6 +208,29 @@ impl AgentApi {
 
     fn status(&self) -> Arc<AgentStatus> {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// What is in audit mode as of the last status, for the UI's badges on pods and policies.
+    pub fn audit_modes(&self) -> imdsguard_ui::AuditModes {
+        let s = self.status();
+        imdsguard_ui::AuditModes {
+            all: s.audit_all,
+            pods: s
+                .endpoints
+                .iter()
+                .filter(|e| e.audit)
+                .map(|e| format!("{}/{}", e.namespace, e.name))
+                .collect(),
+            policies: s
+                .audit_policy_refs
+                .iter()
+                .map(|p| imdsguard_ui::PolicyName {
+                    kind: p.kind.as_str().to_owned(),
+                    namespace: p.namespace.to_string(),
+                    name: p.name.to_string(),
+                })
+                .collect(),
+        }
     }
 
     /// Answers the traces asked since the last call.

@@ -170,12 +170,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         }
     }
+    // The local API's state, which the UI also reads for its audit-mode badges.
+    let api = enforce.is_some().then(AgentApi::new);
     if !ui_listen_address.is_empty() {
-        let ui = imdsguard_ui::UiServer::bind(&ui_listen_address, hub.clone())
+        let mut ui = imdsguard_ui::UiServer::bind(&ui_listen_address, hub.clone())
             .await
             .map_err(AgentError::io(format!(
                 "listening on {ui_listen_address} for the UI"
             )))?;
+        if let Some(api) = &api {
+            let api = api.clone();
+            ui = ui.with_audit(Arc::new(move || api.audit_modes()));
+        }
         match ui.local_addr() {
             Ok(a) => info!("ui: serving on http://{a}/"),
             Err(_) => info!("ui: serving on http://{ui_listen_address}/"),
@@ -205,11 +211,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let api_socket = enforce.as_ref().map(|e| e.socket_path.clone());
-    let mut datapath = match enforce {
-        Some(enforce) => {
-            Some(start_enforcing(enforce, client, &node, &hub, &stop, &mut servers).await?)
+    let mut datapath = match (enforce, api) {
+        (Some(enforce), Some(api)) => {
+            Some(start_enforcing(enforce, api, client, &node, &hub, &stop, &mut servers).await?)
         }
-        None => None,
+        _ => None,
     };
     if let Some(r) = replay {
         let task = crate::replay::start(r, hub.clone())?;
@@ -268,6 +274,7 @@ fn local(l: &tokio::net::TcpListener) -> String {
 /// The inputs, the local API, the proxy, and the reconciliation loop on a blocking thread.
 async fn start_enforcing(
     cfg: EnforceConfig,
+    api: Arc<AgentApi>,
     client: Option<KubeClient>,
     node: &str,
     hub: &Arc<Hub>,
@@ -302,7 +309,6 @@ async fn start_enforcing(
             )
         }
     };
-    let api = AgentApi::new();
     {
         let (api, path): (_, PathBuf) = (api.clone(), cfg.socket_path.clone());
         servers.spawn(async move {

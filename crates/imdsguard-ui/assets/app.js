@@ -544,12 +544,32 @@
     try {
       const s = await getJson('/api/status');
       $('#node-name').textContent = s.node_name;
+      showAuditSummary(s.audit);
       for (const ns of s.namespaces) ensureOption(fNamespace, ns);
     } catch {
       // the flow state line already says when the agent is gone
     }
   }
   setInterval(loadStatus, STATUS_MS);
+
+  /** What the agent has in audit mode now, even before any flow was audited. */
+  function showAuditSummary(audit) {
+    const box = $('#audit-summary');
+    const pods = audit ? audit.pods.length : 0;
+    const policies = audit ? audit.policies.length : 0;
+    if (!audit || (!audit.all && !pods && !policies)) {
+      box.hidden = true;
+      return;
+    }
+    const parts = [];
+    if (audit.all) parts.push('every pod (--policy-audit-mode)');
+    else if (pods) parts.push(`${pods} ${pods === 1 ? 'pod' : 'pods'}`);
+    if (policies) parts.push(`${policies} ${policies === 1 ? 'policy' : 'policies'}`);
+    box.textContent = 'Audit mode: ' + parts.join(', ');
+    box.title = 'What these would deny passes and is reported as AUDIT.\n' +
+      [...audit.pods, ...audit.policies.map((p) => `${p.kind} ${p.namespace ? p.namespace + '/' : ''}${p.name}`)].join('\n');
+    box.hidden = false;
+  }
 
   // ---------------------------------------------------------------- the service map
 
@@ -930,7 +950,7 @@
     const conn = Object.entries(c.connections).map(([d, k]) => `${d} ${k}`).join(', ') || 'no policy verdicts seen';
     const card = el('section', { class: 'caller', data: { id: c.id, class: c.class }, 'aria-label': title },
       el('h2', {}, title, c.workload_kind ? el('span', { class: 'muted', text: ` ${c.workload_kind}` }) : null,
-        c.audit ? el('span', { class: 'badge cls-audit audit-mode', title: 'Audit mode: what a policy would deny passes and is reported as AUDIT', text: 'AUDIT' }) : null),
+        c.audit ? el('span', { class: 'badge cls-audit audit-mode', title: c.audit_mode ? 'In audit mode: what a policy would deny passes and is reported as AUDIT' : 'Some calls were audited: a policy in audit mode let through what it would deny', text: 'AUDIT' }) : null),
       el('dl', { class: 'facts' },
         fact('Called', c.endpoints.map((e) => `${SERVICE_LABELS[e.service] || 'IMDS'} ${e.address}:${e.port}`).join(', ')),
         fact('Verdicts', ...badges(c.verdicts)),
@@ -949,7 +969,8 @@
     card.append(el('h3', { text: 'Decided by' }));
     const decided = c.policies.map((p) =>
       el('li', {}, el('span', { class: 'badge cls-' + { allowed: 'allowed', denied: 'denied', audited: 'audit' }[p.decision], text: p.decision === 'audited' ? 'AUDIT' : p.decision }),
-        `${p.name} (${p.kind}${p.namespace ? `, namespace ${p.namespace}` : ''}) ×${p.count}`));
+        `${p.name} (${p.kind}${p.namespace ? `, namespace ${p.namespace}` : ''}) ×${p.count}`,
+        p.audit_mode ? el('span', { class: 'badge cls-audit audit-mode policy-audit', title: 'This policy is in audit mode: it drops nothing', text: 'audit mode' }) : null));
     if (c.default_denied) decided.push(el('li', {}, el('span', { class: 'badge cls-denied', text: 'denied' }), `no policy allows it (default deny) ×${c.default_denied}`));
     card.append(decided.length ? el('ul', {}, ...decided) : el('p', { class: 'muted', text: 'No policy named in the flows seen (no policy selects this workload, or only trace events were seen).' }));
     card.append(el('h3', { text: 'Token requests' }));

@@ -146,6 +146,8 @@ pub struct PolicyView {
     pub decision: Decision,
     /// Decisions (policy-verdict events and L7 records) that named this policy.
     pub count: u64,
+    /// The policy is in audit mode now (the agent's state, `crate::audit`).
+    pub audit_mode: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,8 +194,11 @@ pub struct CallerView {
     pub class: &'static str,
     /// The caller is (partly) in audit mode: some of its flows were AUDIT (a policy in audit
     /// mode, or the pod's namespace or endpoint in audit mode, let through what it would deny).
-    /// The UI shows an AUDIT badge on it.
+    /// The UI shows an AUDIT badge on it. Also set when the agent has one of its pods in audit
+    /// mode now (`audit_mode`).
     pub audit: bool,
+    /// One of its pods is in audit mode now, as the agent resolved it (`crate::audit`).
+    pub audit_mode: bool,
     /// `allowed`, `denied`, `audited`: policy-verdict events (one per connection attempt).
     pub connections: BTreeMap<Decision, u64>,
     pub requests: Vec<RequestView>,
@@ -425,6 +430,7 @@ impl ImdsReport {
                 class: c.verdicts.class(),
                 audit: c.verdicts.get(Verdict::Audit) > 0
                     || c.connections.contains_key(&Decision::Audited),
+                audit_mode: false,
                 connections: c.connections.clone(),
                 requests: c
                     .requests
@@ -458,6 +464,7 @@ impl ImdsReport {
                         name: k.name.clone(),
                         decision: k.decision,
                         count: *n,
+                        audit_mode: false,
                     })
                     .collect(),
                 containers: c
@@ -544,7 +551,7 @@ mod tests {
         assert_eq!(webapp["connections"], json!({"allowed": 1, "denied": 1}));
         assert_eq!(
             webapp["policies"],
-            json!([{"kind": "CiliumClusterwideNetworkPolicy", "namespace": "", "name": "azure-imds-deny", "decision": "denied", "count": 1}])
+            json!([{"kind": "CiliumClusterwideNetworkPolicy", "namespace": "", "name": "azure-imds-deny", "decision": "denied", "count": 1, "audit_mode": false}])
         );
         assert_eq!(
             webapp["endpoints"],
@@ -573,7 +580,7 @@ mod tests {
         );
         assert_eq!(
             fluent["policies"],
-            json!([{"kind": "CiliumClusterwideNetworkPolicy", "namespace": "", "name": "azure-imds-allow", "decision": "allowed", "count": 1}])
+            json!([{"kind": "CiliumClusterwideNetworkPolicy", "namespace": "", "name": "azure-imds-allow", "decision": "allowed", "count": 1, "audit_mode": false}])
         );
         assert_eq!(fluent["first_seen"], "2025-07-15T21:58:44.291Z");
         assert_eq!(fluent["last_seen"], "2025-07-15T21:58:44.300Z");

@@ -4,12 +4,14 @@
 //!
 //! - `metadata`, `peer`, `table`, `servicemap`, `imds`: pure logic over flows (what a metadata
 //!   call is, the map's nodes, the table's columns and search, the map, the IMDS report).
+//! - `audit`: what the agent has in audit mode now, laid over the IMDS view.
 //! - `server`: the HTTP endpoints over the hub's flow ring buffer.
 //!
 //! Limits: no authentication and no TLS (bind it to loopback and reach it through an SSH or
 //! `kubectl port-forward` tunnel); one node's flows only; the map and the IMDS view count from
 //! when the agent started, forgetting what has been idle for an hour.
 
+pub mod audit;
 pub mod imds;
 pub mod metadata;
 pub mod peer;
@@ -17,6 +19,7 @@ pub mod server;
 pub mod servicemap;
 pub mod table;
 
+pub use audit::{AuditModes, AuditSource, PolicyName};
 pub use server::UiServer;
 
 #[cfg(test)]

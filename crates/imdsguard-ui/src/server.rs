@@ -11,6 +11,7 @@
 //! * Bound to loopback, the server answers only requests whose Host is an IP address or
 //!   `localhost`, so a web page elsewhere cannot read it through DNS rebinding.
 
+use crate::audit::{AuditModes, AuditSource};
 use crate::imds::ImdsReport;
 use crate::peer::Sides;
 use crate::servicemap::ServiceMap;
@@ -66,6 +67,8 @@ struct Aggregates {
 
 struct Ui {
     hub: Arc<Hub>,
+    /// The agent's audit modes; none when the UI runs without an enforcing agent (replay).
+    audit: Option<AuditSource>,
     aggregates: Mutex<Aggregates>,
     streams: Arc<AtomicUsize>,
     loopback: bool,
@@ -99,11 +102,21 @@ impl UiServer {
             listener,
             ui: Arc::new(Ui {
                 hub,
+                audit: None,
                 aggregates: Mutex::new(Aggregates::default()),
                 streams: Arc::new(AtomicUsize::new(0)),
                 loopback,
             }),
         })
+    }
+
+    /// Reads the agent's audit modes from `source` for each answer, so pods and policies in audit
+    /// mode show before any of their flows is audited.
+    pub fn with_audit(mut self, source: AuditSource) -> UiServer {
+        if let Some(ui) = Arc::get_mut(&mut self.ui) {
+            ui.audit = Some(source);
+        }
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -479,12 +492,15 @@ async fn map(State(ui): State<Arc<Ui>>, Query(q): Query<ViewQuery>) -> Response 
 async fn imds(State(ui): State<Arc<Ui>>, Query(q): Query<ViewQuery>) -> Response {
     let ns = q.namespace.as_deref().filter(|n| !n.is_empty());
     let a = ui.aggregates();
-    let view = WithLoss {
+    let mut view = WithLoss {
         view: a.imds.view(ns),
         lost: a.lost,
         window_seconds: WINDOW.as_secs(),
     };
     drop(a);
+    if let Some(source) = &ui.audit {
+        source().mark(&mut view.view);
+    }
     json(&view)
 }
 
@@ -500,6 +516,8 @@ struct Status {
     streams: usize,
     max_streams: usize,
     window_seconds: u64,
+    /// What the agent has in audit mode now (empty without an enforcing agent).
+    audit: AuditModes,
 }
 
 async fn status(State(ui): State<Arc<Ui>>) -> Response {
@@ -514,6 +532,7 @@ async fn status(State(ui): State<Arc<Ui>>) -> Response {
         streams: ui.streams.load(Ordering::SeqCst),
         max_streams: MAX_STREAMS,
         window_seconds: WINDOW.as_secs(),
+        audit: ui.audit.as_ref().map(|source| source()).unwrap_or_default(),
     })
 }
 
@@ -576,6 +595,7 @@ mod tests {
         }
         Arc::new(Ui {
             hub,
+            audit: None,
             aggregates: Mutex::new(Aggregates::default()),
             streams: Arc::new(AtomicUsize::new(0)),
             loopback: true,
@@ -646,6 +666,61 @@ mod tests {
         assert!(err["error"].as_str().unwrap().contains("verdict"), "{err}");
         let (status, _, _) = get(&ui, "/api/flows?last=many", "localhost").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    /// The agent's audit modes reach the status and mark the IMDS view before any flow is
+    /// audited (the seed's flows have none).
+    #[tokio::test]
+    async fn the_agents_audit_modes_show_in_status_and_the_imds_view() {
+        let hub = Hub::new(63, "test-node", "");
+        for f in seed_flows() {
+            hub.ingest(f);
+        }
+        let modes = AuditModes {
+            all: false,
+            pods: ["go-webapp/go-webapp-847857f68-2qlnd".to_owned()].into(),
+            policies: [crate::audit::PolicyName {
+                kind: "CiliumClusterwideNetworkPolicy".into(),
+                namespace: String::new(),
+                name: "azure-imds-deny".into(),
+            }]
+            .into(),
+        };
+        let source = modes.clone();
+        let ui = Arc::new(Ui {
+            hub,
+            audit: Some(Arc::new(move || source.clone())),
+            aggregates: Mutex::new(Aggregates::default()),
+            streams: Arc::new(AtomicUsize::new(0)),
+            loopback: true,
+        });
+        let task = tokio::spawn(aggregate(ui.clone()));
+        let status = get_json(&ui, "/api/status").await;
+        assert_eq!(
+            status["audit"]["pods"],
+            serde_json::json!(["go-webapp/go-webapp-847857f68-2qlnd"])
+        );
+        assert_eq!(status["audit"]["policies"][0]["name"], "azure-imds-deny");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let imds = loop {
+            let imds = get_json(&ui, "/api/imds?namespace=go-webapp").await;
+            if !imds["callers"].as_array().unwrap().is_empty() || Instant::now() > deadline {
+                break imds;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let caller = &imds["callers"][0];
+        assert_eq!(caller["audit_mode"], true, "{caller}");
+        assert_eq!(caller["audit"], true);
+        let deny = caller["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "azure-imds-deny")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(deny["audit_mode"], true, "{caller}");
+        task.abort();
     }
 
     #[tokio::test]

@@ -436,6 +436,13 @@ fn the_page_shows_the_labs_live_traffic() {
         std::fs::copy(repo().join("examples/azure-imds").join(f), policies.join(f))
             .expect("copy a seed policy");
     }
+    // A policy in audit mode that no flow names: the page's header still says so, from the
+    // agent's state rather than from AUDIT flows.
+    std::fs::write(
+        policies.join("audit-probe.yaml"),
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: audit-probe\n  annotations: {policy.imdsguard.io/audit-mode: \"true\"}\nspec:\n  endpointSelector: {matchLabels: {app: nobody}}\n  egressDeny: [{toCIDR: [192.0.2.1/32]}]\n",
+    )
+    .expect("write the audit policy");
     let state = dir.join("lab");
     let up = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
         .current_dir(repo())

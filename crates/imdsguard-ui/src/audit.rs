@@ -1,0 +1,124 @@
+//! What the agent has in audit mode now, laid over the IMDS view. The view's own `audit` comes
+//! from AUDIT flows, so a pod or policy put in audit mode showed nothing until one of its calls was
+//! audited; the agent's resolved state shows it at once (a namespace labelled
+//! `policy.imdsguard.io/audit-mode=true`, a pod's `policyAuditMode`, `--policy-audit-mode`, or a
+//! policy annotated `policy.imdsguard.io/audit-mode: "true"`).
+//!
+//! Limits: pods are matched by `namespace/name` as the flows name them, and policies by kind,
+//! namespace and name; a pod or policy the flows do not name gets no badge here (the page's
+//! status line counts them all).
+
+use crate::imds::ImdsView;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A policy as the flows name it (Hubble's `*_allowed_by` / `*_denied_by`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PolicyName {
+    pub kind: String,
+    /// Empty for clusterwide policies.
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The agent's audit modes as of now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AuditModes {
+    /// `--policy-audit-mode`: every pod of the node.
+    pub all: bool,
+    /// Pods in audit mode, `namespace/name`.
+    pub pods: BTreeSet<String>,
+    /// Policies in audit mode.
+    pub policies: BTreeSet<PolicyName>,
+}
+
+/// Where the UI reads the audit modes when it answers: the agent's latest status.
+pub type AuditSource = Arc<dyn Fn() -> AuditModes + Send + Sync>;
+
+impl AuditModes {
+    /// Marks the callers with a pod in audit mode, and the policies in audit mode, in `view`.
+    pub fn mark(&self, view: &mut ImdsView) {
+        for c in &mut view.callers {
+            let pod_audited = |pod: &String| self.pods.contains(&format!("{}/{pod}", c.namespace));
+            if self.all && !c.pods.is_empty() || c.pods.iter().any(pod_audited) {
+                c.audit = true;
+                c.audit_mode = true;
+            }
+            for p in &mut c.policies {
+                p.audit_mode = self
+                    .policies
+                    .iter()
+                    .any(|a| a.kind == p.kind && a.namespace == p.namespace && a.name == p.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imds::ImdsReport;
+    use crate::peer::Sides;
+    use std::time::Instant;
+
+    #[test]
+    fn pods_and_policies_in_audit_mode_are_marked_without_audit_flows() {
+        let mut report = ImdsReport::default();
+        let now = Instant::now();
+        for f in crate::testdata::seed_flows() {
+            report.observe(&f, &Sides::of(&f), now);
+        }
+        let mut view = report.view(None);
+        assert!(view.callers.iter().all(|c| !c.audit_mode));
+        let webapp = |v: &ImdsView| {
+            v.callers
+                .iter()
+                .find(|c| c.namespace == "go-webapp")
+                .map(|c| (c.audit, c.audit_mode, c.pods.clone()))
+                .expect("the seed's go-webapp calls IMDS")
+        };
+        let (_, _, pods) = webapp(&view);
+        let modes = AuditModes {
+            all: false,
+            pods: [format!("go-webapp/{}", pods[0])].into(),
+            policies: [PolicyName {
+                kind: "CiliumClusterwideNetworkPolicy".into(),
+                namespace: String::new(),
+                name: "azure-imds-deny".into(),
+            }]
+            .into(),
+        };
+        modes.mark(&mut view);
+        assert!(webapp(&view).0);
+        assert!(webapp(&view).1);
+        let marked: Vec<(&str, bool)> = view
+            .callers
+            .iter()
+            .flat_map(|c| c.policies.iter())
+            .map(|p| (p.name.as_str(), p.audit_mode))
+            .collect();
+        assert!(marked.contains(&("azure-imds-deny", true)), "{marked:?}");
+        assert!(marked.contains(&("azure-imds-allow", false)), "{marked:?}");
+        // Other namespaces' callers are not in audit mode.
+        assert!(
+            view.callers
+                .iter()
+                .filter(|c| c.namespace != "go-webapp")
+                .all(|c| !c.audit_mode)
+        );
+        // --policy-audit-mode: every pod.
+        let mut all = report.view(None);
+        AuditModes {
+            all: true,
+            ..Default::default()
+        }
+        .mark(&mut all);
+        assert!(
+            all.callers
+                .iter()
+                .filter(|c| !c.pods.is_empty())
+                .all(|c| c.audit_mode)
+        );
+    }
+}
