@@ -7,6 +7,11 @@
 //!   nothing either, which is rarely what its author meant;
 //! - a deny of the policy covers only flows that an enforcing policy already denies: those flows
 //!   are dropped (DROPPED, not AUDIT), whatever the audit says, so the audit is moot.
+//!
+//! Limits: the second case probes `egressDeny` only, with one flow per destination (the first
+//! address of each CIDR and the metadata addresses, on the deny's first TCP port). An audited
+//! `ingressDeny` is never reported moot: the linter's probes are egress flows to what a policy
+//! names, and a missed report only costs a moot audit, never a wrong verdict.
 
 use crate::Finding;
 use crate::checks::AUDIT_MOOT;

@@ -7,87 +7,12 @@
 mod common;
 
 use common::agent::{Agent, BpfRoot, Seen, TempDir, agent_test, eventually, flows, show, write};
-use imdsguard_lab::lab::{self, LabState, UpOptions};
+use common::lab::Lab;
+use imdsguard_lab::lab::{self, LabState};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A lab brought up by the test, taken down on drop; its name and run id are checked for
-/// leftovers afterwards.
-struct LabGuard(Option<LabState>);
-
-impl LabGuard {
-    fn up(dir: &Path, topology: &str) -> LabGuard {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let t =
-            imdsguard_lab::topology::parse(&imdsguard_manifest::Source::new("lab.yaml", topology))
-                .unwrap_or_else(|e| panic!("{e}\n{topology}"));
-        let state = lab::up(
-            &t,
-            &UpOptions {
-                interrupted: Default::default(),
-                name: format!(
-                    "at{}x{}",
-                    std::process::id() % 100_000,
-                    N.fetch_add(1, Ordering::Relaxed)
-                ),
-                state_root: dir.join("lab"),
-                binary: PathBuf::from(env!("CARGO_BIN_EXE_imdsguard")),
-                mark: lab::LAB_MARK,
-            },
-            &|step| eprintln!("lab: {step}"),
-        )
-        .expect("lab up");
-        LabGuard(Some(state))
-    }
-
-    fn state(&self) -> &LabState {
-        self.0.as_ref().expect("the lab is up")
-    }
-
-    /// Takes the lab down and checks that nothing of it is left: namespaces, interfaces, ip
-    /// rules into its table, its cgroups.
-    fn down_and_check(mut self) {
-        let state = self.0.take().expect("the lab is up");
-        let problems = lab::down(&state);
-        assert_eq!(problems, Vec::<String>::new());
-        let netns: Vec<String> = state
-            .pods
-            .iter()
-            .chain(&state.imds)
-            .chain(&state.node)
-            .map(|p| p.netns.clone())
-            .collect();
-        for n in &netns {
-            assert!(!Path::new("/run/netns").join(n).exists(), "netns {n} left");
-            assert!(
-                !Path::new("/sys/class/net").join(n).exists(),
-                "link {n} left"
-            );
-        }
-        let rules = imdsguard_netns::run("ip", &["rule", "show"]).unwrap_or_default();
-        assert!(
-            !rules.contains(&format!("lookup {} ", state.table))
-                && !rules.contains(&format!("lookup {}\n", state.table)),
-            "{rules}"
-        );
-        if let Some(root) = &state.cgroup_root {
-            assert!(!root.exists(), "cgroup {} left", root.display());
-        }
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        if let Some(state) = self.0.take() {
-            for p in lab::down(&state) {
-                eprintln!("lab down: {p}");
-            }
-        }
-    }
-}
 
 /// A command in a container of a lab pod (`lab exec POD -c CONTAINER`).
 fn in_container(state: &LabState, pod: &str, container: Option<&str>, argv: &[&str]) -> Command {
@@ -244,8 +169,9 @@ fn two_containers_in_a_pod_and_the_flows_name_the_sidecar_that_called_imds() {
     let Some((guard, k, dir)) = setup("atc") else {
         return;
     };
-    let lab = LabGuard::up(
+    let lab = Lab::up(
         &dir.0,
+        "at",
         &format!(
             r#"
 podCIDR: 10.{k}.31.0/24
@@ -337,8 +263,9 @@ fn host_network_pods_are_judged_by_their_cgroups_and_the_node_is_left_alone() {
     let Some((guard, k, dir)) = setup("ath") else {
         return;
     };
-    let lab = LabGuard::up(
+    let lab = Lab::up(
         &dir.0,
+        "at",
         &format!(
             r#"
 podCIDR: 10.{k}.32.0/24
@@ -443,8 +370,9 @@ fn host_network_pods_http_rules_are_judged_by_the_proxy() {
     let Some((guard, k, dir)) = setup("atp") else {
         return;
     };
-    let lab = LabGuard::up(
+    let lab = Lab::up(
         &dir.0,
+        "at",
         &format!(
             r#"
 podCIDR: 10.{k}.33.0/24
@@ -577,8 +505,9 @@ fn reject_refuses_a_denied_connect_at_once_and_drop_lets_it_time_out() {
     let Some((guard, k, dir)) = setup("atr") else {
         return;
     };
-    let lab = LabGuard::up(
+    let lab = Lab::up(
         &dir.0,
+        "at",
         &format!(
             r#"
 podCIDR: 10.{k}.33.0/24
@@ -677,8 +606,9 @@ fn a_connection_from_before_an_agent_restart_is_still_named_after_it() {
     let Some((guard, k, dir)) = setup("atk") else {
         return;
     };
-    let lab = LabGuard::up(
+    let lab = Lab::up(
         &dir.0,
+        "at",
         &format!(
             r#"
 podCIDR: 10.{k}.34.0/24

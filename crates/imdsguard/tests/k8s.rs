@@ -6,6 +6,7 @@
 mod common;
 
 use common::ApiServer;
+use common::lab::Lab;
 use imdsguard_netns::{can_create_namespaces, unique_name};
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use kube::Client;
@@ -593,45 +594,6 @@ fn an_api_outage_keeps_enforcement_and_a_restarted_agent_waits_for_a_full_view()
     assert_eq!(map_identity(&node.status(), "10.252.0.5"), Some(identity));
 }
 
-/// Takes the lab down whatever happens.
-struct LabGuard(imdsguard_lab::lab::LabState);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        for problem in imdsguard_lab::lab::down(&self.0) {
-            eprintln!("lab down: {problem}");
-        }
-    }
-}
-
-/// curl inside a lab pod; the HTTP status, 0 when the call timed out (dropped).
-fn lab_curl(state: &imdsguard_lab::lab::LabState, pod: &str, url: &str) -> u16 {
-    let argv: Vec<String> = [
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "--max-time",
-        "2",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Metadata: true",
-        url,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let out = imdsguard_lab::lab::exec(state, pod, &argv)
-        .expect("exec in the lab")
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
 #[test]
 fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
     if !can_create_namespaces() {
@@ -652,28 +614,16 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
     };
     let client = rt.block_on(kapi.client());
     let node = Node::new();
-    let state = imdsguard_lab::lab::up(
-        &topology,
-        &imdsguard_lab::lab::UpOptions {
-            interrupted: Arc::default(),
-            name: format!("kl{}", std::process::id() % 100_000),
-            state_root: node.dir.join("lab"),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_imdsguard")),
-            mark: 0xa00,
-        },
-        &|_| {},
-    )
-    .expect("lab up");
-    let lab = LabGuard(state);
+    let lab = Lab::up_parsed(&node.dir, "kl", &topology, 0xa00);
     let alloy = lab
-        .0
+        .state()
         .pods
         .iter()
         .find(|p| p.namespace == "grafana-alloy")
         .expect("alloy")
         .clone();
     let create_pod = |name: &str| {
-        let record = lab.0.pod(name).expect("lab pod");
+        let record = lab.state().pod(name).expect("lab pod");
         let spec = &topology
             .pods
             .iter()
@@ -720,7 +670,7 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
         }
     });
     // Every pod is in the API but Alloy: its veth exists, its Pod object has not come yet.
-    for p in lab.0.pods.iter().filter(|p| p.name != alloy.name) {
+    for p in lab.state().pods.iter().filter(|p| p.name != alloy.name) {
         create_pod(&p.name);
     }
     let agent = Agent::start_with(
@@ -729,7 +679,7 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
         "lab-node",
         &["--unknown-veths", "guard", "--proxy-upstream-mark", "0xa00"],
     );
-    let known = lab.0.pods.len() - 1;
+    let known = lab.state().pods.len() - 1;
     eventually(
         &agent,
         "every known pod is enforced and Alloy's veth guarded",
@@ -748,17 +698,17 @@ fn the_lab_enforces_pods_and_policies_that_come_from_the_api_server() {
     let instance = "http://169.254.169.254/metadata/instance?api-version=2021-02-01";
     let token = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
     // The seed: go-webapp (its sidecar) is denied; Fluent Bit gets its token through the proxy.
-    assert_eq!(lab_curl(&lab.0, "go-webapp-847857f68-2qlnd", instance), 0);
-    assert_eq!(lab_curl(&lab.0, "fluent-bit-qg7vq", token), 200);
+    assert_eq!(lab.http_status("go-webapp-847857f68-2qlnd", instance), 0);
+    assert_eq!(lab.http_status("fluent-bit-qg7vq", token), 200);
     // A pod the agent has not heard of cannot reach IMDS: its veth is guarded.
-    assert_eq!(lab_curl(&lab.0, &alloy.name, instance), 0);
+    assert_eq!(lab.http_status(&alloy.name, instance), 0);
     // Once its Pod object arrives, its namespace's exception applies.
     create_pod(&alloy.name);
     eventually(&agent, "Alloy is enforced", || {
         let s = node.status();
         (endpoint(&s, &format!("grafana-alloy/{}", alloy.name))?["attached"] == true).then_some(())
     });
-    assert_eq!(lab_curl(&lab.0, &alloy.name, instance), 200);
+    assert_eq!(lab.http_status(&alloy.name, instance), 200);
     drop(agent);
 }
 

@@ -10,7 +10,8 @@ mod common;
 
 use common::ApiServer;
 use common::agent::{Agent, BpfRoot, Seen, TempDir, agent_test, flows, show};
-use imdsguard_lab::lab::{self, LabState, UpOptions};
+use common::lab::Lab;
+use imdsguard_lab::lab::{self, LabState};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -31,17 +32,6 @@ impl Drop for CgroupTree {
     fn drop(&mut self) {
         for problem in imdsguard_lab::cgroups::remove_tree(&self.0) {
             eprintln!("cgroup cleanup: {problem}");
-        }
-    }
-}
-
-/// Takes the lab down whatever happens.
-struct LabGuard(LabState);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        for problem in lab::down(&self.0) {
-            eprintln!("lab down: {problem}");
         }
     }
 }
@@ -137,22 +127,8 @@ endpoints:
   - {{name: webapp, namespace: shop, labels: {{app: webapp}}}}
 "#
     );
-    let t = imdsguard_lab::topology::parse(&imdsguard_manifest::Source::new("lab.yaml", topology))
-        .expect("topology");
-    let state = lab::up(
-        &t,
-        &UpOptions {
-            interrupted: Default::default(),
-            name: format!("kc{}", std::process::id() % 100_000),
-            state_root: dir.0.join("lab"),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_imdsguard")),
-            mark: lab::LAB_MARK,
-        },
-        &|step| eprintln!("lab: {step}"),
-    )
-    .expect("lab up");
-    let lab = LabGuard(state);
-    let webapp = lab.0.pod("webapp").expect("webapp").clone();
+    let lab = Lab::up(&dir.0, "kc", &topology);
+    let webapp = lab.state().pod("webapp").expect("webapp").clone();
     let pod_ip = webapp.ipv4.to_string();
     // Nothing is sent before the namespace's route to the metadata address is the pod's eth0.
     let route = imdsguard_netns::run("ip", &["-n", &webapp.netns, "route", "get", IMDS])
@@ -292,11 +268,11 @@ endpoints:
     }
 
     let (code, proxy_pid) = wait_until(&agent, "the sidecar reaches the metadata service", || {
-        let got = get_in(&lab.0, &webapp.netns, &proxy_cg);
+        let got = get_in(lab.state(), &webapp.netns, &proxy_cg);
         (got.0 == "200").then_some(got)
     });
     assert_eq!(code, "200");
-    let (app_code, app_pid) = get_in(&lab.0, &webapp.netns, &app_cg);
+    let (app_code, app_pid) = get_in(lab.state(), &webapp.netns, &app_cg);
     assert_eq!(app_code, "200");
 
     let to_imds = format!("{IMDS}:80");

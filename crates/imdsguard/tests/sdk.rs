@@ -11,13 +11,13 @@
 mod common;
 
 use common::agent::{Agent, BpfRoot, TempDir, agent_test, write};
+use common::lab::Lab;
 use imdsguard_imds::emulator::{AWS_ACCESS_KEY_ID, AWS_CREDENTIALS_LIFETIME, AWS_ROLE};
 use imdsguard_imds::gcp::{ACCESS_TOKEN, SERVICE_ACCOUNT, TOKEN_LIFETIME};
-use imdsguard_lab::lab::{self, LabState, PodRecord, UpOptions};
+use imdsguard_lab::lab::{LabState, PodRecord};
 use imdsguard_netns::unique_name;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The mark that leads the proxy's upstream connections into this test's lab. Not `imdsguard
@@ -49,17 +49,6 @@ fn sdk_python() -> Option<PathBuf> {
         return None;
     }
     Some(venv.join("bin/python"))
-}
-
-/// Takes the lab down whatever happens.
-struct LabGuard(LabState);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        for problem in lab::down(&self.0) {
-            eprintln!("lab down: {problem}");
-        }
-    }
 }
 
 /// What differs between the clouds.
@@ -264,28 +253,16 @@ fn run_in_lab(cloud: &Cloud, third_octet: u8) -> Option<Outcome> {
     let topology =
         imdsguard_lab::topology::parse(&imdsguard_manifest::Source::new("lab.yaml", topology))
             .expect("topology");
-    let state = lab::up(
-        &topology,
-        &UpOptions {
-            interrupted: Arc::default(),
-            name: unique_name("sdk"),
-            state_root: dir.0.join("lab"),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_imdsguard")),
-            mark: lab_mark(),
-        },
-        &|_| {},
-    )
-    .expect("lab up");
-    let lab = LabGuard(state);
-    let allowed_pod = lab.0.pod(ALLOWED).expect("allowed pod").clone();
-    let blocked_pod = lab.0.pod(BLOCKED).expect("blocked pod").clone();
+    let lab = Lab::up_parsed(&dir.0, "sd", &topology, lab_mark());
+    let allowed_pod = lab.state().pod(ALLOWED).expect("allowed pod").clone();
+    let blocked_pod = lab.state().pod(BLOCKED).expect("blocked pod").clone();
     for pod in [&allowed_pod, &blocked_pod] {
-        check_route(&lab.0, pod);
+        check_route(lab.state(), pod);
     }
     write(&dir.0.join("policies").join("imds.yaml"), &policies(cloud));
     let bpf = BpfRoot(dir.0.join("bpf"));
     let proxy_port = (18_500 + std::process::id() % 1000).to_string();
-    let endpoints = lab.0.endpoints_file();
+    let endpoints = lab.state().endpoints_file();
     let policies_dir = dir.0.join("policies");
     let agent = Agent::start(&[
         "--endpoints",
@@ -335,7 +312,7 @@ fn run_in_lab(cloud: &Cloud, third_octet: u8) -> Option<Outcome> {
         std::thread::sleep(Duration::from_millis(200));
         flows = agent.observe();
     }
-    let imds_log = std::fs::read_to_string(lab.0.imds_log()).unwrap_or_default();
+    let imds_log = std::fs::read_to_string(lab.state().imds_log()).unwrap_or_default();
     eprintln!(
         "{ALLOWED}: {}\n{BLOCKED}: {}\nthe emulator saw:\n{imds_log}",
         allowed.1, blocked.1

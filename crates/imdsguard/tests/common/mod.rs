@@ -4,6 +4,7 @@
 
 use imdsguard_netns::unique_name;
 pub mod agent;
+pub mod lab;
 
 use kube::Client;
 use std::path::{Path, PathBuf};
