@@ -4,30 +4,21 @@
 //! "metadata" server is a namespace of the test's own, marked protected in the ipcache; nothing
 //! leaves the machine, and processes outside the test's cgroup never meet its hooks.
 
+mod common;
+
+use common::{Pins, attach, drain, pod_ips, protect, skip, subnet, wait_for_http};
 use imdsguard_datapath::DenyResponse;
 use imdsguard_datapath::abi::{self, Event};
-use imdsguard_datapath::loader::{Datapath, EventReader, Options, inspect, unpin_all};
+use imdsguard_datapath::loader::{Datapath, Options, inspect};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
-use imdsguard_manifest::Source;
 use imdsguard_netns::{Pod, Process, can_create_namespaces, unique_name};
-use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
+use imdsguard_policy::Repository;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Removes the test's pin tree (and with it the pinned hooks), whatever happens.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = unpin_all(&self.0);
-        let _ = imdsguard_netns::run("umount", &[&self.0.to_string_lossy()]);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// A cgroup the test made; on drop, whatever still runs in it moves to the v2 root (only the
 /// test's own processes can be there, and their guards kill them first) and it is removed.
@@ -90,10 +81,6 @@ impl Cgroups {
             .collect();
         Some(Cgroups { children, top })
     }
-}
-
-fn skip(reason: &str) {
-    imdsguard_netns::skip_test(env!("CARGO_CRATE_NAME"), reason);
 }
 
 /// The client: connects (TCP or UDP) and prints `<result> <pid> <ms>`; with `hold`, keeps the
@@ -228,21 +215,13 @@ struct Lab {
     pins: Pins,
 }
 
-/// 10.<k>.<n>.0/24 for the n-th lab of this process (enforce.rs uses 200..250).
-fn subnet() -> (u8, u8) {
-    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
-    (
-        150 + (std::process::id() % 40) as u8,
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-    )
-}
-
 fn lab() -> Option<Lab> {
     if !can_create_namespaces() {
         skip("creating network namespaces and cgroups needs root");
         return None;
     }
-    let (k, n) = subnet();
+    // enforce.rs takes 200..250.
+    let (k, n) = subnet(150, 40);
     let v6 = |h: u16| Ipv6Addr::new(0xfd00, 0x1f, u16::from(k), u16::from(n), 0, 0, 0, h);
     let pod =
         Pod::create(&unique_name("icp"), Ipv4Addr::new(10, k, n, 2), Some(v6(2))).expect("pod");
@@ -271,7 +250,7 @@ fn lab() -> Option<Lab> {
         server,
         _http: http,
         _udp: udp,
-        pins: Pins(std::env::temp_dir().join(unique_name("icbpf"))),
+        pins: Pins::new("icbpf"),
     };
     for p in [&lab.pod, &lab.host] {
         assert_eq!(
@@ -279,29 +258,8 @@ fn lab() -> Option<Lab> {
             "eth0"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !tcp_ok(&lab.pod, lab.server.ipv4) {
-        assert!(Instant::now() < deadline, "the test server did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_http(&lab.pod, &lab.server);
     Some(lab)
-}
-
-fn tcp_ok(from: &Pod, to: Ipv4Addr) -> bool {
-    from.ns
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "2",
-                &format!("http://{to}:8080/"),
-            ],
-        )
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 /// pod: denied the server (egressDeny); host (a hostNetwork pod, no addresses): denied the
@@ -329,41 +287,13 @@ fn repository(lab: &Lab) -> Repository {
 }
 
 fn repository_with(lab: &Lab, policies: &str) -> Repository {
-    let text = policies
-        .replace("SERVER6", &lab.server.ipv6.expect("v6").to_string())
-        .replace("SERVER", &lab.server.ipv4.to_string());
-    let decoded = decode_source(
-        &Source::new("policies.yaml", text),
-        &DecodeOptions::default(),
-    );
-    assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
-    let mut repo = Repository::new(EngineOptions::default());
-    repo.load(&decoded);
-    let pod_ips: Vec<IpAddr> = vec![lab.pod.ipv4.into(), lab.pod.ipv6.expect("v6").into()];
-    for (name, ips) in [("pod", pod_ips), ("host", Vec::new())] {
-        repo.upsert_endpoint(EndpointSpec {
-            name: name.to_owned(),
-            namespace: "default".to_owned(),
-            labels: vec![("app".to_owned(), name.to_owned())],
-            ips,
-            ..Default::default()
-        });
-    }
-    repo.resolve();
-    repo
+    // The hostNetwork pod has no addresses of its own: it is judged by its cgroups.
+    let endpoints = [("pod", pod_ips(&lab.pod)), ("host", Vec::new())];
+    common::repository(&lab.server, policies, &endpoints)
 }
 
 fn sync_options(lab: &Lab) -> SyncOptions {
-    SyncOptions {
-        protected: [
-            IpAddr::from(lab.server.ipv4),
-            lab.server.ipv6.expect("v6").into(),
-        ]
-        .into_iter()
-        .map(ipnet::IpNet::from)
-        .collect(),
-        ..Default::default()
-    }
+    protect(&lab.server)
 }
 
 fn open(lab: &Lab, cgroup_root: Option<&Path>, deny: DenyResponse) -> Datapath {
@@ -376,19 +306,6 @@ fn open(lab: &Lab, cgroup_root: Option<&Path>, deny: DenyResponse) -> Datapath {
     .expect("load the datapath")
 }
 
-fn attach_pod(dp: &mut Datapath, pod: &Pod) {
-    let ips: Vec<IpAddr> = vec![pod.ipv4.into(), pod.ipv6.expect("v6").into()];
-    dp.attach_pod(&pod.host_if, abi::IfaceInfo::new(&ips, 0, 0))
-        .expect("attach");
-}
-
-fn drain(reader: &mut EventReader) -> Vec<Event> {
-    // The programs submit without a wake-up; the records are there at once.
-    let mut out = Vec::new();
-    reader.drain(|e| out.push(e));
-    out
-}
-
 #[test]
 fn events_name_the_process_and_its_cgroup() {
     let Some(lab) = lab() else { return };
@@ -398,7 +315,7 @@ fn events_name_the_process_and_its_cgroup() {
     assert_eq!(dp.cgroup_hooks().len(), 5, "{:?}", dp.cgroup_hooks());
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
-    attach_pod(&mut dp, &lab.pod);
+    attach(&mut dp, &lab.pod).expect("attach");
     let mut events = dp.take_events().expect("events");
     let server = lab.server.ipv4.to_string();
     let child = &cg.children[0];
@@ -707,7 +624,7 @@ fn reject_answers_a_pods_denied_packets_at_once() {
     let mut dp = open(&lab, None, DenyResponse::Drop);
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
-    attach_pod(&mut dp, &lab.pod);
+    attach(&mut dp, &lab.pod).expect("attach");
     let mut events = dp.take_events().expect("events");
 
     // drop: the client waits for its timeout.
@@ -784,7 +701,7 @@ fn a_restart_keeps_the_hooks_and_the_sockets_attribution() {
     let mut dp = open(&lab, Some(&cg.top.path), DenyResponse::Drop);
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync");
-    attach_pod(&mut dp, &lab.pod);
+    attach(&mut dp, &lab.pod).expect("attach");
     let before = inspect(&lab.pins.0).expect("inspect").cgroup_hooks;
     assert_eq!(before.len(), 5, "{before:?}");
     assert!(before.iter().all(|h| h.cgroup_id == cg.top.id()));
@@ -802,7 +719,7 @@ fn a_restart_keeps_the_hooks_and_the_sockets_attribution() {
     let mut dp = open(&lab, Some(&cg.top.path), DenyResponse::Drop);
     let mut sync = TableSync::new(sync_options(&lab));
     sync.sync(&repo, &mut dp).expect("sync after restart");
-    attach_pod(&mut dp, &lab.pod);
+    attach(&mut dp, &lab.pod).expect("attach");
     let after = inspect(&lab.pins.0).expect("inspect").cgroup_hooks;
     for (a, b) in before.iter().zip(&after) {
         assert_eq!(
@@ -841,7 +758,7 @@ fn a_path_that_is_not_cgroup_v2_is_refused_with_a_hint() {
         skip("loading BPF needs root");
         return;
     }
-    let pins = Pins(std::env::temp_dir().join(unique_name("icbpf")));
+    let pins = Pins::new("icbpf");
     let err = Datapath::open(&Options {
         bpf_root: pins.0.clone(),
         cgroup_root: Some(std::env::temp_dir()),

@@ -3,27 +3,17 @@
 //! test's own, marked protected in the ipcache like 169.254.169.254; nothing leaves the machine
 //! and no route of the machine is touched.
 
+mod common;
+
+use common::{Pins, attach, drain, http_ok, pod_ips, protect, skip, subnet, wait_for_http};
 use imdsguard_datapath::abi::{self, Event};
-use imdsguard_datapath::loader::{Datapath, EventReader, Options, unpin_all};
+use imdsguard_datapath::loader::{Datapath, Options};
 use imdsguard_datapath::sync::{SyncOptions, TableSync};
 use imdsguard_manifest::Source;
 use imdsguard_netns::{Pod, Process, can_create_namespaces, unique_name};
-use imdsguard_policy::{DecodeOptions, EndpointSpec, EngineOptions, Repository, decode_source};
+use imdsguard_policy::{DecodeOptions, EndpointSpec, Repository, decode_source};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// Removes the test's pin tree, whatever happens.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        // A private bpffs instance, mounted by the datapath on first open.
-        let _ = unpin_all(&self.0);
-        let _ = imdsguard_netns::run("umount", &[&self.0.to_string_lossy()]);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 struct Lab {
     a: Pod,
@@ -54,27 +44,12 @@ spec:
       icmps: [{fields: [{type: 8}]}]
 "#;
 
-/// 10.<k>.<n>.0/24 for the n-th lab of this process: host routes must not collide between
-/// parallel tests or runs.
-fn subnet() -> (u8, u8) {
-    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
-    (
-        200 + (std::process::id() % 50) as u8,
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-    )
-}
-
-/// Says that the calling test is skipped and why (imdsguard_netns::skip_test).
-fn skip(reason: &str) {
-    imdsguard_netns::skip_test(env!("CARGO_CRATE_NAME"), reason);
-}
-
 fn lab() -> Option<Lab> {
     if !can_create_namespaces() {
         skip("creating network namespaces needs root");
         return None;
     }
-    let (k, n) = subnet();
+    let (k, n) = subnet(200, 50);
     let v6 = |h: u16| Ipv6Addr::new(0xfd00, 0x1e, u16::from(k), u16::from(n), 0, 0, 0, h);
     let a =
         Pod::create(&unique_name("iga"), Ipv4Addr::new(10, k, n, 2), Some(v6(2))).expect("pod a");
@@ -86,7 +61,7 @@ fn lab() -> Option<Lab> {
         .ns
         .spawn("python3", &["-m", "http.server", "8080", "--bind", "::"])
         .expect("python3 http.server");
-    let pins = Pins(std::env::temp_dir().join(unique_name("igbpf")));
+    let pins = Pins::new("igbpf");
     let lab = Lab {
         a,
         b,
@@ -101,31 +76,8 @@ fn lab() -> Option<Lab> {
             "eth0"
         );
     }
-    wait_for_server(&lab);
+    wait_for_http(&lab.b, &lab.server);
     Some(lab)
-}
-
-fn wait_for_server(lab: &Lab) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if curl(&lab.b, IpAddr::V4(lab.server.ipv4)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the test server did not come up");
-}
-
-fn curl(from: &Pod, to: IpAddr) -> bool {
-    let url = match to {
-        IpAddr::V4(v4) => format!("http://{v4}:8080/"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:8080/"),
-    };
-    from.ns
-        .exec("curl", &["-s", "-o", "/dev/null", "--max-time", "2", &url])
-        .expect("curl")
-        .status
-        .success()
 }
 
 fn ping(from: &Pod, to: IpAddr) -> bool {
@@ -141,37 +93,12 @@ fn repository(lab: &Lab) -> Repository {
 }
 
 fn repository_with(lab: &Lab, policies: &str) -> Repository {
-    let text = policies
-        .replace("SERVER6", &lab.server.ipv6.expect("v6").to_string())
-        .replace("SERVER", &lab.server.ipv4.to_string());
-    let decoded = decode_source(
-        &Source::new("policies.yaml", text),
-        &DecodeOptions::default(),
-    );
-    assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
-    let mut repo = Repository::new(EngineOptions::default());
-    repo.load(&decoded);
-    for (name, pod) in [("a", &lab.a), ("b", &lab.b)] {
-        repo.upsert_endpoint(EndpointSpec {
-            name: name.to_owned(),
-            namespace: "default".to_owned(),
-            labels: vec![("app".to_owned(), name.to_owned())],
-            ips: vec![pod.ipv4.into(), pod.ipv6.expect("v6").into()],
-            ..Default::default()
-        });
-    }
-    repo.resolve();
-    repo
+    let endpoints = [("a", pod_ips(&lab.a)), ("b", pod_ips(&lab.b))];
+    common::repository(&lab.server, policies, &endpoints)
 }
 
 fn sync_options(lab: &Lab) -> SyncOptions {
-    SyncOptions {
-        protected: vec![lab.server.ipv4.into(), lab.server.ipv6.expect("v6").into()]
-            .into_iter()
-            .map(|ip: IpAddr| ipnet::IpNet::from(ip))
-            .collect(),
-        ..Default::default()
-    }
+    protect(&lab.server)
 }
 
 fn open(lab: &Lab) -> Datapath {
@@ -180,24 +107,6 @@ fn open(lab: &Lab) -> Datapath {
         ..Default::default()
     })
     .expect("load the datapath")
-}
-
-/// Attaches to a pod's interface and says which pod is behind it (its addresses), as the agent
-/// does.
-fn attach(
-    dp: &mut Datapath,
-    pod: &Pod,
-) -> Result<Vec<imdsguard_datapath::loader::Attachment>, imdsguard_datapath::loader::DatapathError>
-{
-    let mut ips: Vec<IpAddr> = vec![pod.ipv4.into()];
-    ips.extend(pod.ipv6.map(IpAddr::from));
-    dp.attach_pod(&pod.host_if, abi::IfaceInfo::new(&ips, 0, 0))
-}
-
-fn drain(reader: &mut EventReader) -> Vec<Event> {
-    let mut out = Vec::new();
-    reader.drain(|e| out.push(e));
-    out
 }
 
 fn from(events: &[Event], ip: Ipv4Addr) -> Vec<Event> {
@@ -224,10 +133,10 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
     let server = IpAddr::V4(lab.server.ipv4);
 
     // a: the deny policy (drop reason 181, "denied by denylist"); b: allowed on 8080, L3-L4.
-    assert!(!curl(&lab.a, server), "a reached the protected server");
-    assert!(curl(&lab.b, server), "b could not reach the server");
+    assert!(!http_ok(&lab.a, server), "a reached the protected server");
+    assert!(http_ok(&lab.b, server), "b could not reach the server");
     // b: IPv6 too, and ICMP echo (the reply passes by connection tracking).
-    assert!(curl(&lab.b, IpAddr::V6(lab.server.ipv6.expect("v6"))));
+    assert!(http_ok(&lab.b, IpAddr::V6(lab.server.ipv6.expect("v6"))));
     assert!(ping(&lab.b, server), "b's ping was not allowed");
     // a's ping is denied too: the deny names no ports, so it covers every protocol.
     assert!(!ping(&lab.a, server), "a's ping reached the denied CIDR");
@@ -284,10 +193,13 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
     drop(events);
     drop(dp);
     assert!(
-        !curl(&lab.a, server),
+        !http_ok(&lab.a, server),
         "a reached the server with no agent running"
     );
-    assert!(curl(&lab.b, server), "b lost access with no agent running");
+    assert!(
+        http_ok(&lab.b, server),
+        "b lost access with no agent running"
+    );
 
     // A new agent adopts the pins: no second program in the chain, the same verdicts.
     let mut dp = open(&lab);
@@ -301,8 +213,8 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
             "{att:?}"
         );
     }
-    assert!(!curl(&lab.a, server));
-    assert!(curl(&lab.b, server));
+    assert!(!http_ok(&lab.a, server));
+    assert!(http_ok(&lab.b, server));
     // Detaching an adopted link really takes the programs off (the agent must not keep a
     // reference of its own beside the pin).
     dp.detach(&lab.a.host_if).expect("detach");
@@ -315,7 +227,7 @@ fn enforces_egress_policy_with_verdicts_and_survives_a_restart() {
     );
     attach(&mut dp, &lab.a).expect("attach again");
     assert!(
-        !curl(&lab.a, server),
+        !http_ok(&lab.a, server),
         "a reached the server after a re-attach"
     );
 }
@@ -335,7 +247,7 @@ fn a_pod_without_policy_is_closed_for_metadata_until_its_policy_lands() {
         .expect("pending endpoint");
     let server = IpAddr::V4(lab.server.ipv4);
     assert!(
-        !curl(&lab.a, server),
+        !http_ok(&lab.a, server),
         "a pending pod reached a metadata address"
     );
     // Its policy lands (here: no policy selects it any more, so egress is open).
@@ -351,7 +263,7 @@ fn a_pod_without_policy_is_closed_for_metadata_until_its_policy_lands() {
     repo.resolve();
     sync.sync(&repo, &mut dp).expect("sync");
     assert!(
-        curl(&lab.a, server),
+        http_ok(&lab.a, server),
         "c could not reach the server once its policy was in place"
     );
 }
@@ -369,7 +281,7 @@ fn audit_mode_lets_denials_pass_and_reports_them() {
     attach(&mut dp, &lab.a).expect("attach");
     let mut events = dp.take_events().expect("events");
     let server = IpAddr::V4(lab.server.ipv4);
-    let passed = curl(&lab.a, server);
+    let passed = http_ok(&lab.a, server);
     let evs = drain(&mut events);
     assert!(passed, "audit mode still dropped a's connection: {evs:?}");
     let verdicts: Vec<u8> = from(&evs, lab.a.ipv4)
@@ -387,7 +299,7 @@ fn audit_mode_lets_denials_pass_and_reports_them() {
     sync.set_audit_endpoints(Default::default());
     sync.sync(&repo, &mut dp).expect("sync");
     assert!(
-        !curl(&lab.a, server),
+        !http_ok(&lab.a, server),
         "the deny did not come back after audit mode"
     );
 }
@@ -446,7 +358,7 @@ fn an_audit_policy_lets_its_denials_pass_while_an_enforcing_deny_still_drops() {
     let name = |rule_id: u32| sync.rule_ids.policy(rule_id).map(|p| p.name.to_string());
 
     // a's HTTP: only the audit policy denies it: it passes, reported AUDIT (181) naming it.
-    let passed = curl(&lab.a, server);
+    let passed = http_ok(&lab.a, server);
     let evs = drain(&mut events);
     assert!(passed, "an audit-mode deny dropped a's connection: {evs:?}");
     let a_verdicts: Vec<Event> = from(&evs, lab.a.ipv4)
@@ -479,7 +391,7 @@ fn an_audit_policy_lets_its_denials_pass_while_an_enforcing_deny_still_drops() {
     );
 
     // b: only an audit allow-only policy selects it; its default deny is audited (133).
-    let passed = curl(&lab.b, server);
+    let passed = http_ok(&lab.b, server);
     let evs = drain(&mut events);
     assert!(passed, "an audit policy's default deny dropped b: {evs:?}");
     let v = from(&evs, lab.b.ipv4)
@@ -541,12 +453,12 @@ fn ingress_policy_replies_and_a_missing_proxy() {
     let b = IpAddr::V4(lab.b.ipv4);
     // a -> b:8080 is allowed by b's ingress, and b's replies pass its egress default deny.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !curl(&lab.a, b) {
+    while !http_ok(&lab.a, b) {
         assert!(Instant::now() < deadline, "a never reached b");
     }
     // The server has no ingress allow for b's peers other than a: b -> a is b's egress, denied.
     assert!(
-        !curl(&lab.b, IpAddr::V4(lab.a.ipv4)),
+        !http_ok(&lab.b, IpAddr::V4(lab.a.ipv4)),
         "b's egress default deny let it out"
     );
     let evs = drain(&mut events);
@@ -566,7 +478,7 @@ fn ingress_policy_replies_and_a_missing_proxy() {
     // a -> server:8080 has HTTP rules: redirected to the proxy, which is not running. The
     // connection is dropped (socket lookup failed), never passed.
     assert!(
-        !curl(&lab.a, IpAddr::V4(lab.server.ipv4)),
+        !http_ok(&lab.a, IpAddr::V4(lab.server.ipv4)),
         "passed without the proxy"
     );
     let evs = drain(&mut events);
@@ -694,7 +606,7 @@ fn a_packet_from_a_protected_address_never_makes_the_pods_connection_a_reply() {
     sync.sync(&repo, &mut dp).expect("sync");
     attach(&mut dp, &lab.a).expect("attach");
     let server = IpAddr::V4(lab.server.ipv4);
-    assert!(!curl(&lab.a, server), "a reached the protected server");
+    assert!(!http_ok(&lab.a, server), "a reached the protected server");
     // A SYN-ACK from the protected address's port 8080 to a port of a's own arrives at a (the
     // server needs no spoofing: it is the metadata address). a then connects from that port.
     let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", lab.server.host_if))
