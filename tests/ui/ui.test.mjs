@@ -338,10 +338,12 @@ async function load(p) {
 async function lab(p) {
   // The pods call every 10 and 15 seconds, and may have just called before the agent attached.
   await waitRows(p, 1, 60_000);
-  // The agent's policy in audit mode (audit-probe) shows before any flow was audited.
+  // The agent's audit modes (Fluent Bit's endpoint, the audit-probe policy) show before any flow
+  // was audited.
   await p.waitForFunction(() => {
     const b = document.querySelector('#audit-summary');
-    return b && !b.hidden && b.textContent === 'Audit mode: 1 policy' && b.title.includes('CiliumClusterwideNetworkPolicy audit-probe');
+    return b && !b.hidden && b.textContent === 'Audit mode: 1 pod, 1 policy' &&
+      b.title.includes('CiliumClusterwideNetworkPolicy audit-probe') && b.title.includes('logging/fluent-bit-');
   }, null, { timeout: 30_000 });
   await p.keyboard.press('3');
   const caller = (id) => p.locator(`#imds-callers .caller[data-id="${id}"]`);
@@ -353,6 +355,9 @@ async function lab(p) {
     const c = document.querySelector('#imds-callers .caller[data-id="logging/fluent-bit"]');
     return c && c.textContent.includes('https://api.kusto.windows.net') && c.textContent.includes('azure-imds-allow');
   }, null, { timeout: 60_000 });
+  // In audit mode by its endpoint: the badge, though none of its calls was audited; the webapp is not.
+  assert.equal(await caller('logging/fluent-bit').locator('h2 .audit-mode').count(), 1);
+  assert.equal(await caller('go-webapp/go-webapp').locator('h2 .audit-mode').count(), 0);
   await p.waitForFunction(() => {
     const c = document.querySelector('#imds-callers .caller[data-id="go-webapp/go-webapp"]');
     return c && c.textContent.includes('azure-imds-deny') && c.textContent.includes('DROPPED');
@@ -361,6 +366,8 @@ async function lab(p) {
   await p.keyboard.press('2');
   await p.locator('#map-wrap .node[data-id="metadata:169.254.169.254"]').waitFor();
   await p.locator('#map-wrap path.edge[data-source="go-webapp/go-webapp"][data-target="metadata:169.254.169.254"]').waitFor({ state: 'attached' });
+  await p.locator('#map-wrap .node.audit-mode[data-id="logging/fluent-bit"]').waitFor();
+  assert.equal(await p.locator('#map-wrap .node.audit-mode').count(), 1);
   await shot(p, 'lab-map.png');
   await p.keyboard.press('1');
   await p.selectOption('#f-type', 'l7');

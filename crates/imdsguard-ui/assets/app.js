@@ -721,12 +721,13 @@
       const n = box.n;
       const kind = n.workload_kind ? ` (${n.workload_kind})` : '';
       const where = n.kind === 'workload' ? ` in namespace ${n.namespace}` : '';
+      const audit = n.audit_mode ? ', in audit mode' : '';
       const g = svg('g', {
-        class: 'node ' + n.kind + (state.mapSelected === n.id ? ' selected' : ''),
+        class: 'node ' + n.kind + (n.audit_mode ? ' audit-mode' : '') + (state.mapSelected === n.id ? ' selected' : ''),
         transform: `translate(${box.x},${box.y})`,
         tabindex: '-1',
         role: 'button',
-        'aria-label': `${nodeLabel(n)}${kind}${where}: ${n.flows} flows`,
+        'aria-label': `${nodeLabel(n)}${kind}${where}${audit}: ${n.flows} flows`,
         'aria-pressed': String(state.mapSelected === n.id),
         data: { id: n.id },
       });
@@ -735,7 +736,7 @@
       const room = Math.floor((box.w - 24 - count.length * 6.5) / (n.kind === 'metadata' ? 8.2 : 7.5));
       g.append(
         svg('rect', { width: box.w, height: box.h, rx: 4 }),
-        svg('text', { x: 8, y: 17, text: short(nodeLabel(n), room) }, svg('title', { text: `${n.label}${kind}${where}\n${n.pods.join('\n')}` })),
+        svg('text', { x: 8, y: 17, text: short(nodeLabel(n), room) }, svg('title', { text: `${n.label}${kind}${where}${audit}\n${n.pods.join('\n')}` })),
         svg('text', { x: box.w - 8, y: 17, 'text-anchor': 'end', class: 'count', text: count }),
       );
       nodeLayer.append(g);

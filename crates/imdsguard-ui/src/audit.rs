@@ -1,4 +1,4 @@
-//! What the agent has in audit mode now, laid over the IMDS view. The view's own `audit` comes
+//! What the agent has in audit mode now, laid over the IMDS view and the service map. The view's own `audit` comes
 //! from AUDIT flows, so a pod or policy put in audit mode showed nothing until one of its calls was
 //! audited; the agent's resolved state shows it at once (a namespace labelled
 //! `policy.imdsguard.io/audit-mode=true`, a pod's `policyAuditMode`, `--policy-audit-mode`, or a
@@ -9,6 +9,7 @@
 //! status line counts them all).
 
 use crate::imds::ImdsView;
+use crate::servicemap::MapView;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,11 +38,27 @@ pub struct AuditModes {
 pub type AuditSource = Arc<dyn Fn() -> AuditModes + Send + Sync>;
 
 impl AuditModes {
+    /// Whether a workload with these pods (names in `namespace`) has one in audit mode. Nodes and
+    /// callers without pods (the host, world, CIDRs) never are.
+    fn any_pod(&self, namespace: &str, pods: &[String]) -> bool {
+        !pods.is_empty()
+            && (self.all
+                || pods
+                    .iter()
+                    .any(|pod| self.pods.contains(&format!("{namespace}/{pod}"))))
+    }
+
+    /// Marks the map's workload nodes with a pod in audit mode.
+    pub fn mark_map(&self, view: &mut MapView) {
+        for n in &mut view.nodes {
+            n.audit_mode = self.any_pod(&n.namespace, &n.pods);
+        }
+    }
+
     /// Marks the callers with a pod in audit mode, and the policies in audit mode, in `view`.
     pub fn mark(&self, view: &mut ImdsView) {
         for c in &mut view.callers {
-            let pod_audited = |pod: &String| self.pods.contains(&format!("{}/{pod}", c.namespace));
-            if self.all && !c.pods.is_empty() || c.pods.iter().any(pod_audited) {
+            if self.any_pod(&c.namespace, &c.pods) {
                 c.audit = true;
                 c.audit_mode = true;
             }
@@ -107,6 +124,20 @@ mod tests {
                 .filter(|c| c.namespace != "go-webapp")
                 .all(|c| !c.audit_mode)
         );
+        // The map marks the same workload.
+        let mut map = crate::servicemap::ServiceMap::default();
+        for f in crate::testdata::seed_flows() {
+            map.observe(&f, &Sides::of(&f), now);
+        }
+        let mut map = map.view(None);
+        modes.mark_map(&mut map);
+        let marked: Vec<&str> = map
+            .nodes
+            .iter()
+            .filter(|n| n.audit_mode)
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(marked, ["go-webapp/go-webapp"]);
         // --policy-audit-mode: every pod.
         let mut all = report.view(None);
         AuditModes {

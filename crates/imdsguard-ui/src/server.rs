@@ -480,12 +480,15 @@ struct WithLoss<T: Serialize> {
 async fn map(State(ui): State<Arc<Ui>>, Query(q): Query<ViewQuery>) -> Response {
     let ns = q.namespace.as_deref().filter(|n| !n.is_empty());
     let a = ui.aggregates();
-    let view = WithLoss {
+    let mut view = WithLoss {
         view: a.map.view(ns),
         lost: a.lost,
         window_seconds: WINDOW.as_secs(),
     };
     drop(a);
+    if let Some(source) = &ui.audit {
+        source().mark_map(&mut view.view);
+    }
     json(&view)
 }
 
@@ -720,6 +723,19 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert_eq!(deny["audit_mode"], true, "{caller}");
+        let map = get_json(&ui, "/api/map").await;
+        let audited: Vec<&serde_json::Value> = map["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["audit_mode"] == true)
+            .map(|n| &n["id"])
+            .collect();
+        assert_eq!(
+            audited,
+            [&serde_json::json!("go-webapp/go-webapp")],
+            "{map}"
+        );
         task.abort();
     }
 

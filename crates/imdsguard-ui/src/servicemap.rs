@@ -109,6 +109,8 @@ pub struct MapNode {
     /// Flows in which this node took part.
     pub flows: u64,
     pub last_seen: Option<Timestamp>,
+    /// One of its pods is in audit mode now, as the agent resolved it (`crate::audit`).
+    pub audit_mode: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -281,6 +283,7 @@ impl ServiceMap {
                 identities: n.identities.iter().copied().collect(),
                 flows: n.flows,
                 last_seen: n.last_time,
+                audit_mode: false,
             })
             .collect();
         nodes.sort_by(|x, y| (&x.group, &x.label, &x.id).cmp(&(&y.group, &y.label, &y.id)));

@@ -456,6 +456,23 @@ fn the_page_shows_the_labs_live_traffic() {
         String::from_utf8_lossy(&up.stderr)
     );
     let endpoints = state.join(&stage.name).join("endpoints.yaml");
+    // Fluent Bit in audit mode (its endpoint's policyAuditMode): its calls are allowed anyway,
+    // so the page must show the mode from the agent's state, on the map and in the IMDS view.
+    let text = std::fs::read_to_string(&endpoints).expect("the lab's endpoints file");
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| match l.strip_suffix('}') {
+            Some(entry) if l.trim_start().starts_with("- ") && l.contains("fluent-bit-") => {
+                format!("{entry}, policyAuditMode: true}}")
+            }
+            _ => l.to_owned(),
+        })
+        .collect();
+    assert!(
+        text.iter().any(|l| l.contains("policyAuditMode: true")),
+        "{text:?}"
+    );
+    std::fs::write(&endpoints, text.join("\n") + "\n").expect("write the endpoints file");
     let bpf = dir.join("bpf");
     let proxy_port = (17500 + std::process::id() % 1000).to_string();
     let agent = Agent::start(
