@@ -154,12 +154,11 @@ pub fn build(
     endpoints.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut policies: Vec<String> = repo.policies().map(|p| p.id.to_string()).collect();
     policies.sort();
-    let mut audit_policy_refs: Vec<_> = repo
+    let audit_policy_refs: Vec<_> = repo
         .policies()
         .filter(|p| p.audit)
         .map(|p| p.id.clone())
         .collect();
-    audit_policy_refs.sort();
     let mut audit_policies: Vec<String> = audit_policy_refs.iter().map(|p| p.to_string()).collect();
     audit_policies.sort();
     AgentStatus {

@@ -211,11 +211,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let api_socket = enforce.as_ref().map(|e| e.socket_path.clone());
-    let mut datapath = match (enforce, api) {
-        (Some(enforce), Some(api)) => {
+    let mut datapath = match enforce.zip(api) {
+        Some((enforce, api)) => {
             Some(start_enforcing(enforce, api, client, &node, &hub, &stop, &mut servers).await?)
         }
-        _ => None,
+        None => None,
     };
     if let Some(r) = replay {
         let task = crate::replay::start(r, hub.clone())?;

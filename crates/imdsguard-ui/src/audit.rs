@@ -1,8 +1,8 @@
-//! What the agent has in audit mode now, laid over the IMDS view and the service map. The view's own `audit` comes
-//! from AUDIT flows, so a pod or policy put in audit mode showed nothing until one of its calls was
-//! audited; the agent's resolved state shows it at once (a namespace labelled
-//! `policy.imdsguard.io/audit-mode=true`, a pod's `policyAuditMode`, `--policy-audit-mode`, or a
-//! policy annotated `policy.imdsguard.io/audit-mode: "true"`).
+//! What the agent has in audit mode now, laid over the IMDS view and the service map. The views'
+//! own `audit` comes from AUDIT flows, so a pod or policy put in audit mode showed nothing until
+//! one of its calls was audited; the agent's resolved state shows it at once (a namespace
+//! labelled `policy.imdsguard.io/audit-mode=true`, a pod's `policyAuditMode`,
+//! `--policy-audit-mode`, or a policy annotated `policy.imdsguard.io/audit-mode: "true"`).
 //!
 //! Limits: pods are matched by `namespace/name` as the flows name them, and policies by kind,
 //! namespace and name; a pod or policy the flows do not name gets no badge here (the page's

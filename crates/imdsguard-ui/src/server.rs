@@ -86,7 +86,8 @@ impl Ui {
 /// The UI's listener, bound and ready to serve.
 pub struct UiServer {
     listener: tokio::net::TcpListener,
-    ui: Arc<Ui>,
+    /// Shared with the handlers once it serves.
+    ui: Ui,
 }
 
 impl UiServer {
@@ -100,22 +101,20 @@ impl UiServer {
         let loopback = listener.local_addr()?.ip().is_loopback();
         Ok(UiServer {
             listener,
-            ui: Arc::new(Ui {
+            ui: Ui {
                 hub,
                 audit: None,
                 aggregates: Mutex::new(Aggregates::default()),
                 streams: Arc::new(AtomicUsize::new(0)),
                 loopback,
-            }),
+            },
         })
     }
 
     /// Reads the agent's audit modes from `source` for each answer, so pods and policies in audit
     /// mode show before any of their flows is audited.
     pub fn with_audit(mut self, source: AuditSource) -> UiServer {
-        if let Some(ui) = Arc::get_mut(&mut self.ui) {
-            ui.audit = Some(source);
-        }
+        self.ui.audit = Some(source);
         self
     }
 
@@ -125,8 +124,9 @@ impl UiServer {
 
     /// Follows the ring for the map and the IMDS view, and serves until the listener fails.
     pub async fn serve(self) -> std::io::Result<()> {
-        let aggregating = tokio::spawn(aggregate(self.ui.clone()));
-        let result = axum::serve(self.listener, router(self.ui)).await;
+        let ui = Arc::new(self.ui);
+        let aggregating = tokio::spawn(aggregate(ui.clone()));
+        let result = axum::serve(self.listener, router(ui)).await;
         aggregating.abort();
         result
     }

@@ -9,14 +9,14 @@
 mod common;
 
 use common::ApiServer;
-use common::agent::{Agent, BpfRoot, Seen, TempDir, agent_test, flows, show};
+use common::agent::{Agent, BpfRoot, Seen, TempDir, agent_test, flows, show, status};
 use common::lab::Lab;
 use imdsguard_lab::lab::{self, LabState};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,16 +42,6 @@ fn container_id(tag: u8) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{tag:02x}{:06x}{nanos:08x}", std::process::id() & 0xff_ffff).repeat(4)
-}
-
-/// `imdsguard status -o json`; Null until the agent answers.
-fn status(bpf_root: &str, socket: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
-        .args(["status", "-o", "json", "--bpf-root", bpf_root])
-        .args(["--socket-path", socket])
-        .output()
-        .expect("status");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 fn wait_until<T>(agent: &Agent, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -247,7 +237,7 @@ endpoints:
         &agent,
         "the pod is enforced and its containers named by cgroup",
         || {
-            let s = status(&bpf_root, &socket);
+            let s = status(Path::new(&bpf_root), Path::new(&socket));
             let ep = s["agent"]["endpoints"]
                 .as_array()?
                 .iter()

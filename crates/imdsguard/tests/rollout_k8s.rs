@@ -16,7 +16,7 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -130,14 +130,7 @@ impl NodeAgent {
 
     /// The agent's view (`agent` of `imdsguard status -o json`).
     fn status(&self) -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
-            .args(["status", "-o", "json", "--bpf-root"])
-            .arg(self.dir.join("bpf"))
-            .arg("--socket-path")
-            .arg(self.dir.join("api.sock"))
-            .output()
-            .expect("status");
-        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)["agent"].clone()
+        common::agent::status(&self.dir.join("bpf"), &self.dir.join("api.sock"))["agent"].clone()
     }
 
     fn eventually(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
@@ -429,14 +422,7 @@ endpoints:
         args.extend(["--cgroup-root", root]);
     }
     let agent = Agent::start(&args);
-    let status = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
-            .args(["status", "-o", "json", "--bpf-root", &bpf_root])
-            .args(["--socket-path", &socket])
-            .output()
-            .expect("status");
-        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)["agent"].clone()
-    };
+    let status = || common::agent::status(&bpf.0, Path::new(&socket))["agent"].clone();
     let start = Instant::now();
     let s = loop {
         let s = status();

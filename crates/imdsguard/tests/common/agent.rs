@@ -85,6 +85,18 @@ impl Drop for Agent {
     }
 }
 
+/// `imdsguard status -o json` of the agent with this bpffs and API socket; Null until it answers.
+pub fn status(bpf_root: &Path, socket: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_imdsguard"))
+        .args(["status", "-o", "json", "--bpf-root"])
+        .arg(bpf_root)
+        .arg("--socket-path")
+        .arg(socket)
+        .output()
+        .expect("status");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
 /// The test's private bpffs and pins, removed whatever happens.
 pub struct BpfRoot(pub PathBuf);
 
